@@ -1,0 +1,1 @@
+"""Adapters: SQLAlchemy tables, event store, job queue, repositories, services, carrier."""

@@ -1,0 +1,198 @@
+"""The durable job queue, in the same database as the events (DESIGN.md section 3, rule 4).
+
+* Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, so workers never wait
+  on each other's rows; on SQLite the claim runs in a ``BEGIN IMMEDIATE`` transaction.
+* A claim is a lease on the database clock: ``lease_expires_at``. Workers heartbeat the
+  leases of long steps; the reaper hands expired jobs back, even if their worker is gone.
+* Finishing a job (delete) and enqueuing the next happen in the step's own transaction
+  (see ``unit_of_work``), always checked against the claim token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.service_layer.job_runner import AbstractJobQueue
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
+
+READY, RUNNING, DEAD = "ready", "running", "dead"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    saga_id: str
+    kind: str
+    status: str
+    run_at: float
+    lease_expires_at: float | None
+    claimed_by: str | None
+    claims: int
+    failures: int
+    last_error: str | None
+    created_at: float
+
+
+def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
+    if not specs:
+        return
+    now = db_now_epoch(backend_of(conn))
+    for spec in specs:
+        conn.execute(
+            insert(t.jobs).values(
+                saga_id=spec.saga_id,
+                kind=spec.kind,
+                status=READY,
+                run_at=now + spec.delay_seconds,
+                created_at=now,
+                claims=0,
+                failures=0,
+            )
+        )
+
+
+def finish(conn: Connection, job: ClaimedJob) -> None:
+    """Remove the job this transaction ran; LeaseLost if another worker has taken it."""
+    result = conn.execute(
+        delete(t.jobs).where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"job {job.id} is no longer held by this worker")
+
+
+class SqlAlchemyJobQueue(AbstractJobQueue):
+    def __init__(self, engine: Engine, max_claims: int = 10) -> None:
+        self.engine = engine
+        self.backend = backend_of(engine)
+        self.max_claims = max_claims
+
+    def _now(self):  # type: ignore[no-untyped-def]
+        return db_now_epoch(self.backend)
+
+    def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        query = (
+            select(t.jobs.c.id, t.jobs.c.saga_id, t.jobs.c.kind, t.jobs.c.claims, t.jobs.c.failures)
+            .where(t.jobs.c.status == READY, t.jobs.c.run_at <= self._now())
+            .order_by(t.jobs.c.run_at)
+            .limit(limit)
+        )
+        if self.backend == "sqlite":
+            # Look before taking the write lock: an idle poll should not block writers.
+            with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as peek:
+                if peek.execute(query.with_only_columns(t.jobs.c.id)).first() is None:
+                    peek.rollback()
+                    return []
+                peek.rollback()
+        else:
+            query = query.with_for_update(skip_locked=True)
+        token = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id.in_([r.id for r in rows]))
+                .values(
+                    status=RUNNING,
+                    claim_token=token,
+                    claimed_by=worker_id[:100],
+                    lease_expires_at=self._now() + lease_seconds,
+                    claims=t.jobs.c.claims + 1,
+                )
+            )
+        return [ClaimedJob(r.id, r.saga_id, r.kind, token, r.claims + 1, r.failures) for r in rows]
+
+    def heartbeat(self, jobs: list[ClaimedJob], lease_seconds: float) -> int:
+        if not jobs:
+            return 0
+        tokens = sorted({j.claim_token for j in jobs})
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t.jobs)
+                .where(
+                    t.jobs.c.id.in_([j.id for j in jobs]),
+                    t.jobs.c.claim_token.in_(tokens),
+                    t.jobs.c.status == RUNNING,
+                )
+                .values(lease_expires_at=self._now() + lease_seconds)
+            )
+            return int(result.rowcount)
+
+    def reap_expired(self) -> int:
+        """Give back jobs whose lease ran out; a job that keeps losing its worker goes dead."""
+        with self.engine.begin() as conn:
+            expired = (t.jobs.c.status == RUNNING, t.jobs.c.lease_expires_at < self._now())
+            conn.execute(
+                update(t.jobs)
+                .where(*expired, t.jobs.c.claims >= self.max_claims)
+                .values(status=DEAD, last_error="lease expired too many times", claim_token=None)
+            )
+            result = conn.execute(
+                update(t.jobs)
+                .where(*expired)
+                .values(status=READY, claim_token=None, claimed_by=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)
+
+    def fail(self, job: ClaimedJob, error: str, delay_seconds: float, dead: bool) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
+                .values(
+                    status=DEAD if dead else READY,
+                    run_at=self._now() + delay_seconds,
+                    failures=t.jobs.c.failures + 1,
+                    last_error=error,
+                    claim_token=None,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                raise LeaseLost(f"job {job.id} is no longer held by this worker")
+
+    def release(self, job: ClaimedJob) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
+                .values(status=READY, claim_token=None, claimed_by=None, lease_expires_at=None)
+            )
+
+    # --- inspection and operator actions ------------------------------------------
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[JobRow]:
+        query = select(t.jobs).order_by(t.jobs.c.id).limit(limit)
+        if status:
+            query = query.where(t.jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [JobRow(**row._mapping) for row in conn.execute(query)]
+
+    def for_saga(self, saga_id: str) -> JobRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.jobs).where(t.jobs.c.saga_id == saga_id)).first()
+            return JobRow(**row._mapping) if row else None
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.jobs.c.status, func.count()).group_by(t.jobs.c.status))
+            return {str(status): int(n) for status, n in rows}
+
+    def retry_dead(self, saga_id: str) -> bool:
+        """Put a dead job of the saga back in line, with its failure count reset."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.saga_id == saga_id, t.jobs.c.status == DEAD)
+                .values(status=READY, run_at=self._now(), failures=0, claims=0, claim_token=None)
+            )
+            return bool(result.rowcount)

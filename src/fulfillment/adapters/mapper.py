@@ -1,0 +1,113 @@
+"""The one mapper between domain events and stored rows (DESIGN.md section 3, rule 9).
+
+Every event passes through here on its way in and out of the store, so upcasting old
+`event_version`s, and later encryption of health data in payloads, happen in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import Enum
+from typing import Any
+
+from fulfillment.domain.events import EVENT_TYPES, DomainEvent
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+
+Data = dict[str, Any]
+#: (type, from event_version) -> function that lifts the payload one version up.
+Upcaster = Callable[[Data], Data]
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    event_version: int
+    data: Data
+    metadata: Data
+    recorded_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "type": self.type,
+            "event_version": self.event_version,
+            "recorded_at": self.recorded_at.isoformat(),
+            "data": self.data,
+        }
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware UTC; naive values (MariaDB, SQLite) are UTC by convention of this store."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, OrderLine | PrescriptionDetails | ShippingAddress):
+        return value.to_dict()
+    if isinstance(value, datetime):
+        return to_utc(value).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decoder(hint: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item = _decoder(typing.get_args(hint)[0])
+        return lambda raw: tuple(item(v) for v in raw)
+    if isinstance(hint, type):
+        if issubclass(hint, Enum):
+            return hint
+        if hint in (OrderLine, PrescriptionDetails, ShippingAddress):
+            return hint.from_dict  # type: ignore[attr-defined, no-any-return]
+        if hint is datetime:
+            return lambda raw: to_utc(datetime.fromisoformat(raw))
+        if hint is date:
+            return date.fromisoformat
+    return lambda raw: raw
+
+
+@functools.cache
+def _schema(cls: type[DomainEvent]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, _decoder(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if f.name != "occurred_at"
+    )
+
+
+class EventMapper:
+    def __init__(self, upcasters: dict[tuple[str, int], Upcaster] | None = None) -> None:
+        self.upcasters = upcasters or {}
+
+    def to_data(self, event: DomainEvent) -> Data:
+        return {name: _encode(getattr(event, name)) for name, _ in _schema(type(event))}
+
+    def to_event(
+        self, type_name: str, event_version: int, data: Data, recorded_at: datetime
+    ) -> DomainEvent:
+        cls = EVENT_TYPES[type_name]
+        while event_version < cls.event_version:
+            upcast = self.upcasters.get((type_name, event_version))
+            if upcast is None:
+                raise LookupError(f"no upcaster for {type_name} v{event_version}")
+            data = upcast(data)
+            event_version += 1
+        kwargs = {name: decode(data[name]) for name, decode in _schema(cls)}
+        return cls(occurred_at=to_utc(recorded_at), **kwargs)

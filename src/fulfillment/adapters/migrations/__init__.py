@@ -1,0 +1,1 @@
+"""Alembic migrations; run them with `fulfillment migrate` (see `adapters.migrate`)."""

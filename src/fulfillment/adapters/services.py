@@ -1,0 +1,215 @@
+"""State-stored services (prescriptions, inventory, shipments), like the models of the original.
+
+Each effect is keyed by the order: unique `order_id` columns make a second prescription,
+reservation or shipment for one order impossible (DESIGN.md section 3, rule 5), and
+every change is conditional on the current status, so running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from fulfillment.adapters import tables as t
+from fulfillment.domain.errors import InsufficientStock, InvalidInventory, PrescriptionExpired
+from fulfillment.domain.status import PrescriptionStatus, ReservationStatus, ShipmentStatus
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, merge_lines
+from fulfillment.service_layer import ports
+
+Now = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlAlchemyPrescriptionService(ports.PrescriptionService):
+    def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
+        self.conn = conn
+        self.now = now
+
+    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
+        existing = self.conn.execute(
+            select(t.prescriptions.c.id).where(t.prescriptions.c.order_id == order_id)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return str(existing)
+        if details.is_expired(today):
+            raise PrescriptionExpired(f"prescription expired on {details.expires_on.isoformat()}")
+        prescription_id = str(uuid.uuid4())
+        now = self.now()
+        self.conn.execute(
+            insert(t.prescriptions).values(
+                id=prescription_id,
+                order_id=order_id,
+                prescriber_id=details.prescriber_id,
+                patient_name=details.patient_name,
+                expires_on=details.expires_on,
+                status=PrescriptionStatus.ACTIVE.value,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return prescription_id
+
+    def _move(self, order_id: str, to: PrescriptionStatus) -> None:
+        self.conn.execute(
+            update(t.prescriptions)
+            .where(
+                t.prescriptions.c.order_id == order_id,
+                t.prescriptions.c.status == PrescriptionStatus.ACTIVE.value,
+            )
+            .values(status=to.value, updated_at=self.now())
+        )
+
+    def cancel(self, order_id: str) -> None:
+        self._move(order_id, PrescriptionStatus.CANCELLED)
+
+    def mark_dispensed(self, order_id: str) -> None:
+        self._move(order_id, PrescriptionStatus.DISPENSED)
+
+
+class SqlAlchemyInventoryService(ports.InventoryReservationService):
+    def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
+        self.conn = conn
+        self.now = now
+
+    def get(self, sku: str, *, for_update: bool = False) -> ports.StockLevel | None:
+        query = select(t.inventory.c.sku, t.inventory.c.on_hand, t.inventory.c.reserved).where(
+            t.inventory.c.sku == sku
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        return ports.StockLevel(row.sku, row.on_hand, row.reserved) if row else None
+
+    def set_on_hand(self, sku: str, on_hand: int) -> ports.StockLevel:
+        if on_hand < 0:
+            raise InvalidInventory("on_hand must be >= 0")
+        current = self.get(sku, for_update=True)
+        if current is None:
+            self.conn.execute(
+                insert(t.inventory).values(
+                    sku=sku, on_hand=on_hand, reserved=0, updated_at=self.now()
+                )
+            )
+            return ports.StockLevel(sku, on_hand, 0)
+        if on_hand < current.reserved:
+            raise InvalidInventory(
+                f"on_hand {on_hand} is below the {current.reserved} units reserved for {sku}"
+            )
+        self.conn.execute(
+            update(t.inventory)
+            .where(t.inventory.c.sku == sku)
+            .values(on_hand=on_hand, updated_at=self.now())
+        )
+        return ports.StockLevel(sku, on_hand, current.reserved)
+
+    def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
+        existing = self.conn.execute(
+            select(t.inventory_reservations.c.id).where(
+                t.inventory_reservations.c.order_id == order_id
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            return str(existing)
+        now = self.now()
+        merged = merge_lines(lines)
+        # SKUs in sorted order: concurrent reservations lock rows in the same order.
+        for line in merged:
+            result = self.conn.execute(
+                update(t.inventory)
+                .where(
+                    t.inventory.c.sku == line.sku,
+                    t.inventory.c.on_hand - t.inventory.c.reserved >= line.quantity,
+                )
+                .values(reserved=t.inventory.c.reserved + line.quantity, updated_at=now)
+            )
+            if result.rowcount != 1:
+                # The caller's transaction rolls back the lines reserved so far.
+                raise InsufficientStock(f"not enough {line.sku} available for {line.quantity}")
+        reservation_id = str(uuid.uuid4())
+        self.conn.execute(
+            insert(t.inventory_reservations).values(
+                id=reservation_id,
+                order_id=order_id,
+                status=ReservationStatus.RESERVED.value,
+                lines=[line.to_dict() for line in merged],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return reservation_id
+
+    def _settle(self, order_id: str, to: ReservationStatus) -> None:
+        now = self.now()
+        moved = self.conn.execute(
+            update(t.inventory_reservations)
+            .where(
+                t.inventory_reservations.c.order_id == order_id,
+                t.inventory_reservations.c.status == ReservationStatus.RESERVED.value,
+            )
+            .values(status=to.value, updated_at=now)
+        )
+        if moved.rowcount != 1:
+            return  # nothing reserved, or already released/consumed: nothing to do
+        lines = self.conn.execute(
+            select(t.inventory_reservations.c.lines).where(
+                t.inventory_reservations.c.order_id == order_id
+            )
+        ).scalar_one()
+        for raw in sorted(lines, key=lambda line: line["sku"]):
+            qty = int(raw["quantity"])
+            values = {"reserved": t.inventory.c.reserved - qty, "updated_at": now}
+            if to is ReservationStatus.CONSUMED:
+                values["on_hand"] = t.inventory.c.on_hand - qty
+            self.conn.execute(
+                update(t.inventory).where(t.inventory.c.sku == raw["sku"]).values(values)
+            )
+
+    def release(self, order_id: str) -> None:
+        self._settle(order_id, ReservationStatus.RELEASED)
+
+    def consume(self, order_id: str) -> None:
+        self._settle(order_id, ReservationStatus.CONSUMED)
+
+
+class SqlAlchemyShipmentService(ports.ShipmentService):
+    def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
+        self.conn = conn
+        self.now = now
+
+    def record_initiated(self, order_id: str, booking: ports.Booking, country: str) -> str:
+        existing = self.conn.execute(
+            select(t.shipments.c.id).where(t.shipments.c.order_id == order_id)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return str(existing)
+        shipment_id = str(uuid.uuid4())
+        now = self.now()
+        self.conn.execute(
+            insert(t.shipments).values(
+                id=shipment_id,
+                order_id=order_id,
+                carrier=booking.carrier,
+                tracking_number=booking.tracking_number,
+                country=country,
+                status=ShipmentStatus.INITIATED.value,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return shipment_id
+
+    def cancel(self, order_id: str) -> None:
+        self.conn.execute(
+            update(t.shipments)
+            .where(
+                t.shipments.c.order_id == order_id,
+                t.shipments.c.status == ShipmentStatus.INITIATED.value,
+            )
+            .values(status=ShipmentStatus.CANCELLED.value, updated_at=self.now())
+        )

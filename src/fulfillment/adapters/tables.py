@@ -1,0 +1,127 @@
+"""The schema, in SQLAlchemy Core. Alembic migrations create exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Positions are 64-bit; on SQLite only INTEGER PRIMARY KEY is the auto-incrementing rowid.
+Position = BigInteger().with_variant(Integer, "sqlite")
+# Microsecond timestamps; MySQL/MariaDB DATETIME defaults to whole seconds.
+Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Long free text (errors); MySQL TEXT is 64 KiB, plenty.
+Id = String(64)
+
+events = Table(
+    "events",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=True),
+    Column("stream_id", String(100), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String(100), nullable=False),
+    Column("event_version", SmallInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("recorded_at", Timestamp, nullable=False),
+    UniqueConstraint("stream_id", "version"),
+)
+
+# One row: writers lock it before appending, so positions are handed out in commit order
+# (MariaDB; PostgreSQL uses an advisory lock, SQLite has a single writer).
+event_append_lock = Table(
+    "event_append_lock",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    # Unique: the jobs of one saga are serialized; a saga has at most one job at a time.
+    Column("saga_id", Id, nullable=False, unique=True),
+    Column("kind", String(40), nullable=False),
+    Column("status", String(16), nullable=False),  # ready | running | dead
+    # Times on the database clock, as seconds since the epoch: comparable on every backend.
+    Column("run_at", Double, nullable=False),
+    Column("lease_expires_at", Double, nullable=True),
+    Column("claim_token", String(36), nullable=True),
+    Column("claimed_by", String(100), nullable=True),
+    Column("claims", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Index("ix_jobs_status_run_at", "status", "run_at"),
+)
+
+prescriptions = Table(
+    "prescriptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("order_id", Id, nullable=False, unique=True),
+    Column("prescriber_id", String(200), nullable=False),
+    Column("patient_name", String(200), nullable=False),
+    Column("expires_on", Date, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+inventory = Table(
+    "inventory",
+    metadata,
+    Column("sku", String(200), primary_key=True),
+    Column("on_hand", Integer, nullable=False),
+    Column("reserved", Integer, nullable=False, default=0),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
+)
+
+inventory_reservations = Table(
+    "inventory_reservations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("order_id", Id, nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("lines", JSON, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("order_id", Id, nullable=False, unique=True),
+    Column("carrier", String(100), nullable=False),
+    Column("tracking_number", String(100), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)

@@ -1,0 +1,92 @@
+"""The SQLAlchemy unit of work: one connection, one transaction, committed only on request."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from fulfillment.adapters import job_queue
+from fulfillment.adapters.event_store import SqlAlchemyEventStore
+from fulfillment.adapters.mapper import EventMapper
+from fulfillment.adapters.repository import SqlAlchemyOrderRepository, SqlAlchemySagaRepository
+from fulfillment.adapters.services import (
+    SqlAlchemyInventoryService,
+    SqlAlchemyPrescriptionService,
+    SqlAlchemyShipmentService,
+)
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
+from fulfillment.service_layer.messagebus import ConcurrencyError, RetryableDatabaseError
+from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork, StreamAppend
+
+# Deadlock / serialization failure / lock wait timeout / SQLite busy: run the whole thing again.
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}
+_RETRYABLE_MYSQL_CODES = {1205, 1213}
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _RETRYABLE_MYSQL_CODES:
+        return True
+    return "database is locked" in str(orig)
+
+
+class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
+    conn: Connection
+
+    def __init__(
+        self,
+        engine: Engine,
+        mapper: EventMapper,
+        job: ClaimedJob | None = None,
+        causation_id: str | None = None,
+    ) -> None:
+        super().__init__(job, causation_id)
+        self.engine = engine
+        self.mapper = mapper
+        self._conn: Connection | None = None
+
+    def _begin(self) -> None:
+        self._conn = self.conn = self.engine.connect()
+        self.conn.begin()
+        self.events = SqlAlchemyEventStore(self.conn, self.mapper)
+        self.orders = SqlAlchemyOrderRepository(self.events, self.track)
+        self.sagas = SqlAlchemySagaRepository(self.events, self.track)
+        self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
+        self.inventory = SqlAlchemyInventoryService(self.conn)
+        self.shipments = SqlAlchemyShipmentService(self.conn)
+
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+        if self.job is not None:
+            job_queue.finish(self.conn, self.job)
+        job_queue.enqueue(self.conn, jobs)
+        self.events.append(appends, self.causation_id)
+        self.conn.commit()
+        self.job = None  # consumed: a second commit in this unit of work starts fresh
+
+    def rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.rollback()
+        if isinstance(exc, IntegrityError):
+            # A unique key (one prescription / reservation / shipment per order, one job
+            # per saga) was taken by a concurrent transaction: re-run on fresh state.
+            raise ConcurrencyError(str(exc.orig)) from exc
+        if isinstance(exc, DBAPIError) and is_retryable(exc):
+            raise RetryableDatabaseError(str(exc.orig)) from exc

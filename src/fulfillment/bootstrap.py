@@ -1,0 +1,104 @@
+"""The one place where dependencies are wired, from configuration."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from fulfillment.adapters.carrier import SimulatedCarrier
+from fulfillment.adapters.clock import SystemClock
+from fulfillment.adapters.db import create_db_engine
+from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
+from fulfillment.adapters.mapper import EventMapper
+from fulfillment.adapters.migrate import migrate
+from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
+from fulfillment.config import Settings
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer import handlers as h
+from fulfillment.service_layer.job_runner import JobRunner
+from fulfillment.service_layer.jobs import ClaimedJob
+from fulfillment.service_layer.messagebus import Handler, MessageBus
+from fulfillment.service_layer.ports import Carrier, Clock
+from fulfillment.service_layer.retry import RetryPolicy
+
+
+@dataclass
+class App:
+    """Everything an entrypoint needs, built once per process."""
+
+    settings: Settings
+    engine: Engine
+    mapper: EventMapper
+    clock: Clock
+    carrier: Carrier
+    retry: RetryPolicy
+    bus: MessageBus
+    queue: SqlAlchemyJobQueue
+    runner: JobRunner
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(self.engine, self.mapper, job)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_handlers(
+    clock: Clock, carrier: Carrier, retry: RetryPolicy, timeouts: h.Timeouts
+) -> dict[type[c.Command], Handler]:
+    p = functools.partial
+    return {
+        c.CreateOrder: p(h.create_order, clock=clock, timeouts=timeouts),
+        c.StartOrderFulfillmentSaga: p(
+            h.start_order_fulfillment_saga, clock=clock, timeouts=timeouts
+        ),
+        c.CreatePrescription: p(h.create_prescription, clock=clock, timeouts=timeouts),
+        c.ReserveInventory: p(h.reserve_inventory, clock=clock, timeouts=timeouts),
+        c.InitiateShipment: p(h.initiate_shipment, clock=clock, timeouts=timeouts, carrier=carrier),
+        c.CompleteOrderFulfillment: p(h.complete_order_fulfillment, clock=clock),
+        c.CancelShipment: p(h.cancel_shipment, clock=clock, carrier=carrier),
+        c.ReleaseInventory: p(h.release_inventory, clock=clock),
+        c.CancelPrescription: p(h.cancel_prescription, clock=clock),
+        c.RecordStepFailure: p(h.record_step_failure, clock=clock, retry=retry),
+        c.RecordCompensationFailure: p(h.record_compensation_failure, clock=clock, retry=retry),
+        c.RetrySagaCompensation: p(h.retry_saga_compensation, clock=clock),
+        c.SetInventory: h.set_inventory,
+    }
+
+
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    carrier: Carrier | None = None,
+    clock: Clock | None = None,
+    retry: RetryPolicy | None = None,
+    run_migrations: bool = False,
+    pool_size: int = 10,
+) -> App:
+    settings = settings or Settings.from_env()
+    engine = create_db_engine(
+        settings.database_url, pool_size=pool_size, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    if run_migrations:
+        migrate(engine)
+    mapper = EventMapper()
+    clock = clock or SystemClock()
+    carrier = carrier or SimulatedCarrier(
+        settings.carrier_countries,
+        latency_ms=settings.carrier_latency_ms,
+        failure_rate=settings.carrier_failure_rate,
+    )
+    retry = retry or RetryPolicy(settings.max_attempts, settings.retry_backoff_seconds)
+    timeouts = h.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
+
+    def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(engine, mapper, job)
+
+    bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
+    queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
+    runner = JobRunner(bus, queue, retry, settings.max_job_failures)
+    return App(settings, engine, mapper, clock, carrier, retry, bus, queue, runner)

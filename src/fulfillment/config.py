@@ -1,0 +1,86 @@
+"""Settings from the environment (the `FULFILLMENT_*` variables of DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Self
+
+DEFAULT_DATABASE_URL = "sqlite:///./fulfillment.db"
+DEFAULT_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "NL")
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    value = _float(env, name, default)
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    retry_backoff_seconds: float = 60.0
+    max_attempts: int = 3
+    carrier_countries: tuple[str, ...] = DEFAULT_COUNTRIES
+    carrier_latency_ms: float = 0.0
+    carrier_failure_rate: float = 0.0
+    job_lease_seconds: float = 30.0
+    api_keys: tuple[str, ...] = ()
+    step_timeout_seconds: float = 900.0
+    saga_timeout_seconds: float = 3600.0
+    sqlite_synchronous: str = "FULL"
+    poll_interval_seconds: float = 0.05
+    max_job_failures: int = 10
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Self:
+        env = dict(os.environ if environ is None else environ)
+        countries = env.get("FULFILLMENT_CARRIER_COUNTRIES")
+        keys = env.get("FULFILLMENT_API_KEYS", "")
+        settings = cls(
+            database_url=env.get("FULFILLMENT_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            retry_backoff_seconds=_float(env, "FULFILLMENT_RETRY_BACKOFF_SECONDS", 60.0),
+            max_attempts=_int(env, "FULFILLMENT_MAX_ATTEMPTS", 3),
+            carrier_countries=(
+                tuple(c.strip().upper() for c in countries.split(",") if c.strip())
+                if countries is not None
+                else DEFAULT_COUNTRIES
+            ),
+            carrier_latency_ms=_float(env, "FULFILLMENT_CARRIER_LATENCY_MS", 0.0),
+            carrier_failure_rate=_float(env, "FULFILLMENT_CARRIER_FAILURE_RATE", 0.0),
+            job_lease_seconds=_float(env, "FULFILLMENT_JOB_LEASE_SECONDS", 30.0),
+            api_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            step_timeout_seconds=_float(env, "FULFILLMENT_STEP_TIMEOUT_SECONDS", 900.0),
+            saga_timeout_seconds=_float(env, "FULFILLMENT_SAGA_TIMEOUT_SECONDS", 3600.0),
+            sqlite_synchronous=env.get("FULFILLMENT_SQLITE_SYNCHRONOUS", "FULL").upper(),
+            poll_interval_seconds=_float(env, "FULFILLMENT_POLL_INTERVAL_SECONDS", 0.05),
+            max_job_failures=_int(env, "FULFILLMENT_MAX_JOB_FAILURES", 10),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("FULFILLMENT_MAX_ATTEMPTS must be at least 1")
+        if self.retry_backoff_seconds < 0:
+            raise ValueError("FULFILLMENT_RETRY_BACKOFF_SECONDS must be >= 0")
+        if not 0.0 <= self.carrier_failure_rate <= 1.0:
+            raise ValueError("FULFILLMENT_CARRIER_FAILURE_RATE must be between 0 and 1")
+        if self.carrier_latency_ms < 0:
+            raise ValueError("FULFILLMENT_CARRIER_LATENCY_MS must be >= 0")
+        if self.job_lease_seconds <= 0:
+            raise ValueError("FULFILLMENT_JOB_LEASE_SECONDS must be > 0")
+        if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")

@@ -1,0 +1,50 @@
+"""Domain errors. Business failures decide an order's fate; the rest are bugs or races."""
+
+from __future__ import annotations
+
+from fulfillment.domain.status import FailureReason
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises."""
+
+
+class IllegalTransition(DomainError):
+    """An aggregate was asked to do something its current state forbids."""
+
+
+class BusinessRuleViolation(DomainError):
+    """A step cannot succeed, whatever the number of attempts: it fails for good."""
+
+    reason: FailureReason
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PrescriptionExpired(BusinessRuleViolation):
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.PRESCRIPTION_EXPIRED, message)
+
+
+class InsufficientStock(BusinessRuleViolation):
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.INSUFFICIENT_STOCK, message)
+
+
+class UnsupportedDestination(BusinessRuleViolation):
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.UNSUPPORTED_DESTINATION, message)
+
+
+class DeadlineExceeded(BusinessRuleViolation):
+    """A step or the whole saga ran past its deadline."""
+
+
+class TransientFailure(Exception):
+    """A failure that may pass: the step is retried with backoff (carrier down, timeout)."""
+
+
+class InvalidInventory(DomainError):
+    """An inventory change would break `0 <= reserved <= on_hand`."""

@@ -1,0 +1,200 @@
+"""Domain events: immutable facts, past tense, each with an `event_version`.
+
+The names are part of the public contract (DESIGN.md section 4). `EVENT_TYPES` is the
+one registry of them; the mapper in `adapters` turns them into stored rows and back,
+upcasting old versions on the way in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from fulfillment.domain.status import Compensation, Step
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainEvent:
+    """Base of all events. `occurred_at` is stored as the row's `recorded_at`, not in data."""
+
+    event_version: ClassVar[int] = 1
+    occurred_at: datetime
+
+
+# --- Order stream -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCreated(DomainEvent):
+    order_id: str
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    prescription: PrescriptionDetails
+    shipping_address: ShippingAddress
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderFulfilled(DomainEvent):
+    order_id: str
+    tracking_number: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCancelled(DomainEvent):
+    order_id: str
+    reason: str
+
+
+# --- Saga stream ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderFulfillmentSagaStarted(DomainEvent):
+    saga_id: str
+    order_id: str
+    definition_version: int
+    customer_id: str
+    items: tuple[OrderLine, ...]
+    prescription: PrescriptionDetails
+    shipping_address: ShippingAddress
+    deadline_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionCreated(DomainEvent):
+    saga_id: str
+    prescription_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionCreationFailed(DomainEvent):
+    saga_id: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryReserved(DomainEvent):
+    saga_id: str
+    reservation_id: str
+    lines: tuple[OrderLine, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryReservationFailed(DomainEvent):
+    saga_id: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentInitiated(DomainEvent):
+    saga_id: str
+    shipment_id: str
+    carrier: str
+    tracking_number: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentInitiationFailed(DomainEvent):
+    saga_id: str
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaStepAttemptFailed(DomainEvent):
+    """A transient failure of one attempt; the step runs again after `retry_in_seconds`."""
+
+    saga_id: str
+    step: Step
+    attempt: int
+    error: str
+    retry_in_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderFulfillmentSagaCompleted(DomainEvent):
+    """The reservation was consumed and the prescription dispensed."""
+
+    saga_id: str
+    tracking_number: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaCompensationStarted(DomainEvent):
+    saga_id: str
+    failed_step: Step
+    reason: str
+    compensations: tuple[Compensation, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentCancelled(DomainEvent):
+    saga_id: str
+    shipment_id: str
+    tracking_number: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryReleased(DomainEvent):
+    saga_id: str
+    reservation_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionCancelled(DomainEvent):
+    saga_id: str
+    prescription_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompensationAttemptFailed(DomainEvent):
+    saga_id: str
+    compensation: Compensation
+    attempt: int
+    error: str
+    retry_in_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaCompensationFailed(DomainEvent):
+    """Compensation kept failing: the saga parks until an operator retries it."""
+
+    saga_id: str
+    compensation: Compensation
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaCompensationRetried(DomainEvent):
+    saga_id: str
+    compensation: Compensation
+
+
+EVENT_TYPES: dict[str, type[DomainEvent]] = {
+    cls.__name__: cls
+    for cls in (
+        OrderCreated,
+        OrderFulfilled,
+        OrderCancelled,
+        OrderFulfillmentSagaStarted,
+        PrescriptionCreated,
+        PrescriptionCreationFailed,
+        InventoryReserved,
+        InventoryReservationFailed,
+        ShipmentInitiated,
+        ShipmentInitiationFailed,
+        SagaStepAttemptFailed,
+        OrderFulfillmentSagaCompleted,
+        SagaCompensationStarted,
+        ShipmentCancelled,
+        InventoryReleased,
+        PrescriptionCancelled,
+        CompensationAttemptFailed,
+        SagaCompensationFailed,
+        SagaCompensationRetried,
+    )
+}

@@ -1,0 +1,76 @@
+"""Every status enum of the system, in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"
+    FULFILLED = "fulfilled"
+    CANCELLED = "cancelled"
+    NEEDS_ATTENTION = "needs_attention"
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+class Step(StrEnum):
+    """The forward steps of the saga, in order."""
+
+    CREATE_PRESCRIPTION = "create_prescription"
+    RESERVE_INVENTORY = "reserve_inventory"
+    INITIATE_SHIPMENT = "initiate_shipment"
+
+
+class Compensation(StrEnum):
+    """The action that undoes a step."""
+
+    CANCEL_PRESCRIPTION = "cancel_prescription"
+    RELEASE_INVENTORY = "release_inventory"
+    CANCEL_SHIPMENT = "cancel_shipment"
+
+
+class PrescriptionStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    DISPENSED = "dispensed"
+
+
+class ReservationStatus(StrEnum):
+    RESERVED = "reserved"
+    RELEASED = "released"
+    CONSUMED = "consumed"
+
+
+class ShipmentStatus(StrEnum):
+    INITIATED = "initiated"
+    CANCELLED = "cancelled"
+
+
+class FailureReason(StrEnum):
+    """Why a step failed for good (the `reason` users see)."""
+
+    PRESCRIPTION_EXPIRED = "prescription_expired"
+    INSUFFICIENT_STOCK = "insufficient_stock"
+    UNSUPPORTED_DESTINATION = "unsupported_destination"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    STEP_TIMEOUT = "step_timeout"
+    SAGA_TIMEOUT = "saga_timeout"

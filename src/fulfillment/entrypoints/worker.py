@@ -1,0 +1,148 @@
+"""The worker: claims jobs from the durable queue and runs them on a pool of threads.
+
+One process keeps up to `concurrency` sagas in flight: a thread waiting on the carrier
+(or the database) releases the GIL, so slow carrier calls overlap. Leases are renewed
+by a heartbeat thread; each loop also reaps expired leases of workers that died.
+On stop (SIGTERM), the worker claims nothing new, lets running jobs finish for a grace
+period, and hands back whatever is still unfinished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from fulfillment.bootstrap import App
+from fulfillment.service_layer.job_runner import JobOutcome
+from fulfillment.service_layer.jobs import ClaimedJob
+
+log = logging.getLogger("fulfillment.worker")
+
+OutcomeHook = Callable[[ClaimedJob, JobOutcome], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        concurrency: int = 8,
+        *,
+        worker_id: str | None = None,
+        lease_seconds: float | None = None,
+        poll_interval: float | None = None,
+        grace_seconds: float = 20.0,
+        on_outcome: OutcomeHook | None = None,
+    ) -> None:
+        self.app = app
+        self.concurrency = max(1, concurrency)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_seconds = lease_seconds or app.settings.job_lease_seconds
+        self.poll_interval = poll_interval or app.settings.poll_interval_seconds
+        self.grace_seconds = grace_seconds
+        self.on_outcome = on_outcome
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, ClaimedJob] = {}
+        self.processed = 0
+
+    # --- public -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    def run(self, until_idle: bool = False, timeout: float | None = None) -> None:
+        """Run until stopped (or, with `until_idle`, until no job is ready or running)."""
+        deadline = time.monotonic() + timeout if timeout else None
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        next_reap = 0.0
+        try:
+            while not self.stop_event.is_set():
+                if deadline and time.monotonic() > deadline:
+                    raise TimeoutError("worker did not become idle in time")
+                now = time.monotonic()
+                if now >= next_reap:
+                    self._safely(self.app.queue.reap_expired)
+                    next_reap = now + max(0.5, min(5.0, self.lease_seconds / 2))
+                claimed = self._claim()
+                for job in claimed:
+                    pool.submit(self._execute, job)
+                if claimed:
+                    continue
+                if until_idle and not self._in_flight and self._queue_idle():
+                    return
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+        finally:
+            self._shutdown(pool)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # --- internals ----------------------------------------------------------------
+
+    def _claim(self) -> list[ClaimedJob]:
+        free = self.concurrency - len(self._in_flight)
+        if free <= 0:
+            return []
+        jobs = self._safely(lambda: self.app.queue.claim(free, self.worker_id, self.lease_seconds))
+        with self._lock:
+            for job in jobs or []:
+                self._in_flight[job.id] = job
+        return jobs or []
+
+    def _execute(self, job: ClaimedJob) -> None:
+        try:
+            outcome = self.app.runner.run(job)
+            if self.on_outcome is not None:
+                self.on_outcome(job, outcome)
+        except Exception:
+            log.exception("job %s crashed the runner", job.id)
+        finally:
+            with self._lock:
+                self._in_flight.pop(job.id, None)
+                self.processed += 1
+            self._wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.lease_seconds / 3)
+        while not self.stop_event.wait(interval):
+            with self._lock:
+                jobs = list(self._in_flight.values())
+            if jobs:
+                self._safely(lambda: self.app.queue.heartbeat(jobs, self.lease_seconds))
+
+    def _queue_idle(self) -> bool:
+        counts = self._safely(self.app.queue.counts) or {}
+        return not counts.get("ready") and not counts.get("running")
+
+    def _shutdown(self, pool: ThreadPoolExecutor) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + self.grace_seconds
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            leftovers = list(self._in_flight.values())
+        for job in leftovers:
+            # Still running after the grace period: hand the job back. If the thread later
+            # commits anyway, the claim-token check makes that commit fail harmlessly.
+            self._safely(lambda job=job: self.app.queue.release(job))  # type: ignore[misc]
+        pool.shutdown(wait=not leftovers, cancel_futures=True)
+
+    def _safely(self, fn: Callable[[], object]) -> object:  # type: ignore[return]
+        try:
+            return fn()
+        except Exception:
+            log.exception("worker %s: database call failed; retrying", self.worker_id)
+            time.sleep(min(1.0, self.poll_interval * 10))
+            return None

@@ -1,0 +1,1 @@
+"""Use cases: commands, the command bus, handlers, the unit of work, the saga policy, ports."""

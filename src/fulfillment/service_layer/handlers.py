@@ -1,0 +1,302 @@
+"""Command handlers: plain functions that receive their dependencies.
+
+Each handler checks the saga's state before acting, so a late or duplicate job is
+harmless: it finds nothing to do and only consumes its job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fulfillment.domain.errors import DeadlineExceeded, DomainError, PrescriptionExpired
+from fulfillment.domain.order import Order
+from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.status import Compensation, FailureReason, SagaStatus, Step
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.ports import Booking, Carrier, Clock, StockLevel
+from fulfillment.service_layer.retry import RetryPolicy
+from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
+
+
+class NotFound(DomainError):
+    """The order or saga does not exist."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    step_seconds: float = 900.0
+    saga_seconds: float = 3600.0
+
+
+def _saga(uow: AbstractUnitOfWork, saga_id: str) -> OrderFulfillmentSaga:
+    saga = uow.sagas.get(saga_id)
+    if saga is None:
+        raise NotFound(f"saga {saga_id} not found")
+    return saga
+
+
+def _order(uow: AbstractUnitOfWork, order_id: str) -> Order:
+    order = uow.orders.get(order_id)
+    if order is None:
+        raise NotFound(f"order {order_id} not found")
+    return order
+
+
+def _finish_order_if_saga_ended(
+    uow: AbstractUnitOfWork, saga: OrderFulfillmentSaga, clock: Clock
+) -> None:
+    """A saga that has ended settles its order in the same transaction."""
+    if saga.status is SagaStatus.COMPENSATED:
+        _order(uow, saga.order_id).cancel(saga.failure_reason or "cancelled", at=clock.now())
+    elif saga.status is SagaStatus.COMPLETED and saga.tracking_number:
+        _order(uow, saga.order_id).fulfil(saga.tracking_number, at=clock.now())
+
+
+def check_deadlines(
+    saga: OrderFulfillmentSaga, step: Step, clock: Clock, timeouts: Timeouts
+) -> None:
+    now = clock.now()
+    if saga.deadline_at is not None and now > saga.deadline_at:
+        raise DeadlineExceeded(
+            FailureReason.SAGA_TIMEOUT, f"saga deadline {saga.deadline_at} passed"
+        )
+    started = saga.step_started_at(step)
+    if started is not None and now > started + timedelta(seconds=timeouts.step_seconds):
+        raise DeadlineExceeded(
+            FailureReason.STEP_TIMEOUT, f"step {step} exceeded {timeouts.step_seconds:g}s"
+        )
+
+
+# --- orders ---------------------------------------------------------------------------
+
+
+def create_order(
+    cmd: c.CreateOrder, uow: AbstractUnitOfWork, clock: Clock, timeouts: Timeouts
+) -> str:
+    """Place the order and start its saga in the same transaction."""
+    with uow:
+        if uow.orders.get(cmd.order_id) is not None:
+            raise DomainError(f"order {cmd.order_id} already exists")
+        now = clock.now()
+        order = Order.place(
+            cmd.order_id,
+            customer_id=cmd.customer_id,
+            items=cmd.items,
+            prescription=cmd.prescription,
+            shipping_address=cmd.shipping_address,
+            at=now,
+        )
+        uow.orders.add(order)
+        _start_saga(uow, order, clock, timeouts)
+        uow.commit()
+    return cmd.order_id
+
+
+def _start_saga(uow: AbstractUnitOfWork, order: Order, clock: Clock, timeouts: Timeouts) -> None:
+    now = clock.now()
+    created = order.to_created_event()
+    saga = OrderFulfillmentSaga.start(
+        created, deadline_at=now + timedelta(seconds=timeouts.saga_seconds), at=now
+    )
+    uow.sagas.add(saga)
+
+
+def start_order_fulfillment_saga(
+    cmd: c.StartOrderFulfillmentSaga, uow: AbstractUnitOfWork, clock: Clock, timeouts: Timeouts
+) -> None:
+    """Start the saga of an order that has none (an order created before the saga existed)."""
+    with uow:
+        order = _order(uow, cmd.order_id)
+        if uow.sagas.get(cmd.order_id) is not None:
+            uow.commit()
+            return
+        _start_saga(uow, order, clock, timeouts)
+        uow.commit()
+
+
+# --- forward steps --------------------------------------------------------------------
+
+
+def create_prescription(
+    cmd: c.CreatePrescription, uow: AbstractUnitOfWork, clock: Clock, timeouts: Timeouts
+) -> None:
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if saga.awaits(Step.CREATE_PRESCRIPTION):
+            check_deadlines(saga, Step.CREATE_PRESCRIPTION, clock, timeouts)
+            assert saga.prescription is not None
+            if saga.prescription.is_expired(clock.today()):
+                raise PrescriptionExpired(
+                    f"prescription expired on {saga.prescription.expires_on.isoformat()}"
+                )
+            prescription_id = uow.prescriptions.create(saga.id, saga.prescription, clock.today())
+            saga.record_prescription_created(prescription_id, at=clock.now())
+        uow.commit()
+
+
+def reserve_inventory(
+    cmd: c.ReserveInventory, uow: AbstractUnitOfWork, clock: Clock, timeouts: Timeouts
+) -> None:
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if saga.awaits(Step.RESERVE_INVENTORY):
+            check_deadlines(saga, Step.RESERVE_INVENTORY, clock, timeouts)
+            reservation_id = uow.inventory.reserve(saga.id, saga.items)
+            saga.record_inventory_reserved(reservation_id, saga.items, at=clock.now())
+        uow.commit()
+
+
+def initiate_shipment(
+    cmd: c.InitiateShipment,
+    uow: AbstractUnitOfWork,
+    clock: Clock,
+    timeouts: Timeouts,
+    carrier: Carrier,
+) -> None:
+    # The carrier call happens outside any transaction: it may be slow, and it is
+    # idempotent by key, so a crash between the call and the commit books nothing twice.
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if not saga.awaits(Step.INITIATE_SHIPMENT):
+            uow.commit()
+            return
+        check_deadlines(saga, Step.INITIATE_SHIPMENT, clock, timeouts)
+    assert saga.shipping_address is not None
+    booking: Booking = carrier.book(f"{saga.id}:shipment", saga.shipping_address, saga.items)
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if saga.awaits(Step.INITIATE_SHIPMENT):
+            shipment_id = uow.shipments.record_initiated(
+                saga.id, booking, saga.shipping_address.country
+            )
+            saga.record_shipment_initiated(
+                shipment_id, booking.carrier, booking.tracking_number, at=clock.now()
+            )
+        uow.commit()
+
+
+def complete_order_fulfillment(
+    cmd: c.CompleteOrderFulfillment, uow: AbstractUnitOfWork, clock: Clock
+) -> None:
+    """Stock leaves the shelf, the prescription is dispensed, the order is fulfilled."""
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if saga.ready_to_complete:
+            uow.inventory.consume(saga.id)
+            uow.prescriptions.mark_dispensed(saga.id)
+            saga.complete(at=clock.now())
+            _finish_order_if_saga_ended(uow, saga, clock)
+        uow.commit()
+
+
+# --- failures -------------------------------------------------------------------------
+
+
+def record_step_failure(
+    cmd: c.RecordStepFailure, uow: AbstractUnitOfWork, clock: Clock, retry: RetryPolicy
+) -> None:
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        if saga.awaits(cmd.step):
+            attempt = saga.attempts(cmd.step) + 1
+            if cmd.reason is not None:
+                saga.fail_step(cmd.step, cmd.reason, cmd.error, at=clock.now())
+            elif retry.exhausted(attempt):
+                saga.fail_step(
+                    cmd.step, FailureReason.RETRIES_EXHAUSTED.value, cmd.error, at=clock.now()
+                )
+            else:
+                saga.record_attempt_failed(
+                    cmd.step, cmd.error, retry_in_seconds=retry.delay(attempt), at=clock.now()
+                )
+            _finish_order_if_saga_ended(uow, saga, clock)
+        uow.commit()
+
+
+# --- compensations --------------------------------------------------------------------
+
+
+def _compensate(
+    uow: AbstractUnitOfWork, saga_id: str, compensation: Compensation
+) -> OrderFulfillmentSaga | None:
+    """Load the saga; None when this compensation is not due (a duplicate or late job)."""
+    saga = _saga(uow, saga_id)
+    return saga if saga.next_compensation is compensation else None
+
+
+def cancel_shipment(
+    cmd: c.CancelShipment, uow: AbstractUnitOfWork, clock: Clock, carrier: Carrier
+) -> None:
+    with uow:
+        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
+        if saga is None:
+            uow.commit()
+            return
+    assert saga.tracking_number is not None
+    carrier.cancel(f"{saga.id}:shipment-cancel", saga.tracking_number)
+    with uow:
+        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
+        if saga is not None:
+            uow.shipments.cancel(saga.id)
+            saga.record_compensated(Compensation.CANCEL_SHIPMENT, at=clock.now())
+            _finish_order_if_saga_ended(uow, saga, clock)
+        uow.commit()
+
+
+def release_inventory(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork, clock: Clock) -> None:
+    with uow:
+        saga = _compensate(uow, cmd.saga_id, Compensation.RELEASE_INVENTORY)
+        if saga is not None:
+            uow.inventory.release(saga.id)
+            saga.record_compensated(Compensation.RELEASE_INVENTORY, at=clock.now())
+            _finish_order_if_saga_ended(uow, saga, clock)
+        uow.commit()
+
+
+def cancel_prescription(cmd: c.CancelPrescription, uow: AbstractUnitOfWork, clock: Clock) -> None:
+    with uow:
+        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_PRESCRIPTION)
+        if saga is not None:
+            uow.prescriptions.cancel(saga.id)
+            saga.record_compensated(Compensation.CANCEL_PRESCRIPTION, at=clock.now())
+            _finish_order_if_saga_ended(uow, saga, clock)
+        uow.commit()
+
+
+def record_compensation_failure(
+    cmd: c.RecordCompensationFailure, uow: AbstractUnitOfWork, clock: Clock, retry: RetryPolicy
+) -> None:
+    with uow:
+        saga = _compensate(uow, cmd.saga_id, cmd.compensation)
+        if saga is not None:
+            attempt = saga.compensation_attempts(cmd.compensation) + 1
+            if retry.exhausted(attempt):
+                saga.park(cmd.compensation, cmd.error, at=clock.now())
+            else:
+                saga.record_compensation_attempt_failed(
+                    cmd.compensation,
+                    cmd.error,
+                    retry_in_seconds=retry.delay(attempt),
+                    at=clock.now(),
+                )
+        uow.commit()
+
+
+def retry_saga_compensation(
+    cmd: c.RetrySagaCompensation, uow: AbstractUnitOfWork, clock: Clock
+) -> None:
+    with uow:
+        saga = _saga(uow, cmd.saga_id)
+        saga.retry_compensation(at=clock.now())
+        uow.commit()
+
+
+# --- inventory ------------------------------------------------------------------------
+
+
+def set_inventory(cmd: c.SetInventory, uow: AbstractUnitOfWork) -> StockLevel:
+    with uow:
+        level = uow.inventory.set_on_hand(cmd.sku, cmd.on_hand)
+        uow.commit()
+    return level

@@ -1,0 +1,30 @@
+"""Job values shared by the queue adapter, the unit of work and the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job to enqueue: run `kind` for saga `saga_id`, not before `delay_seconds` from now."""
+
+    saga_id: str
+    kind: str
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds a lease on, identified by `claim_token`."""
+
+    id: int
+    saga_id: str
+    kind: str
+    claim_token: str
+    claims: int
+    failures: int
+
+
+class LeaseLost(Exception):
+    """The job's lease expired and another worker took it: this attempt's work is discarded."""

@@ -1,0 +1,107 @@
+"""Ports: what the service layer needs from the outside world, as abstract interfaces."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from fulfillment.domain.order import Order
+from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+
+
+class Clock(abc.ABC):
+    @abc.abstractmethod
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+
+    def today(self) -> date:
+        return self.now().date()
+
+
+@dataclass(frozen=True)
+class Booking:
+    carrier: str
+    tracking_number: str
+
+
+class Carrier(abc.ABC):
+    """A shipping carrier. Calls are idempotent by key: the same key books one shipment."""
+
+    @abc.abstractmethod
+    def book(
+        self, idempotency_key: str, address: ShippingAddress, lines: tuple[OrderLine, ...]
+    ) -> Booking:
+        """Raises UnsupportedDestination (for good) or TransientFailure (try again)."""
+
+    @abc.abstractmethod
+    def cancel(self, idempotency_key: str, tracking_number: str) -> None:
+        """Raises TransientFailure when the carrier cannot be reached."""
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    sku: str
+    on_hand: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+class PrescriptionService(abc.ABC):
+    @abc.abstractmethod
+    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
+        """One prescription per order (idempotent); raises PrescriptionExpired."""
+
+    @abc.abstractmethod
+    def cancel(self, order_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def mark_dispensed(self, order_id: str) -> None: ...
+
+
+class InventoryReservationService(abc.ABC):
+    @abc.abstractmethod
+    def set_on_hand(self, sku: str, on_hand: int) -> StockLevel:
+        """Raises InvalidInventory when `on_hand` would drop below what is reserved."""
+
+    @abc.abstractmethod
+    def get(self, sku: str) -> StockLevel | None: ...
+
+    @abc.abstractmethod
+    def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
+        """All-or-nothing, one reservation per order (idempotent); raises InsufficientStock."""
+
+    @abc.abstractmethod
+    def release(self, order_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def consume(self, order_id: str) -> None: ...
+
+
+class ShipmentService(abc.ABC):
+    @abc.abstractmethod
+    def record_initiated(self, order_id: str, booking: Booking, country: str) -> str:
+        """One shipment per order (idempotent); returns the shipment id."""
+
+    @abc.abstractmethod
+    def cancel(self, order_id: str) -> None: ...
+
+
+class OrderRepository(abc.ABC):
+    @abc.abstractmethod
+    def get(self, order_id: str) -> Order | None: ...
+
+    @abc.abstractmethod
+    def add(self, order: Order) -> None: ...
+
+
+class SagaRepository(abc.ABC):
+    @abc.abstractmethod
+    def get(self, saga_id: str) -> OrderFulfillmentSaga | None: ...
+
+    @abc.abstractmethod
+    def add(self, saga: OrderFulfillmentSaga) -> None: ...

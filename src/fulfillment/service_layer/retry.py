@@ -1,0 +1,23 @@
+"""The retry policy: how many attempts a step gets and how long to wait between them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits base * 2**(n-1), jittered to 50..100%."""
+
+    max_attempts: int = 3
+    base_seconds: float = 60.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def exhausted(self, attempts_made: int) -> bool:
+        return attempts_made >= self.max_attempts
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        ceiling = self.base_seconds * (2 ** max(0, attempt - 1))
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)

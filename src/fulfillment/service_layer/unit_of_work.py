@@ -1,0 +1,86 @@
+"""The unit of work: one database transaction that commits everything a step did, or nothing.
+
+On commit it stores the new events of every aggregate it saw (with their expected versions),
+enqueues the job the saga policy derives from them, and removes the job being run: DESIGN.md
+section 3, rule 1. It rolls back unless told to commit.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from fulfillment.domain.aggregate import Aggregate
+from fulfillment.domain.events import DomainEvent
+from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.service_layer import ports
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
+from fulfillment.service_layer.saga_policy import next_job
+
+
+@dataclass(frozen=True)
+class StreamAppend:
+    stream_id: str
+    expected_version: int
+    events: list[DomainEvent]
+    correlation_id: str
+
+
+class AbstractUnitOfWork(abc.ABC):
+    orders: ports.OrderRepository
+    sagas: ports.SagaRepository
+    prescriptions: ports.PrescriptionService
+    inventory: ports.InventoryReservationService
+    shipments: ports.ShipmentService
+
+    def __init__(self, job: ClaimedJob | None = None, causation_id: str | None = None) -> None:
+        self.job = job
+        self.causation_id = causation_id or (f"job:{job.id}" if job else None)
+        self.committed_events: list[DomainEvent] = []
+        self._seen: dict[str, Aggregate] = {}
+
+    def __enter__(self) -> Self:
+        self._seen = {}
+        self._begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.rollback()
+
+    def track(self, aggregate: Aggregate) -> None:
+        self._seen[aggregate.stream_id] = aggregate
+
+    def commit(self) -> None:
+        appends: list[StreamAppend] = []
+        jobs: list[JobSpec] = []
+        for aggregate in self._seen.values():
+            expected = aggregate.stored_version
+            if not aggregate.pending_events:
+                continue
+            events = aggregate.pending_events
+            correlation = aggregate.id
+            appends.append(StreamAppend(aggregate.stream_id, expected, events, correlation))
+            if isinstance(aggregate, OrderFulfillmentSaga):
+                spec = next_job(aggregate, events)
+                if spec is not None:
+                    jobs.append(spec)
+        self._commit(appends, jobs)
+        for aggregate in self._seen.values():
+            self.committed_events.extend(aggregate.collect_pending())
+
+    @abc.abstractmethod
+    def _begin(self) -> None: ...
+
+    @abc.abstractmethod
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+        """Atomically: finish the current job, enqueue `jobs`, append the events."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None: ...
