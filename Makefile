@@ -1,0 +1,40 @@
+# Fulfillment Saga: one command to try it, one to test it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint typecheck bench serve clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole saga on the embedded SQLite database, with a summary at the end.
+demo: $(STAMP)
+	$(BIN)/fulfillment demo
+
+## The whole test suite (PostgreSQL and MariaDB tests skip, saying why, if no server answers;
+## under CI=true they fail instead).
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.worker_concurrency
+
+serve: $(STAMP)
+	$(BIN)/fulfillment serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache fulfillment-demo.db*
