@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Self
@@ -15,9 +16,13 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     if raw is None or raw.strip() == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        # "nan" and "inf" parse as floats but are no valid delay, rate or count.
+        raise ValueError(f"{name} must be a finite number, got {raw!r}")
+    return value
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -98,6 +99,30 @@ def test_a_stale_expected_version_is_refused_and_stores_nothing(app: App) -> Non
     # The stream accepts the same events at its real version.
     append(app, "order-o1", 2, [cancelled("o1", 3)])
     assert [e.version for e in read_stream(app, "order-o1")] == [1, 2, 3]
+
+
+def test_of_concurrent_appenders_at_the_same_version_exactly_one_wins(app: App) -> None:
+    appenders = 6
+    start = threading.Barrier(appenders)
+    outcomes: list[str] = []
+
+    def race(n: int) -> None:
+        start.wait()
+        try:
+            append(app, "saga-contested", 0, [cancelled("contested", n)])
+            outcomes.append("stored")
+        except ConcurrencyError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(appenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["conflict"] * (appenders - 1) + ["stored"]
+    assert [e.version for e in read_stream(app, "saga-contested")] == [1]
+    assert len(read_all(app)) == 1
 
 
 def test_two_events_can_never_share_a_stream_version(app: App) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch
@@ -32,6 +33,7 @@ class JobRow:
     status: str
     run_at: float
     lease_expires_at: float | None
+    claim_token: str | None
     claimed_by: str | None
     claims: int
     failures: int
@@ -72,7 +74,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         self.backend = backend_of(engine)
         self.max_claims = max_claims
 
-    def _now(self):  # type: ignore[no-untyped-def]
+    def _now(self) -> ColumnElement[float]:
         return db_now_epoch(self.backend)
 
     def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]:

@@ -7,7 +7,6 @@ Every event passes through here on its way in and out of the store, so upcasting
 from __future__ import annotations
 
 import dataclasses
-import functools
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +73,7 @@ def _decoder(hint: Any) -> Callable[[Any], Any]:
         if issubclass(hint, Enum):
             return hint
         if hint in (OrderLine, PrescriptionDetails, ShippingAddress):
-            return hint.from_dict  # type: ignore[attr-defined, no-any-return]
+            return hint.from_dict
         if hint is datetime:
             return lambda raw: to_utc(datetime.fromisoformat(raw))
         if hint is date:
@@ -82,14 +81,21 @@ def _decoder(hint: Any) -> Callable[[Any], Any]:
     return lambda raw: raw
 
 
-@functools.cache
+_SCHEMAS: dict[type[DomainEvent], tuple[tuple[str, Callable[[Any], Any]], ...]] = {}
+
+
 def _schema(cls: type[DomainEvent]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        (f.name, _decoder(hints[f.name]))
-        for f in dataclasses.fields(cls)
-        if f.name != "occurred_at"
-    )
+    """The payload fields of an event class with their decoders (computed once per class)."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        schema = tuple(
+            (f.name, _decoder(hints[f.name]))
+            for f in dataclasses.fields(cls)
+            if f.name != "occurred_at"
+        )
+        _SCHEMAS[cls] = schema
+    return schema
 
 
 class EventMapper:

@@ -77,6 +77,8 @@ jobs = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", Double, nullable=False),
     Index("ix_jobs_status_run_at", "status", "run_at"),
+    # Never reuse a deleted job's id on SQLite: ids appear in causation ids.
+    sqlite_autoincrement=True,
 )
 
 prescriptions = Table(
@@ -124,4 +126,54 @@ shipments = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+)
+
+# Idempotency-Key of POST /orders: written in the transaction that creates the order, so a
+# key maps to exactly one order across restarts and API processes. Keys compare byte for
+# byte (MariaDB's default collation would make "abc" and "ABC" the same key).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column(
+        "key",
+        String(200).with_variant(mysql.VARCHAR(200, collation="utf8mb4_bin"), "mysql", "mariadb"),
+        primary_key=True,
+    ),
+    Column("request_hash", String(64), nullable=False),
+    Column("order_id", Id, nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# --- read models (projections), rebuilt from the events at will ------------------------
+
+# One row per order: what GET /orders/{id} and the operator CLI show. Written only by the
+# projector (adapters/projections.py), in the transaction that advances its checkpoint.
+order_summaries = Table(
+    "order_summaries",
+    metadata,
+    Column("order_id", Id, primary_key=True),
+    # Position of OrderCreated: commit order, the stable sort key of the listings.
+    Column("created_position", BigInteger, nullable=False, unique=True),
+    Column("status", String(20), nullable=False),
+    Column("reason", String(100), nullable=True),
+    Column("customer_id", String(200), nullable=False),
+    Column("items", JSON, nullable=False),
+    Column("saga_status", String(20), nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("shipment", JSON(none_as_null=True), nullable=True),
+    Column("placed_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("last_position", BigInteger, nullable=False),
+    Index("ix_order_summaries_status_created_position", "status", "created_position"),
+    Index("ix_order_summaries_saga_status_created_position", "saga_status", "created_position"),
+)
+
+# Tracking records: how far each projection has read the event log.
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", BigInteger, nullable=False),
 )

@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fulfillment.adapters import job_queue
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
+from fulfillment.adapters.idempotency import SqlAlchemyIdempotencyKeys
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.repository import SqlAlchemyOrderRepository, SqlAlchemySagaRepository
 from fulfillment.adapters.services import (
@@ -60,6 +61,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
         self.inventory = SqlAlchemyInventoryService(self.conn)
         self.shipments = SqlAlchemyShipmentService(self.conn)
+        self.idempotency = SqlAlchemyIdempotencyKeys(self.conn)
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
         if self.job is not None:

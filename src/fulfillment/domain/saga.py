@@ -153,7 +153,8 @@ class OrderFulfillmentSaga(Aggregate):
     def check_awaits(self, step: Step) -> None:
         if not self.awaits(step):
             raise IllegalTransition(
-                f"saga {self.id} does not await {step} (status {self.status}, next {self.next_step})"
+                f"saga {self.id} does not await {step} "
+                f"(status {self.status}, next {self.next_step})"
             )
 
     def check_compensating(self, compensation: Compensation) -> None:

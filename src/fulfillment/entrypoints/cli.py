@@ -14,6 +14,7 @@ from fulfillment.adapters.db import create_nullpool_engine
 from fulfillment.adapters.migrate import current_revision, migrate
 from fulfillment.bootstrap import bootstrap
 from fulfillment.config import Settings
+from fulfillment.entrypoints import cli_ops
 
 app = typer.Typer(
     help="Fulfillment Saga: event-sourced order fulfillment for an online pharmacy.",
@@ -46,16 +47,22 @@ def migrate_command() -> None:
 
 @app.command("worker")
 def worker_command(
-    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, help="Sagas in flight at once."),
-    migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Apply migrations first."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", "-c", min=1, help="Sagas in flight at once."
+    ),
+    migrate_first: bool = typer.Option(
+        True, "--migrate/--no-migrate", help="Apply migrations first."
+    ),
 ) -> None:
-    """Run a standalone worker process until SIGTERM or Ctrl-C."""
+    """Run a standalone worker process (and a projector) until SIGTERM or Ctrl-C."""
+    from fulfillment.adapters.projections import ProjectorThread
     from fulfillment.entrypoints.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
-    fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 2)
+    fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
+    projector = ProjectorThread(fapp)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("fulfillment.worker").info("signal %d: finishing in-flight jobs", signum)
@@ -63,12 +70,64 @@ def worker_command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    console.print(f"worker {worker.worker_id} running with concurrency {concurrency}", highlight=False)
+    console.print(
+        f"worker {worker.worker_id} running with concurrency {concurrency}", highlight=False
+    )
+    projector.start()
     try:
         worker.run()
     finally:
+        projector.stop()
         fapp.close()
     console.print(f"worker stopped after {worker.processed} jobs", highlight=False)
+
+
+@app.command("demo")
+def demo_command(
+    orders: int = typer.Option(200, "--orders", "-n", min=1, help="Orders to place."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", min=1, help="Worker concurrency."),
+    seed: int = typer.Option(7, "--seed", help="Seed of the order mix (same seed, same mix)."),
+    database: str = typer.Option("fulfillment-demo.db", "--database", help="SQLite file to use."),
+    keep: bool = typer.Option(False, "--keep", help="Reuse the file instead of starting fresh."),
+) -> None:
+    """Run the whole flow on an embedded SQLite database, with progress and a summary."""
+    from pathlib import Path
+
+    from fulfillment.entrypoints.demo import DemoOptions, run_demo
+
+    options = DemoOptions(orders, concurrency, seed, Path(database), keep)
+    raise typer.Exit(run_demo(options, console, _settings()))
+
+
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (keys required)."),
+    port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="TCP port."),
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=0, help="In-process workers (0: API only)."
+    ),
+    worker_concurrency: int = typer.Option(
+        4, "--worker-concurrency", min=1, help="Sagas in flight per in-process worker."
+    ),
+) -> None:
+    """Serve the HTTP API (migrations applied first), with workers and the projector."""
+    from fulfillment.entrypoints.api import bind_host, run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings()
+    bound = bind_host(host, settings)
+    if not settings.api_keys:
+        console.print(
+            "FULFILLMENT_API_KEYS is not set: no authentication, "
+            "so the server binds to 127.0.0.1 only" + (f" (not {host})" if bound != host else ""),
+            highlight=False,
+        )
+    run_server(settings, bound, port, workers, worker_concurrency, announce=console.print)
+
+
+# Operator commands: orders, sagas, events, inventory, projections.
+for _group, _name in cli_ops.GROUPS:
+    app.add_typer(_group, name=_name)
 
 
 def main() -> None:

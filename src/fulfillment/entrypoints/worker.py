@@ -9,6 +9,7 @@ period, and hands back whatever is still unfinished.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from fulfillment.bootstrap import App
 from fulfillment.service_layer.job_runner import JobOutcome
@@ -25,6 +27,7 @@ from fulfillment.service_layer.jobs import ClaimedJob
 log = logging.getLogger("fulfillment.worker")
 
 OutcomeHook = Callable[[ClaimedJob, JobOutcome], None]
+T = TypeVar("T")
 
 
 class Worker:
@@ -47,6 +50,8 @@ class Worker:
         self.grace_seconds = grace_seconds
         self.on_outcome = on_outcome
         self.stop_event = threading.Event()
+        # Set only once shutdown is over: jobs finishing in the grace period keep their leases.
+        self._heartbeat_stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, ClaimedJob] = {}
@@ -116,11 +121,11 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.lease_seconds / 3)
-        while not self.stop_event.wait(interval):
+        while not self._heartbeat_stop.wait(interval):
             with self._lock:
                 jobs = list(self._in_flight.values())
             if jobs:
-                self._safely(lambda: self.app.queue.heartbeat(jobs, self.lease_seconds))
+                self._safely(functools.partial(self.app.queue.heartbeat, jobs, self.lease_seconds))
 
     def _queue_idle(self) -> bool:
         counts = self._safely(self.app.queue.counts) or {}
@@ -131,15 +136,17 @@ class Worker:
         deadline = time.monotonic() + self.grace_seconds
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._heartbeat_stop.set()
         with self._lock:
             leftovers = list(self._in_flight.values())
         for job in leftovers:
             # Still running after the grace period: hand the job back. If the thread later
             # commits anyway, the claim-token check makes that commit fail harmlessly.
-            self._safely(lambda job=job: self.app.queue.release(job))  # type: ignore[misc]
+            self._safely(functools.partial(self.app.queue.release, job))
         pool.shutdown(wait=not leftovers, cancel_futures=True)
 
-    def _safely(self, fn: Callable[[], object]) -> object:  # type: ignore[return]
+    def _safely(self, fn: Callable[[], T]) -> T | None:
+        """Run a queue call; on a database error, log, pause briefly and return None."""
         try:
             return fn()
         except Exception:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.service_layer.ports import IdempotencyRecord
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class CreateOrder(Command):
     items: tuple[OrderLine, ...]
     prescription: PrescriptionDetails
     shipping_address: ShippingAddress
+    # Stored in the same transaction as the order; a key already stored means a replay.
+    idempotency: IdempotencyRecord | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ class NotFound(DomainError):
     """The order or saga does not exist."""
 
 
+class IdempotencyKeyReused(DomainError):
+    """An `Idempotency-Key` already stored for a request with a different body."""
+
+
 @dataclass(frozen=True)
 class Timeouts:
     step_seconds: float = 900.0
@@ -74,8 +78,21 @@ def check_deadlines(
 def create_order(
     cmd: c.CreateOrder, uow: AbstractUnitOfWork, clock: Clock, timeouts: Timeouts
 ) -> str:
-    """Place the order and start its saga in the same transaction."""
+    """Place the order and start its saga in the same transaction.
+
+    With an idempotency key, returns the order the key already created (starting nothing),
+    or stores the key with the new order: a concurrent twin fails on the unique key, and
+    its retry by the bus finds the key here.
+    """
     with uow:
+        if cmd.idempotency is not None:
+            stored = uow.idempotency.get(cmd.idempotency.key)
+            if stored is not None:
+                if stored.request_hash != cmd.idempotency.request_hash:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key was already used with a different request body"
+                    )
+                return stored.order_id
         if uow.orders.get(cmd.order_id) is not None:
             raise DomainError(f"order {cmd.order_id} already exists")
         now = clock.now()
@@ -89,6 +106,8 @@ def create_order(
         )
         uow.orders.add(order)
         _start_saga(uow, order, clock, timeouts)
+        if cmd.idempotency is not None:
+            uow.idempotency.add(cmd.idempotency)
         uow.commit()
     return cmd.order_id
 
@@ -167,6 +186,7 @@ def initiate_shipment(
     with uow:
         saga = _saga(uow, cmd.saga_id)
         if saga.awaits(Step.INITIATE_SHIPMENT):
+            assert saga.shipping_address is not None
             shipment_id = uow.shipments.record_initiated(
                 saga.id, booking, saga.shipping_address.country
             )
@@ -195,23 +215,28 @@ def complete_order_fulfillment(
 
 def record_step_failure(
     cmd: c.RecordStepFailure, uow: AbstractUnitOfWork, clock: Clock, retry: RetryPolicy
-) -> None:
+) -> bool:
+    """Retry the step after a backoff, or fail it for good: True when it failed for good."""
+    failed = False
     with uow:
         saga = _saga(uow, cmd.saga_id)
         if saga.awaits(cmd.step):
             attempt = saga.attempts(cmd.step) + 1
             if cmd.reason is not None:
                 saga.fail_step(cmd.step, cmd.reason, cmd.error, at=clock.now())
+                failed = True
             elif retry.exhausted(attempt):
                 saga.fail_step(
                     cmd.step, FailureReason.RETRIES_EXHAUSTED.value, cmd.error, at=clock.now()
                 )
+                failed = True
             else:
                 saga.record_attempt_failed(
                     cmd.step, cmd.error, retry_in_seconds=retry.delay(attempt), at=clock.now()
                 )
             _finish_order_if_saga_ended(uow, saga, clock)
         uow.commit()
+    return failed
 
 
 # --- compensations --------------------------------------------------------------------

@@ -84,13 +84,14 @@ class JobRunner:
 
     def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobOutcome:
         if job.kind in STEPS:
-            self.bus.handle(
+            # A transient failure on the last attempt fails the step too (retries_exhausted).
+            failed = self.bus.handle(
                 c.RecordStepFailure(
                     saga_id=job.saga_id, step=STEPS[job.kind], error=error, reason=reason
                 ),
                 job=job,
             )
-            return JobOutcome.STEP_FAILED if reason else JobOutcome.RETRY_SCHEDULED
+            return JobOutcome.STEP_FAILED if failed else JobOutcome.RETRY_SCHEDULED
         if job.kind in COMPENSATIONS:
             self.bus.handle(
                 c.RecordCompensationFailure(

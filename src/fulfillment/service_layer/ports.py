@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import OrderFulfillmentSaga
@@ -105,3 +106,24 @@ class SagaRepository(abc.ABC):
 
     @abc.abstractmethod
     def add(self, saga: OrderFulfillmentSaga) -> None: ...
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A client's `Idempotency-Key` and what its first request produced."""
+
+    key: str
+    request_hash: str  # of the normalized request body: the same key with another body is refused
+    order_id: str
+    response: dict[str, Any]  # the first response's body, answered again on a replay
+
+
+class IdempotencyKeys(abc.ABC):
+    """Keys stored in the transaction that creates the order: one key, one order, ever."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> IdempotencyRecord | None: ...
+
+    @abc.abstractmethod
+    def add(self, record: IdempotencyRecord) -> None:
+        """Raises (an integrity error) when a concurrent transaction stored the key first."""

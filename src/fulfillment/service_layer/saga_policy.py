@@ -66,6 +66,6 @@ def next_job(saga: OrderFulfillmentSaga, new_events: Sequence[DomainEvent]) -> J
         case CompensationAttemptFailed(compensation=compensation, retry_in_seconds=delay):
             return JobSpec(saga.id, compensation.value, delay)
         case _ if isinstance(last, _COMPENSATION_PROGRESS):
-            compensation = saga.next_compensation
-            return JobSpec(saga.id, compensation.value) if compensation else None
+            due = saga.next_compensation
+            return JobSpec(saga.id, due.value) if due else None
     return None

@@ -34,6 +34,7 @@ class AbstractUnitOfWork(abc.ABC):
     prescriptions: ports.PrescriptionService
     inventory: ports.InventoryReservationService
     shipments: ports.ShipmentService
+    idempotency: ports.IdempotencyKeys
 
     def __init__(self, job: ClaimedJob | None = None, causation_id: str | None = None) -> None:
         self.job = job

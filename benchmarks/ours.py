@@ -1,0 +1,337 @@
+"""Our product under load: orders through the command bus, `fulfillment worker` processes.
+
+Two modes:
+
+* backlog: place N orders first, then start the workers and time until every order's
+  stream holds `OrderFulfilled` or `OrderCancelled` (throughput);
+* offered load: start the workers, then place orders at a fixed rate and measure the
+  latency from `OrderCreated` to the terminal event (latency at a given load).
+
+All figures come from the events table, so they include every commit the product makes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from benchmarks.common import (
+    SKUS,
+    STOCK_ON_HAND,
+    Database,
+    OrderSpec,
+    RssSampler,
+    RunMetrics,
+    latency_summary,
+)
+from fulfillment.adapters import tables as t
+from fulfillment.bootstrap import App, bootstrap
+from fulfillment.config import Settings
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.service_layer.commands import CreateOrder, SetInventory
+
+TERMINAL_TYPES = ("OrderFulfilled", "OrderCancelled")
+#: Events recorded when an order is placed; the first other event starts the drain window.
+PLACEMENT_TYPES = ("OrderCreated", "OrderFulfillmentSagaStarted")
+
+
+@dataclass(frozen=True)
+class OursConfig:
+    workers: int = 1
+    concurrency: int = 8
+    carrier_latency_ms: float = 0.0
+    timeout_seconds: float = 600.0
+    placers: int = 4
+
+
+def product_env(db: Database, carrier_latency_ms: float) -> dict[str, str]:
+    """The worker processes' environment: DESIGN.md section 4 variables, product defaults."""
+    env = dict(os.environ)
+    env.update(
+        FULFILLMENT_DATABASE_URL=db.url,
+        FULFILLMENT_CARRIER_LATENCY_MS=str(carrier_latency_ms),
+        FULFILLMENT_CARRIER_FAILURE_RATE="0",
+    )
+    return env
+
+
+def setup_app(db: Database, carrier_latency_ms: float = 0.0) -> App:
+    """Migrate, seed the stock, and return an App for placing orders in this process."""
+    settings = Settings.from_env(product_env(db, carrier_latency_ms))
+    app = bootstrap(settings, run_migrations=True, pool_size=8)
+    for sku in SKUS:
+        app.bus.handle(SetInventory(sku=sku, on_hand=STOCK_ON_HAND))
+    return app
+
+
+def create_order_command(spec: OrderSpec) -> CreateOrder:
+    return CreateOrder(
+        order_id=spec.order_id,
+        customer_id="bench-customer",
+        items=(OrderLine(spec.sku, spec.quantity),),
+        prescription=PrescriptionDetails("dr-bench", "Ada Lovelace", spec.expires_on),
+        shipping_address=ShippingAddress(
+            "Ada Lovelace", "1 Analytical Way", "London", "N1 1AA", spec.country
+        ),
+    )
+
+
+def place_all(app: App, specs: Sequence[OrderSpec], placers: int) -> float:
+    """Place every order (a few threads); returns the placement rate in orders/s."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(placers) as pool:
+        for _ in pool.map(lambda s: app.bus.handle(create_order_command(s)), specs):
+            pass
+    return len(specs) / max(1e-9, time.perf_counter() - started)
+
+
+class WorkerFleet:
+    """`fulfillment worker` processes, with their RSS watched and their logs kept."""
+
+    def __init__(self, db: Database, config: OursConfig, rss: RssSampler, log_dir: Path) -> None:
+        self.db = db
+        self.config = config
+        self.rss = rss
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        env = product_env(self.db, self.config.carrier_latency_ms)
+        for n in range(self.config.workers):
+            log = open(self.log_dir / f"worker-{n}.log", "wb")  # noqa: SIM115 (kept open)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fulfillment.entrypoints.cli",
+                    "worker",
+                    "--concurrency",
+                    str(self.config.concurrency),
+                    "--no-migrate",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            self.procs.append(proc)
+            self.rss.register(f"worker-{n}", proc.pid)
+
+    def stop(self) -> None:
+        for n, proc in enumerate(self.procs):
+            self.rss.unregister(f"worker-{n}")
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+
+class TerminalCounter:
+    """Counts terminal events incrementally by position (position order = commit order)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.after = 0
+        self.count = 0
+
+    def poll(self) -> int:
+        with self.app.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.events.c.position, t.events.c.type)
+                .where(t.events.c.position > self.after)
+                .order_by(t.events.c.position)
+            ).all()
+            conn.rollback()
+        for position, type_ in rows:
+            self.after = max(self.after, int(position))
+            if type_ in TERMINAL_TYPES:
+                self.count += 1
+        return self.count
+
+
+def wait_terminal(app: App, n: int, fleet: WorkerFleet, timeout: float) -> bool:
+    counter = TerminalCounter(app)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if counter.poll() >= n:
+            return True
+        if not fleet.alive():
+            raise RuntimeError(f"a worker exited early; see {fleet.log_dir}")
+        time.sleep(0.2)
+    return counter.poll() >= n
+
+
+def metrics_from_engine(engine: Engine, *, window_from: str) -> dict[str, Any]:
+    """Latency per order, terminal counts and the window, from the events table.
+
+    window_from="first_step": from the first event after placement (backlog mode);
+    window_from="created": from the first OrderCreated (offered-load mode).
+    """
+    e = t.events.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(e.stream_id, e.type, e.recorded_at).where(
+                e.type.in_(("OrderCreated", *TERMINAL_TYPES))
+            )
+        ).all()
+        total_events = int(conn.execute(select(func.count()).select_from(t.events)).scalar_one())
+        first_step = conn.execute(
+            select(func.min(e.recorded_at)).where(e.type.not_in(PLACEMENT_TYPES))
+        ).scalar_one()
+        conn.rollback()
+    created: dict[str, Any] = {}
+    ended: dict[str, tuple[str, Any]] = {}
+    for stream_id, type_, recorded_at in rows:
+        if type_ == "OrderCreated":
+            created[stream_id] = recorded_at
+        else:
+            ended[stream_id] = (type_, recorded_at)
+    latencies = [
+        (at - created[s]).total_seconds() * 1000.0 for s, (_, at) in ended.items() if s in created
+    ]
+    start = first_step if window_from == "first_step" else min(created.values())
+    end = max(at for _, at in ended.values()) if ended else start
+    return {
+        "latencies": latencies,
+        "fulfilled": sum(1 for ty, _ in ended.values() if ty == "OrderFulfilled"),
+        "cancelled": sum(1 for ty, _ in ended.values() if ty == "OrderCancelled"),
+        "seconds": max(1e-9, (end - start).total_seconds()) if start is not None else 0.0,
+        "events": total_events,
+    }
+
+
+def _result(
+    db: Database,
+    config: OursConfig,
+    mix: str,
+    specs: Sequence[OrderSpec],
+    figures: dict[str, Any],
+    rss: RssSampler,
+    extra: dict[str, Any],
+) -> RunMetrics:
+    seconds = figures["seconds"]
+    terminal = figures["fulfilled"] + figures["cancelled"]
+    return RunMetrics(
+        system="ours",
+        backend=db.backend,
+        mix=mix,
+        carrier_latency_ms=config.carrier_latency_ms,
+        orders=len(specs),
+        terminal=terminal,
+        fulfilled=figures["fulfilled"],
+        cancelled=figures["cancelled"],
+        seconds=seconds,
+        orders_per_second=terminal / seconds if seconds else 0.0,
+        events=figures["events"],
+        events_per_second=figures["events"] / seconds if seconds else 0.0,
+        latency_ms=latency_summary(figures["latencies"]),
+        peak_rss_mib=rss.peaks_mib(),
+        config={
+            "workers": config.workers,
+            "concurrency": config.concurrency,
+            "sqlite_synchronous": os.environ.get("FULFILLMENT_SQLITE_SYNCHRONOUS", "FULL"),
+            **extra,
+        },
+    )
+
+
+def run_backlog(
+    db: Database, specs: Sequence[OrderSpec], mix: str, config: OursConfig, log_dir: Path
+) -> RunMetrics:
+    """Place every order, then drain the backlog with the worker processes."""
+    app = setup_app(db, config.carrier_latency_ms)
+    try:
+        placement_rate = place_all(app, specs, config.placers)
+        with RssSampler() as rss:
+            fleet = WorkerFleet(db, config, rss, log_dir)
+            fleet.start()
+            try:
+                done = wait_terminal(app, len(specs), fleet, config.timeout_seconds)
+            finally:
+                fleet.stop()
+        figures = metrics_from_engine(app.engine, window_from="first_step")
+        result = _result(
+            db, config, mix, specs, figures, rss, {"mode": "backlog", "placed_per_second": round(placement_rate, 1)}
+        )
+        if not done:
+            result.notes.append(f"timed out after {config.timeout_seconds:g}s")
+        return result
+    finally:
+        app.close()
+
+
+def run_offered_load(
+    db: Database,
+    specs: Sequence[OrderSpec],
+    mix: str,
+    config: OursConfig,
+    rate: float,
+    log_dir: Path,
+) -> RunMetrics:
+    """Start the workers, place orders at `rate` per second, measure created -> terminal."""
+    app = setup_app(db, config.carrier_latency_ms)
+    try:
+        with RssSampler() as rss:
+            fleet = WorkerFleet(db, config, rss, log_dir)
+            fleet.start()
+            try:
+                time.sleep(2.0)  # let the workers import and connect before the clock starts
+                achieved = pace(lambda s: app.bus.handle(create_order_command(s)), specs, rate)
+                done = wait_terminal(app, len(specs), fleet, config.timeout_seconds)
+            finally:
+                fleet.stop()
+        figures = metrics_from_engine(app.engine, window_from="created")
+        result = _result(
+            db,
+            config,
+            mix,
+            specs,
+            figures,
+            rss,
+            {"mode": "offered_load", "offered_per_second": round(rate, 1), "achieved_offered_per_second": round(achieved, 1)},
+        )
+        if not done:
+            result.notes.append(f"timed out after {config.timeout_seconds:g}s")
+        return result
+    finally:
+        app.close()
+
+
+def pace(place: Any, specs: Sequence[OrderSpec], rate: float, threads: int = 8) -> float:
+    """Call `place(spec)` at `rate` per second (an open-loop schedule); returns the rate achieved."""
+    errors: list[BaseException] = []
+
+    def guarded(spec: OrderSpec) -> None:
+        try:
+            place(spec)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for i, spec in enumerate(specs):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(guarded, spec)
+    if errors:
+        raise errors[0]
+    return len(specs) / max(1e-9, time.perf_counter() - started)
+
+

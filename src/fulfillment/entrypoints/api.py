@@ -1,0 +1,515 @@
+"""The HTTP API (DESIGN.md section 4): FastAPI over the command bus and the read models.
+
+Writes go through the command bus (one handler per command); reads come from
+`fulfillment.views`. `create_app()` builds the whole server from the environment;
+`run_server()` is what `fulfillment serve` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Annotated, Any
+
+import anyio
+from fastapi import FastAPI, Header, Path, Query
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select, text
+
+from fulfillment import __version__, views
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.idempotency import find as find_idempotency_key
+from fulfillment.adapters.idempotency import request_hash
+from fulfillment.adapters.projections import Projector, ProjectorThread
+from fulfillment.bootstrap import App, bootstrap
+from fulfillment.config import Settings
+from fulfillment.domain.status import OrderStatus
+from fulfillment.entrypoints import api_schemas as s
+from fulfillment.entrypoints.api_errors import (
+    ApiError,
+    BearerAuth,
+    BodySizeLimit,
+    error_response,
+    install_error_handlers,
+)
+from fulfillment.entrypoints.worker import Worker
+from fulfillment.service_layer.commands import CreateOrder, SetInventory
+from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
+
+log = logging.getLogger("fulfillment.api")
+
+OPEN_PATHS = ("/health",)
+MAX_LIMIT = 1000
+MAX_POSITION = 2**63 - 1
+
+Sku = Annotated[
+    str,
+    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
+]
+OrderId = Annotated[
+    str,
+    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"1..{MAX_LIMIT}")]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=s.MAX_TEXT,
+        pattern=s.NO_CONTROL_CHARACTERS,
+        description="`next_cursor` of the previous page",
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=s.MAX_TEXT,
+        pattern=s.NO_CONTROL_CHARACTERS,
+        description="Replaying a request with the same key and body returns the first "
+        "response and starts nothing; the same key with another body is refused (409).",
+    ),
+]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
+        404: "Not found",
+        405: "Method not allowed",
+        409: "Conflict with the current state",
+        413: "Request body larger than 64 KiB",
+        422: "Invalid request; `details` lists the fields",
+        503: "Database unavailable or busy",
+    }
+    return {c: {"model": s.ErrorResponse, "description": descriptions[c]} for c in codes}
+
+
+# --- background services ------------------------------------------------------------
+
+
+class _WorkerThread:
+    """A `Worker` looping on a thread of its own."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:
+            log.exception("in-process worker %s stopped with an error", self.worker.worker_id)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def request_stop(self) -> None:
+        self.worker.stop()
+
+    def join(self) -> None:
+        if self.thread.is_alive():
+            self.thread.join(self.worker.grace_seconds + 10)
+
+
+class BackgroundServices:
+    """In-process workers and the projector, each on a thread of its own."""
+
+    def __init__(self, app: App, workers: int, worker_concurrency: int) -> None:
+        self.workers = [
+            _WorkerThread(Worker(app, worker_concurrency), f"worker-{i}") for i in range(workers)
+        ]
+        poll = max(0.01, min(0.1, app.settings.poll_interval_seconds))
+        self.projector = ProjectorThread(Projector(app.engine, app.mapper), poll_interval=poll)
+
+    def start(self) -> None:
+        self.projector.start()
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self) -> None:
+        """Workers claim nothing new and finish (or hand back) their jobs; then the projector."""
+        for worker in self.workers:
+            worker.request_stop()
+        for worker in self.workers:
+            worker.join()
+        self.projector.stop()
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+class SagaMetrics(Collector):
+    """Counted from the database at each scrape, so every API process reports the same."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        types = ("OrderFulfillmentSagaStarted", "OrderFulfillmentSagaCompleted", "OrderCancelled")
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            counts = {
+                str(kind): int(n)
+                for kind, n in conn.execute(
+                    select(t.events.c.type, func.count())
+                    .where(t.events.c.type.in_(types))
+                    .group_by(t.events.c.type)
+                )
+            }
+            jobs = {
+                str(status): int(n)
+                for status, n in conn.execute(
+                    select(t.jobs.c.status, func.count()).group_by(t.jobs.c.status)
+                )
+            }
+        yield CounterMetricFamily(
+            "fulfillment_sagas_started",
+            "Sagas started (OrderFulfillmentSagaStarted events).",
+            value=counts.get("OrderFulfillmentSagaStarted", 0),
+        )
+        finished = CounterMetricFamily(
+            "fulfillment_sagas_finished",
+            "Sagas that ended: completed (order fulfilled) or compensated (order cancelled).",
+            labels=["outcome"],
+        )
+        finished.add_metric(["completed"], counts.get("OrderFulfillmentSagaCompleted", 0))
+        finished.add_metric(["compensated"], counts.get("OrderCancelled", 0))
+        yield finished
+        queue = GaugeMetricFamily(
+            "fulfillment_jobs", "Jobs in the durable queue, by status.", labels=["status"]
+        )
+        for status in ("ready", "running", "dead"):
+            queue.add_metric([status], jobs.get(status, 0))
+        yield queue
+
+
+# --- the application -------------------------------------------------------------------
+
+
+def _level(level: StockLevel) -> dict[str, Any]:
+    return {
+        "sku": level.sku,
+        "on_hand": level.on_hand,
+        "reserved": level.reserved,
+        "available": level.available,
+    }
+
+
+def _page(items: list[Any], next_cursor: object) -> dict[str, Any]:
+    return {"items": items, "next_cursor": None if next_cursor is None else str(next_cursor)}
+
+
+def create_api(
+    app: App,
+    *,
+    services: BackgroundServices | None = None,
+    close_app: bool = False,
+) -> FastAPI:
+    """The FastAPI application over `app`; starts and stops `services` with itself."""
+
+    @asynccontextmanager
+    async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        if services is not None:
+            services.start()
+        try:
+            yield
+        finally:
+            if services is not None:
+                await anyio.to_thread.run_sync(services.stop)
+            if close_app:
+                app.close()
+
+    api = FastAPI(
+        title="Fulfillment Saga",
+        version=__version__,
+        description="Order fulfillment for an online pharmacy. Every error is "
+        '`{"error": {"code", "message", "details"?}}`.',
+        lifespan=lifespan,
+        responses=_errors(401, 405, 413),
+    )
+    install_error_handlers(api)
+    api.add_middleware(BodySizeLimit)
+    if app.settings.api_keys:
+        api.add_middleware(BearerAuth, keys=app.settings.api_keys, open_paths=OPEN_PATHS)
+    registry = CollectorRegistry()
+    registry.register(SagaMetrics(app.engine))
+    api.state.fulfillment = app
+    api.state.metrics_registry = registry
+
+    @api.put(
+        "/inventory/{sku}",
+        response_model=None,
+        responses={200: {"model": s.InventoryLevel}, **_errors(409, 422)},
+        tags=["inventory"],
+    )
+    def put_inventory(sku: Sku, body: s.InventoryUpdate) -> JSONResponse:
+        """Set the units on the shelf; 409 when that is below what is reserved."""
+        level: StockLevel = app.bus.handle(SetInventory(sku, body.on_hand))
+        return JSONResponse(_level(level))
+
+    @api.get(
+        "/inventory/{sku}",
+        response_model=None,
+        responses={200: {"model": s.InventoryLevel}, **_errors(404, 422)},
+        tags=["inventory"],
+    )
+    def get_inventory(sku: Sku) -> JSONResponse:
+        """Stock of one SKU."""
+        level = views.get_inventory(app, sku)
+        if level is None:
+            raise ApiError(404, "not_found", f"unknown sku {sku!r}")
+        return JSONResponse(level)
+
+    @api.post(
+        "/orders",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": s.OrderAccepted, "description": "Accepted: the saga runs"},
+            200: {"model": s.OrderAccepted, "description": "Replay of an Idempotency-Key"},
+            **_errors(409, 422, 503),
+        },
+        tags=["orders"],
+    )
+    def post_order(body: s.CreateOrderRequest, idempotency_key: IdempotencyKey = None) -> Response:
+        """Place an order; its fulfillment saga runs in the background."""
+        order_id = str(uuid.uuid4())
+        accepted = {"order_id": order_id, "status": "pending"}
+        record = None
+        if idempotency_key is not None:
+            fingerprint = request_hash(body.model_dump(mode="json"))
+            record = IdempotencyRecord(idempotency_key, fingerprint, order_id, accepted)
+        command = CreateOrder(
+            order_id=order_id,
+            customer_id=body.customer_id,
+            items=body.lines(),
+            prescription=body.prescription_details(),
+            shipping_address=body.address(),
+            idempotency=record,
+        )
+        created: str = app.bus.handle(command)
+        if created == order_id:
+            return JSONResponse(
+                accepted, status_code=202, headers={"Location": f"/orders/{created}"}
+            )
+        assert idempotency_key is not None
+        stored = find_idempotency_key(app.engine, idempotency_key)
+        first = stored.response if stored else {"order_id": created, "status": "pending"}
+        return JSONResponse(
+            first,
+            status_code=200,
+            headers={"Location": f"/orders/{created}", "Idempotent-Replayed": "true"},
+        )
+
+    @api.get(
+        "/orders",
+        response_model=None,
+        responses={200: {"model": s.Page}, **_errors(422)},
+        tags=["orders"],
+    )
+    def list_orders(
+        status: OrderStatus | None = None, limit: Limit = 100, cursor: Cursor = None
+    ) -> JSONResponse:
+        """Orders, newest first, optionally of one status; follow `next_cursor` for more."""
+        try:
+            items, next_cursor = views.list_orders(
+                app, status.value if status else None, limit, cursor
+            )
+        except ValueError as exc:
+            raise ApiError(422, "invalid_cursor", str(exc)) from exc
+        return JSONResponse(_page(items, next_cursor))
+
+    @api.get(
+        "/orders/{order_id}",
+        response_model=None,
+        responses={200: {"model": s.OrderView}, **_errors(404, 422)},
+        tags=["orders"],
+    )
+    def get_order(order_id: OrderId) -> JSONResponse:
+        """An order, its saga's steps and its shipment."""
+        order = views.get_order(app, order_id)
+        if order is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        return JSONResponse(order)
+
+    @api.get(
+        "/orders/{order_id}/events",
+        response_model=None,
+        responses={200: {"model": list[s.EventView]}, **_errors(404, 422)},
+        tags=["orders", "events"],
+    )
+    def get_order_events(order_id: OrderId) -> JSONResponse:
+        """The order's and its saga's events, in commit order."""
+        events = views.order_events(app, order_id)
+        if events is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        return JSONResponse(events)
+
+    @api.get(
+        "/sagas",
+        response_model=None,
+        responses={200: {"model": s.Page}, **_errors(422)},
+        tags=["sagas"],
+    )
+    def list_sagas(
+        status: s.SagaFilter | None = None, limit: Limit = 100, cursor: Cursor = None
+    ) -> JSONResponse:
+        """Sagas newest first, with their job; `status` is a saga status or `stuck`
+        (parked, job dead, or no progress for a whole step timeout)."""
+        try:
+            items, next_cursor = views.list_sagas(app, status, limit, cursor)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_cursor", str(exc)) from exc
+        return JSONResponse(_page(items, next_cursor))
+
+    @api.get(
+        "/events",
+        response_model=None,
+        responses={200: {"model": list[s.EventView]}, **_errors(422)},
+        tags=["events"],
+    )
+    def get_events(
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0, limit: Limit = 100
+    ) -> JSONResponse:
+        """Every event with a position greater than `after`, in position (commit) order.
+
+        A follower that polls with the last position it saw never misses an event.
+        """
+        return JSONResponse(views.events_after(app, after, limit))
+
+    @api.get(
+        "/health",
+        response_model=None,
+        responses={
+            200: {"model": s.Health},
+            503: {"model": s.ErrorResponse, "description": "Database unavailable"},
+        },
+        tags=["operations"],
+    )
+    def health() -> JSONResponse:
+        """200 when the database answers; never needs a key."""
+        try:
+            with app.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("health check: database unavailable: %s", type(exc).__name__)
+            return error_response(503, "unavailable", "the database does not answer")
+        try:
+            projections: dict[str, Any] | None = views.projection_status(app)
+        except Exception:
+            log.exception("health check: projection status unavailable")
+            projections = None
+        return JSONResponse({"status": "ok", "database": "ok", "projections": projections})
+
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+            **_errors(503),
+        },
+        tags=["operations"],
+    )
+    def metrics() -> Response:
+        """Prometheus metrics, counted from the database."""
+        try:
+            payload = generate_latest(registry)
+        except Exception as exc:
+            log.warning("metrics: database unavailable: %s", type(exc).__name__)
+            return error_response(503, "unavailable", "the database does not answer")
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    _document_security(api, bool(app.settings.api_keys))
+    return api
+
+
+def _document_security(api: FastAPI, required: bool) -> None:
+    """With keys configured, the schema says so: bearer auth everywhere but /health."""
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=api.routes,
+            )
+            if required:
+                components = schema.setdefault("components", {})
+                components.setdefault("securitySchemes", {})["bearer"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                }
+                schema["security"] = [{"bearer": []}]
+                for path in OPEN_PATHS:
+                    for operation in schema["paths"].get(path, {}).values():
+                        operation["security"] = []
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(
+    settings: Settings | None = None, *, workers: int = 1, worker_concurrency: int = 4
+) -> FastAPI:
+    """The server `fulfillment serve` runs: migrated database, workers and projector."""
+    settings = settings or Settings.from_env()
+    app = bootstrap(
+        settings, run_migrations=True, pool_size=10 + workers * (worker_concurrency + 1)
+    )
+    services = BackgroundServices(app, workers, worker_concurrency)
+    return create_api(app, services=services, close_app=True)
+
+
+# --- the server ------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_host(requested: str, settings: Settings) -> str:
+    """Without API keys the server is reachable from this machine only."""
+    if settings.api_keys or requested in LOOPBACK:
+        return requested
+    return "127.0.0.1"
+
+
+def run_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    worker_concurrency: int = 4,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C, then stop workers gracefully and return."""
+    import uvicorn
+
+    api = create_app(settings, workers=workers, worker_concurrency=worker_concurrency)
+    config = uvicorn.Config(
+        api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+
+    def _after_stop(_signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles the signal (stop accepting, finish requests, stop the
+        # workers in the lifespan) and then raises it again: end normally.
+        pass
+
+    signal.signal(signal.SIGTERM, _after_stop)
+    signal.signal(signal.SIGINT, _after_stop)
+    announce(
+        f"serving on http://{host}:{port} with {workers} in-process worker(s) "
+        f"on {settings.database_url.split('://', 1)[0]}"
+    )
+    server.run()
+    announce("server stopped")

@@ -1,0 +1,261 @@
+"""Every error of the HTTP API as `{"error": {"code", "message", "details"?}}`.
+
+Also the two guards that answer before any route runs: bearer-key authentication and
+the request body limit. Both are plain ASGI middlewares, so they see every request,
+including ones to unknown paths, and count body bytes as they arrive (chunked or not).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fulfillment.domain.errors import DomainError, InvalidInventory
+from fulfillment.service_layer.handlers import IdempotencyKeyReused, NotFound
+from fulfillment.service_layer.messagebus import ConcurrencyError, RetryableDatabaseError
+
+log = logging.getLogger("fulfillment.api")
+
+MAX_BODY_BYTES = 64 * 1024
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by a route to answer with an error."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status_code, headers=headers)
+
+
+def _field_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors without their input (it may be large, or a patient's name)."""
+    return [
+        {"loc": list(e.get("loc", ())), "message": str(e.get("msg", "")), "type": e.get("type")}
+        for e in errors
+    ]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into the JSON error shape."""
+
+    async def api_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, code, str(exc.detail), None, headers or None)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(
+            422, "validation_error", "the request is not valid", _field_errors(exc.errors())
+        )
+
+    async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, NotFound):
+            return error_response(404, "not_found", str(exc))
+        if isinstance(exc, InvalidInventory):
+            return error_response(409, "inventory_below_reserved", str(exc))
+        if isinstance(exc, IdempotencyKeyReused):
+            return error_response(409, "idempotency_key_reused", str(exc))
+        return error_response(422, "rule_violated", str(exc))
+
+    async def busy(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("request gave up after repeated conflicts: %s", exc)
+        return error_response(
+            503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}
+        )
+
+    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        if exc.connection_invalidated or exc.__class__.__name__ == "OperationalError":
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            return error_response(
+                503, "unavailable", "the database is unavailable", headers={"Retry-After": "1"}
+            )
+        log.exception("database error")
+        return error_response(500, "internal_error", "internal error")
+
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(ConcurrencyError, busy)
+    app.add_exception_handler(RetryableDatabaseError, busy)
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+# --- guards ---------------------------------------------------------------------------
+
+
+class BearerAuth:
+    """Every path but the open ones needs `Authorization: Bearer <key>` with a known key.
+
+    Keys are compared in constant time and never logged.
+    """
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.open_paths = frozenset(open_paths)
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                header = value
+                break
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        token = token.strip()
+        # Compare with every key, so the time taken does not tell which one matched.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(token, key)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("path") in self.open_paths
+            or self._authorized(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            "unauthorized",
+            "a valid 'Authorization: Bearer <key>' header is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+class BodySizeLimit:
+    """Refuse bodies over `max_bytes` with 413: by Content-Length, or by counting chunks.
+
+    The body is read (at most `max_bytes` + one chunk) before the route runs and then
+    handed on, so a route never sees a truncated body.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(
+            413,
+            "payload_too_large",
+            f"the request body exceeds {self.max_bytes} bytes",
+            {"max_bytes": self.max_bytes},
+            headers={"Connection": "close"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if not value.isdigit():
+                    response = error_response(400, "bad_request", "invalid Content-Length")
+                    await response(scope, receive, send)
+                    return
+                if int(value) > self.max_bytes:
+                    await self._too_large()(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left; nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

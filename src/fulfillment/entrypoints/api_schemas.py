@@ -1,0 +1,181 @@
+"""The HTTP API's request and response bodies (DESIGN.md section 4), as pydantic models.
+
+Requests are validated strictly at the edge: unknown fields are rejected, numbers must be
+JSON integers, texts are 1..200 characters without control characters, dates are
+`YYYY-MM-DD` and real, countries are two upper-case letters. Response models document the
+shapes in `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints
+
+from fulfillment.domain.order import MAX_ORDER_LINES, MAX_QUANTITY
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+
+MAX_TEXT = 200
+#: A generous ceiling that keeps stock levels inside every backend's INTEGER column.
+MAX_ON_HAND = 1_000_000_000
+#: No C0/C1 control characters (and, implicitly, no lone surrogates).
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]+$"
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=NO_CONTROL_CHARACTERS),
+]
+
+
+def _iso_date_only(value: Any) -> Any:
+    """Only the `YYYY-MM-DD` text form; pydantic then checks that the day exists."""
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
+#: `GET /sagas?status=`: a saga status, or `stuck` (what an operator should look at).
+SagaFilter = Literal[
+    "running", "compensating", "completed", "compensated", "compensation_failed", "stuck"
+]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- requests -------------------------------------------------------------------------
+
+
+class InventoryUpdate(_Request):
+    """`PUT /inventory/{sku}`: the units on the shelf."""
+
+    on_hand: StrictInt = Field(ge=0, le=MAX_ON_HAND)
+
+
+class OrderLineIn(_Request):
+    sku: Text
+    quantity: StrictInt = Field(ge=1, le=MAX_QUANTITY)
+
+
+class PrescriptionIn(_Request):
+    prescriber_id: Text
+    patient_name: Text
+    expires_on: IsoDate = Field(json_schema_extra={"format": "date"})
+
+
+class ShippingAddressIn(_Request):
+    name: Text
+    line1: Text
+    city: Text
+    postal_code: Text
+    country: Country = Field(description="ISO 3166-1 alpha-2 code, upper case")
+
+
+class CreateOrderRequest(_Request):
+    """`POST /orders`."""
+
+    customer_id: Text
+    items: list[OrderLineIn] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    prescription: PrescriptionIn
+    shipping_address: ShippingAddressIn
+
+    def lines(self) -> tuple[OrderLine, ...]:
+        return tuple(OrderLine(item.sku, item.quantity) for item in self.items)
+
+    def prescription_details(self) -> PrescriptionDetails:
+        p = self.prescription
+        return PrescriptionDetails(p.prescriber_id, p.patient_name, p.expires_on)
+
+    def address(self) -> ShippingAddress:
+        a = self.shipping_address
+        return ShippingAddress(a.name, a.line1, a.city, a.postal_code, a.country)
+
+
+# --- responses ------------------------------------------------------------------------
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InventoryLevel(_Response):
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class OrderAccepted(_Response):
+    order_id: str
+    status: Literal["pending"]
+
+
+class OrderLineOut(_Response):
+    sku: str
+    quantity: int
+
+
+class StepView(_Response):
+    name: str
+    status: str
+    attempts: int
+
+
+class SagaView(_Response):
+    status: Literal["running", "compensating", "completed", "compensated", "compensation_failed"]
+    steps: list[StepView]
+
+
+class ShipmentView(_Response):
+    tracking_number: str
+    status: str
+
+
+class OrderView(_Response):
+    order_id: str
+    status: Literal["pending", "fulfilled", "cancelled", "needs_attention"]
+    reason: str | None
+    items: list[OrderLineOut]
+    saga: SagaView | None
+    shipment: ShipmentView | None
+
+
+class EventView(_Response):
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    event_version: int
+    recorded_at: str
+    data: dict[str, Any]
+
+
+class Page(_Response):
+    """A page of a listing; pass `next_cursor` back as `cursor` for the next page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Health(_Response):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    projections: dict[str, Any] | None
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable, e.g. not_found, validation_error")
+    message: str
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever the status code."""
+
+    error: ErrorBody

@@ -1,0 +1,457 @@
+"""Operator commands: `fulfillment orders|sagas|events|inventory|projections ...`.
+
+Each command bootstraps from the environment (`FULFILLMENT_*`), brings the projections
+up to date with the event log before it reads them, prints Rich tables, and exits 1 with
+a one-line message when the thing asked for does not exist or cannot be done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import DBAPIError
+
+from fulfillment import views
+from fulfillment.adapters.projections import Projector
+from fulfillment.bootstrap import App, bootstrap
+from fulfillment.config import Settings
+from fulfillment.domain.errors import DomainError, InvalidInventory
+from fulfillment.domain.status import SagaStatus
+from fulfillment.service_layer import commands as c
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+orders_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
+sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
+events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
+inventory_app = typer.Typer(help="Show and set stock levels.", no_args_is_help=True)
+projections_app = typer.Typer(help="Read models: status and rebuild.", no_args_is_help=True)
+
+#: (typer sub-app, command group name): what `entrypoints/cli.py` registers.
+GROUPS = (
+    (orders_app, "orders"),
+    (sagas_app, "sagas"),
+    (events_app, "events"),
+    (inventory_app, "inventory"),
+    (projections_app, "projections"),
+)
+
+_STATUS_STYLE = {
+    "pending": "cyan",
+    "running": "cyan",
+    "fulfilled": "green",
+    "completed": "green",
+    "succeeded": "green",
+    "initiated": "green",
+    "cancelled": "yellow",
+    "compensating": "yellow",
+    "compensated": "yellow",
+    "failed": "red",
+    "needs_attention": "bold red",
+    "compensation_failed": "bold red",
+    "dead": "bold red",
+}
+_SHORT_STEP = {
+    "create_prescription": "rx",
+    "reserve_inventory": "stock",
+    "initiate_shipment": "ship",
+}
+_SHORT_STATUS = {
+    "pending": "-",
+    "succeeded": "ok",
+    "failed": "failed",
+    "compensated": "undone",
+    "compensation_failed": "undo-failed",
+}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print an error line and return the Exit to raise."""
+    errors.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def operator_app(*, catch_up: bool = True) -> Iterator[App]:
+    """An App from the environment; with `catch_up`, projections are fresh before reads."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise fail(f"configuration: {exc}", 2) from exc
+    app = bootstrap(settings, pool_size=2)
+    try:
+        if catch_up:
+            Projector(app.engine, app.mapper).catch_up(timeout=120)
+        yield app
+    except DBAPIError as exc:
+        raise fail(
+            f"database: {str(exc.orig).strip().splitlines()[0]} "
+            "(is the schema up to date? run `fulfillment migrate`)"
+        ) from exc
+    finally:
+        app.close()
+
+
+def styled(status: str | None) -> Text:
+    if status is None:
+        return Text("-", style="dim")
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def _items(items: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{i['sku']} x{i['quantity']}" for i in items)
+
+
+def _steps(steps: list[dict[str, Any]]) -> Text:
+    """`rx:ok stock:undone ship:failed(3)`: each step, its status, attempts beyond one."""
+    text = Text()
+    for n, step in enumerate(steps):
+        if n:
+            text.append(" ")
+        text.append(f"{_SHORT_STEP.get(step['name'], step['name'])}:")
+        status = step["status"]
+        text.append(_SHORT_STATUS.get(status, status), style=_STATUS_STYLE.get(status, ""))
+        if step["attempts"] > 1:
+            text.append(f"({step['attempts']})")
+    return text
+
+
+def _job(job: dict[str, Any] | None) -> Text:
+    if job is None:
+        return Text("-", style="dim")
+    text = Text(f"{job['kind']} ")
+    text.append(job["status"], style=_STATUS_STYLE.get(job["status"], ""))
+    if job["failures"]:
+        text.append(f" failures={job['failures']}")
+    return text
+
+
+def _data(data: Any, width: int = 90) -> str:
+    raw = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return raw if len(raw) <= width else raw[: width - 3] + "..."
+
+
+def _events_table(events: list[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("position", justify="right")
+    table.add_column("recorded_at", no_wrap=True)
+    table.add_column("stream", no_wrap=True)
+    table.add_column("v", justify="right")
+    table.add_column("type", no_wrap=True)
+    table.add_column("data", no_wrap=True, overflow="ellipsis")
+    for e in events:
+        table.add_row(
+            str(e["position"]),
+            e["recorded_at"][:23],
+            e["stream_id"],
+            str(e["version"]),
+            e["type"],
+            _data(e["data"], 200),
+        )
+    return table
+
+
+def _next_page(cursor: str | None) -> None:
+    if cursor is not None:
+        console.print(f"more: --cursor {cursor}", style="dim")
+
+
+# --- orders -------------------------------------------------------------------------------
+
+
+@orders_app.command("list")
+def orders_list(
+    status: str | None = typer.Option(
+        None, "--status", "-s", help="pending, fulfilled, cancelled or needs_attention."
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
+) -> None:
+    """Orders, newest first."""
+    with operator_app() as app:
+        try:
+            orders, next_cursor = views.list_orders(app, status, limit, cursor)
+        except views.InvalidQuery as exc:
+            raise fail(str(exc), 2) from exc
+    table = Table(title=f"Orders{f' ({status})' if status else ''}", title_justify="left")
+    table.add_column("order_id", no_wrap=True)
+    table.add_column("status")
+    table.add_column("saga")
+    table.add_column("reason")
+    table.add_column("items")
+    table.add_column("tracking", no_wrap=True)
+    for o in orders:
+        table.add_row(
+            o["order_id"],
+            styled(o["status"]),
+            styled(o["saga"]["status"]),
+            o["reason"] or "",
+            _items(o["items"]),
+            o["shipment"]["tracking_number"] if o["shipment"] else "",
+        )
+    console.print(table if orders else "no orders")
+    _next_page(next_cursor)
+
+
+@orders_app.command("show")
+def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> None:
+    """One order: its saga's steps (attempts, errors), shipment, job and events."""
+    with operator_app() as app:
+        order = views.get_order(app, order_id)
+        saga = views.saga_detail(app, order_id)
+        events = views.order_events(app, order_id) or []
+    if order is None:
+        raise fail(f"unknown order {order_id!r}")
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("order", order["order_id"])
+    head.add_row("status", styled(order["status"]))
+    head.add_row("reason", order["reason"] or "-")
+    head.add_row("items", _items(order["items"]))
+    shipment = order["shipment"]
+    head.add_row(
+        "shipment",
+        f"{shipment['tracking_number']} ({shipment['status']})" if shipment else "-",
+    )
+    if saga is not None:
+        head.add_row("saga", styled(saga["status"]))
+        if saga["failed_step"]:
+            head.add_row("failed step", saga["failed_step"])
+        if saga["parked_error"]:
+            head.add_row("parked on", Text(saga["parked_error"], style="red"))
+        if saga["pending_compensations"]:
+            head.add_row("to undo", ", ".join(p["name"] for p in saga["pending_compensations"]))
+        head.add_row("job", _job(saga["job"]))
+        if saga["job"] and saga["job"]["last_error"]:
+            head.add_row("job error", Text(saga["job"]["last_error"], style="red"))
+        if saga["stuck"]:
+            head.add_row("stuck", Text("yes: `fulfillment sagas retry` may help", style="red"))
+        head.add_row("started", saga["started_at"] or "-")
+        head.add_row("finished", saga["finished_at"] or "-")
+    console.print(head)
+
+    if saga is not None:
+        steps = Table(title="Saga steps", title_justify="left")
+        steps.add_column("step", no_wrap=True)
+        steps.add_column("status")
+        steps.add_column("attempts", justify="right")
+        steps.add_column("compensation attempts", justify="right")
+        steps.add_column("errors", overflow="fold")
+        for step in saga["steps"]:
+            steps.add_row(
+                step["name"],
+                styled(step["status"]),
+                str(step["attempts"]),
+                str(step["compensation_attempts"]),
+                "\n".join(step["errors"]),
+            )
+        console.print(steps)
+    console.print(_events_table(events, title="Events"))
+
+
+# --- sagas --------------------------------------------------------------------------------
+
+
+@sagas_app.command("list")
+def sagas_list(
+    status: str | None = typer.Option(
+        None,
+        "--status",
+        "-s",
+        help="running, compensating, completed, compensated, compensation_failed or stuck.",
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
+) -> None:
+    """Sagas, newest first; `--status stuck` lists those that need an operator."""
+    with operator_app() as app:
+        try:
+            sagas, next_cursor = views.list_sagas(app, status, limit, cursor)
+        except views.InvalidQuery as exc:
+            raise fail(str(exc), 2) from exc
+    table = Table(title=f"Sagas{f' ({status})' if status else ''}", title_justify="left")
+    table.add_column("saga_id", no_wrap=True)
+    table.add_column("status")
+    table.add_column("stuck")
+    table.add_column("steps", no_wrap=True)
+    table.add_column("reason")
+    table.add_column("job")
+    table.add_column("updated_at", no_wrap=True)
+    for s in sagas:
+        table.add_row(
+            s["saga_id"],
+            styled(s["status"]),
+            Text("stuck", style="bold red") if s["stuck"] else Text(""),
+            _steps(s["steps"]),
+            s["reason"] or "",
+            _job(s["job"]),
+            s["updated_at"][:19],
+        )
+    console.print(table if sagas else "no sagas")
+    _next_page(next_cursor)
+
+
+@sagas_app.command("retry")
+def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
+    """Retry a parked saga's compensation, or put its dead job back in the queue."""
+    with operator_app(catch_up=False) as app:
+        saga = views.saga_detail(app, saga_id)
+        if saga is None:
+            raise fail(f"unknown saga {saga_id!r}")
+        job = saga["job"]
+        if job is not None and job["status"] == "dead":
+            if not app.queue.retry_dead(saga_id):
+                raise fail(f"the dead job of saga {saga_id} changed meanwhile; look again")
+            console.print(
+                f"saga {saga_id}: dead job [bold]{job['kind']}[/bold] is back in the queue; "
+                "a worker will run it"
+            )
+            return
+        if saga["status"] != SagaStatus.COMPENSATION_FAILED.value:
+            raise fail(
+                f"saga {saga_id} is {saga['status']}"
+                f"{' with its job ' + job['status'] if job else ''}: nothing to retry"
+            )
+        pending = saga["pending_compensations"][0]["name"]
+        try:
+            app.bus.handle(c.RetrySagaCompensation(saga_id=saga_id))
+        except DomainError as exc:
+            raise fail(str(exc)) from exc
+    console.print(
+        f"saga {saga_id}: compensation [bold]{pending}[/bold] retried; "
+        "the saga is compensating again and a worker will run it"
+    )
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@events_app.command("tail")
+def events_tail(
+    after: int | None = typer.Option(
+        None, "--after", "-a", min=0, help="Start after this position (default: the last N)."
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    interval: float = typer.Option(0.5, "--interval", min=0.01, help="Poll interval (s)."),
+) -> None:
+    """The global event feed, in commit order."""
+    with operator_app(catch_up=False) as app:
+        if after is None:
+            events = views.latest_events(app, limit)
+        else:
+            events = views.events_after(app, after, limit)
+        if not follow:
+            console.print(_events_table(events) if events else "no events")
+            return
+        last = events[-1]["position"] if events else (after or 0)
+        for e in events:
+            _print_event(e)
+        try:
+            while True:
+                batch = views.events_after(app, last, views.MAX_LIMIT)
+                for e in batch:
+                    _print_event(e)
+                if batch:
+                    last = batch[-1]["position"]
+                else:
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_event(e: dict[str, Any]) -> None:
+    line = Text(f"{e['position']:>8} ")
+    line.append(e["recorded_at"][:23], style="dim")
+    line.append(f" {e['stream_id']}#{e['version']} ")
+    line.append(e["type"], style="bold")
+    line.append(f" {_data(e['data'], 120)}", style="dim")
+    console.print(line, soft_wrap=True)
+
+
+# --- inventory ----------------------------------------------------------------------------
+
+
+def _stock_table(level: dict[str, Any]) -> Table:
+    table = Table()
+    for column in ("sku", "on_hand", "reserved", "available"):
+        table.add_column(column, justify="left" if column == "sku" else "right")
+    table.add_row(
+        level["sku"], str(level["on_hand"]), str(level["reserved"]), str(level["available"])
+    )
+    return table
+
+
+@inventory_app.command("set")
+def inventory_set(
+    sku: str = typer.Argument(..., help="The SKU."),
+    on_hand: int = typer.Argument(..., min=0, help="Units on the shelf."),
+) -> None:
+    """Set a SKU's units on hand (never below what is reserved)."""
+    with operator_app(catch_up=False) as app:
+        try:
+            level = app.bus.handle(c.SetInventory(sku=sku, on_hand=on_hand))
+        except InvalidInventory as exc:
+            raise fail(str(exc)) from exc
+    console.print(
+        _stock_table(
+            {
+                "sku": level.sku,
+                "on_hand": level.on_hand,
+                "reserved": level.reserved,
+                "available": level.available,
+            }
+        )
+    )
+
+
+@inventory_app.command("show")
+def inventory_show(sku: str = typer.Argument(..., help="The SKU.")) -> None:
+    """A SKU's units on hand, reserved and available."""
+    with operator_app(catch_up=False) as app:
+        level = views.get_inventory(app, sku)
+    if level is None:
+        raise fail(f"unknown SKU {sku!r}")
+    console.print(_stock_table(level))
+
+
+# --- projections --------------------------------------------------------------------------
+
+
+@projections_app.command("status")
+def projections_status() -> None:
+    """Each projection's checkpoint, the head of the log, and the lag between them."""
+    with operator_app(catch_up=False) as app:
+        status = views.projection_status(app)
+    table = Table()
+    for column in ("projection", "checkpoint", "head", "lag", "behind"):
+        table.add_column(column, justify="left" if column == "projection" else "right")
+    for name, s in status.items():
+        table.add_row(name, str(s["checkpoint"]), str(s["head"]), str(s["lag"]), str(s["behind"]))
+    console.print(table)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild() -> None:
+    """Empty the read models and replay the whole event log into them."""
+    with operator_app(catch_up=False) as app:
+        projector = Projector(app.engine, app.mapper)
+        started = time.perf_counter()
+        events = projector.rebuild()
+        elapsed = time.perf_counter() - started
+        checkpoint = projector.checkpoint()
+    console.print(
+        f"rebuilt [bold]{projector.name}[/bold]: {events} events replayed "
+        f"up to position {checkpoint} in {elapsed:.2f} s"
+    )

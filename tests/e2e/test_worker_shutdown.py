@@ -1,0 +1,213 @@
+"""Stopping a worker: in-flight jobs finish, nothing stays claimed, the rest is picked up.
+
+A worker process that gets SIGTERM (or Ctrl-C) claims nothing new, lets the jobs it is
+running finish within its grace period, exits 0, and leaves no job `running` under its
+lease; a new worker completes the remaining sagas. Jobs still running when the grace
+period ends are handed back, and a worker's late commit after that changes nothing.
+Worker shutdown does not depend on the database, so SQLite is enough here.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.carrier import SimulatedCarrier
+from fulfillment.bootstrap import App
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.entrypoints.worker import Worker
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.job_runner import JobOutcome
+from fulfillment.service_layer.jobs import ClaimedJob
+from fulfillment.service_layer.ports import Booking
+
+from .processes import Ledger, wait_until, worker_processes
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
+
+MakeApp = Callable[..., App]
+COUNTRIES = ("US", "CA", "GB")
+
+
+def place_orders(app: App, count: int, on_hand: int = 1000) -> None:
+    app.bus.handle(c.SetInventory("ASPIRIN", on_hand))
+    expires = datetime.now(UTC).date() + timedelta(days=30)
+    for i in range(count):
+        app.bus.handle(
+            c.CreateOrder(
+                order_id=f"order-{i:03d}",
+                customer_id="customer",
+                items=(OrderLine("ASPIRIN", 1),),
+                prescription=PrescriptionDetails("dr-who", f"Patient {i}", expires),
+                shipping_address=ShippingAddress("P", "1 Main St", "Springfield", "1", "US"),
+            )
+        )
+
+
+def assert_no_job_held(ledger: Ledger) -> None:
+    held = [
+        (j.saga_id, j.kind, j.status)
+        for j in ledger.jobs()
+        if j.status == "running" or j.claim_token is not None or j.lease_expires_at is not None
+    ]
+    assert held == []
+
+
+# --- real processes ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_jobs_and_exits_cleanly(
+    make_app: MakeApp, database_url: str, tmp_path: Path
+) -> None:
+    app = make_app(carrier_countries=COUNTRIES)
+    place_orders(app, 30)
+    ledger = Ledger(database_url)
+    try:
+        with worker_processes(tmp_path, database_url) as start:
+            worker = start(
+                8,
+                carrier_latency_ms=300,
+                retry_backoff_seconds=0.01,
+                job_lease_seconds=2,
+                carrier_countries="US,CA,GB",
+            )
+
+            def shipping_now() -> set[str]:
+                return {
+                    j.saga_id
+                    for j in ledger.jobs()
+                    if j.kind == "initiate_shipment" and j.status == "running"
+                }
+
+            wait_until(shipping_now, timeout=60, what="a shipment in flight")
+            in_flight = shipping_now()
+            worker.terminate()
+            assert worker.wait(30) == 0, worker.output()
+            assert worker.said("worker stopped after")
+
+        # The shipments it was booking were finished, not abandoned.
+        assert in_flight <= ledger.sagas_with("ShipmentInitiated")
+        assert_no_job_held(ledger)
+        assert ledger.finished_orders() < 30, "the worker finished everything before SIGTERM"
+
+        Worker(app, 8).run(until_idle=True, timeout=60)
+        fates = ledger.fates()
+        assert len(fates) == 30
+        assert {f.status for f in fates.values()} == {"fulfilled"}
+        assert ledger.inventory() == {"ASPIRIN": (970, 0)}
+        assert ledger.orders_with_more_than_one(t.shipments) == []
+        assert ledger.streams_with_gaps() == []
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_idle_worker_stops_on_signal_with_exit_code_zero(
+    database_url: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    ledger = Ledger(database_url)
+    try:
+        with worker_processes(tmp_path, database_url) as start:
+            worker = start(2)
+            wait_until(lambda: worker.said("running with concurrency"), 60, "worker up")
+            worker.process.send_signal(signum)
+            assert worker.wait(30) == 0, worker.output()
+        assert ledger.jobs() == []
+    finally:
+        ledger.close()
+
+
+# --- in process: the grace period -------------------------------------------------------
+
+
+class GatedCarrier(SimulatedCarrier):
+    """Bookings wait until the test opens the gate (a carrier that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__(COUNTRIES)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def book(
+        self, idempotency_key: str, address: ShippingAddress, lines: tuple[OrderLine, ...]
+    ) -> Booking:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().book(idempotency_key, address, lines)
+
+
+def advance_to_shipment(app: App) -> None:
+    for _ in range(2):  # prescription, reservation
+        (job,) = app.queue.claim(1, "setup", 30)
+        assert app.runner.run(job) is JobOutcome.DONE
+
+
+def test_job_still_running_after_grace_period_is_handed_back(
+    make_app: MakeApp, database_url: str
+) -> None:
+    carrier = GatedCarrier()
+    app = make_app(carrier=carrier)
+    place_orders(app, 1)
+    advance_to_shipment(app)
+    outcomes: list[JobOutcome] = []
+
+    def record(_job: ClaimedJob, outcome: JobOutcome) -> None:
+        outcomes.append(outcome)
+
+    stopping = Worker(app, 1, grace_seconds=0.2, on_outcome=record)
+    thread = threading.Thread(target=stopping.run)
+    thread.start()
+    assert carrier.entered.wait(30)
+    stopping.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    ledger = Ledger(database_url)
+    try:
+        assert_no_job_held(ledger)
+        assert [(j.kind, j.status) for j in ledger.jobs()] == [("initiate_shipment", "ready")]
+
+        # The abandoned thread finishes its booking late: its commit is refused.
+        carrier.gate.set()
+        wait_until(lambda: outcomes, timeout=30, what="the late commit")
+        assert outcomes == [JobOutcome.LEASE_LOST]
+        assert ledger.sagas_with("ShipmentInitiated") == set()
+
+        Worker(app, 2).run(until_idle=True, timeout=30)
+        assert {f.status for f in ledger.fates().values()} == {"fulfilled"}
+        assert len(ledger.records(t.shipments)) == 1
+        assert ledger.inventory() == {"ASPIRIN": (999, 0)}
+    finally:
+        ledger.close()
+
+
+def test_stopping_worker_keeps_the_leases_of_jobs_it_is_finishing(make_app: MakeApp) -> None:
+    # The booking outlasts the lease; while the stopping worker finishes it within its
+    # grace period, a second worker must not reap the job and book a second time.
+    carrier = SimulatedCarrier(COUNTRIES, latency_ms=1500)
+    app = make_app(carrier=carrier, job_lease_seconds=0.6)
+    place_orders(app, 1)
+    advance_to_shipment(app)
+    outcomes: list[JobOutcome] = []
+
+    def record(_job: ClaimedJob, outcome: JobOutcome) -> None:
+        outcomes.append(outcome)
+
+    stopping = Worker(app, 1, grace_seconds=10, on_outcome=record)
+    thread = threading.Thread(target=stopping.run)
+    thread.start()
+    wait_until(lambda: stopping.in_flight == 1, timeout=30, what="the shipment in flight")
+    stopping.stop()
+    Worker(app, 1).run(until_idle=True, timeout=30)
+    thread.join(30)
+
+    assert outcomes == [JobOutcome.DONE]
+    assert carrier.calls == 1

@@ -1,0 +1,178 @@
+"""The unit of work commits a step's effect, its events, the next job and the end of the
+current job in ONE transaction (DESIGN.md section 3, rule 1), or none of them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+
+import pytest
+from sqlalchemy import Table, func, select
+
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.event_store import SqlAlchemyEventStore
+from fulfillment.bootstrap import App
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.job_runner import JobOutcome
+from fulfillment.service_layer.jobs import ClaimedJob
+from fulfillment.service_layer.unit_of_work import StreamAppend
+
+ORDER = "order-1"
+SKU = "SKU-A"
+
+
+class Boom(Exception):
+    """The process dies mid-transaction."""
+
+
+def place_order(app: App, order_id: str = ORDER, quantity: int = 2) -> None:
+    app.bus.handle(c.SetInventory(sku=SKU, on_hand=5))
+    app.bus.handle(
+        c.CreateOrder(
+            order_id=order_id,
+            customer_id="cust-1",
+            items=(OrderLine(SKU, quantity),),
+            prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
+            shipping_address=ShippingAddress("Pat Doe", "1 Main St", "Springfield", "12345", "US"),
+        )
+    )
+
+
+def claim(app: App, kind: str, lease_seconds: float = 30.0, worker: str = "w1") -> ClaimedJob:
+    """Claim the next job (waiting out a backoff of a few milliseconds); it must be `kind`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        jobs = app.queue.claim(1, worker, lease_seconds)
+        if jobs:
+            assert jobs[0].kind == kind
+            return jobs[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no {kind} job became claimable")
+
+
+def saga_event_types(app: App, order_id: str = ORDER) -> list[str]:
+    with app.uow() as uow:
+        return [e.type for e in uow.events.read_stream(f"saga-{order_id}")]
+
+
+def count(app: App, table: Table) -> int:
+    with app.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def reserved(app: App) -> int:
+    with app.uow() as uow:
+        level = uow.inventory.get(SKU)
+    assert level is not None
+    return level.reserved
+
+
+def test_a_step_commits_its_effect_events_next_job_and_the_end_of_its_job_together(
+    app: App,
+) -> None:
+    place_order(app)
+    assert app.runner.run(claim(app, "create_prescription")) is JobOutcome.DONE
+    job = claim(app, "reserve_inventory")
+
+    assert app.runner.run(job) is JobOutcome.DONE
+
+    assert reserved(app) == 2
+    assert count(app, t.inventory_reservations) == 1
+    with app.uow() as uow:
+        last = uow.events.read_stream(f"saga-{ORDER}")[-1]
+    assert last.type == "InventoryReserved"
+    assert last.metadata == {"correlation_id": ORDER, "causation_id": f"job:{job.id}"}
+    next_job = app.queue.for_saga(ORDER)
+    assert next_job is not None
+    assert (next_job.kind, next_job.status, next_job.claims) == ("initiate_shipment", "ready", 0)
+
+
+def test_a_handler_that_raises_after_its_effects_leaves_nothing_behind(app: App) -> None:
+    place_order(app)
+    events_before = saga_event_types(app)
+    job = claim(app, "create_prescription")
+
+    with pytest.raises(Boom), app.uow(job) as uow:
+        saga = uow.sagas.get(ORDER)
+        assert saga is not None and saga.prescription is not None
+        prescription_id = uow.prescriptions.create(ORDER, saga.prescription, date(2030, 1, 1))
+        saga.record_prescription_created(prescription_id, at=app.clock.now())
+        uow.inventory.set_on_hand("SKU-NEW", 3)
+        uow.events.append([StreamAppend("order-stray", 0, saga.pending_events, ORDER)])
+        raise Boom
+
+    assert count(app, t.prescriptions) == 0
+    with app.uow() as uow:
+        assert uow.inventory.get("SKU-NEW") is None
+        assert uow.events.read_stream("order-stray") == []
+    assert saga_event_types(app) == events_before
+    # The job is still there, still held by this worker, and can simply run again.
+    held = app.queue.for_saga(ORDER)
+    assert held is not None and (held.id, held.status) == (job.id, "running")
+    assert app.runner.run(job) is JobOutcome.DONE
+    assert count(app, t.prescriptions) == 1
+
+
+def _crash_before_insert(original: Callable[..., None]) -> Callable[..., None]:
+    def append(self: SqlAlchemyEventStore, appends: Sequence[StreamAppend], *args: object) -> None:
+        raise Boom("the process died before the events were written")
+
+    return append
+
+
+def _crash_after_insert(original: Callable[..., None]) -> Callable[..., None]:
+    def append(self: SqlAlchemyEventStore, appends: Sequence[StreamAppend], *args: object) -> None:
+        original(self, appends, *args)
+        raise Boom("the process died after writing the events, before the commit")
+
+    return append
+
+
+@pytest.mark.parametrize("crash", [_crash_before_insert, _crash_after_insert])
+def test_a_crash_while_storing_the_events_rolls_back_the_reservation(
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
+    crash: Callable[[Callable[..., None]], Callable[..., None]],
+) -> None:
+    place_order(app)
+    assert app.runner.run(claim(app, "create_prescription")) is JobOutcome.DONE
+    events_before = saga_event_types(app)
+    job = claim(app, "reserve_inventory")
+
+    monkeypatch.setattr(SqlAlchemyEventStore, "append", crash(SqlAlchemyEventStore.append))
+    assert app.runner.run(job) is JobOutcome.JOB_FAILED
+    monkeypatch.undo()
+
+    assert reserved(app) == 0
+    assert count(app, t.inventory_reservations) == 0
+    assert saga_event_types(app) == events_before
+    left = app.queue.for_saga(ORDER)
+    assert left is not None and left.kind == "reserve_inventory" and left.failures == 1
+
+    # Claimable again (after its short backoff), and this time it reserves exactly once.
+    again = claim(app, "reserve_inventory", worker="w2")
+    assert again.claim_token != job.claim_token
+    assert app.runner.run(again) is JobOutcome.DONE
+    assert reserved(app) == 2
+    assert count(app, t.inventory_reservations) == 1
+    assert saga_event_types(app) == [*events_before, "InventoryReserved"]
+
+
+def test_a_worker_whose_lease_was_taken_over_commits_nothing(app: App) -> None:
+    place_order(app)
+    stale = claim(app, "create_prescription", lease_seconds=0.05, worker="slow")
+    deadline = time.monotonic() + 10
+    while app.queue.reap_expired() == 0:
+        assert time.monotonic() < deadline, "the expired lease was never reaped"
+        time.sleep(0.02)
+    fresh = claim(app, "create_prescription", worker="fast")
+
+    assert app.runner.run(stale) is JobOutcome.LEASE_LOST
+    assert count(app, t.prescriptions) == 0
+    assert "PrescriptionCreated" not in saga_event_types(app)
+
+    assert app.runner.run(fresh) is JobOutcome.DONE
+    assert count(app, t.prescriptions) == 1
+    assert saga_event_types(app).count("PrescriptionCreated") == 1

@@ -1,0 +1,622 @@
+"""In-memory fakes of the adapters (cosmicpython style): a unit of work, a job queue, services.
+
+`FakeDatabase` is the state a real database would hold. Each `FakeUnitOfWork` sees it through
+a transaction: reads see the committed state plus its own writes, and its writes land only on
+commit, all at once, after the same checks the SQL adapters make (expected stream versions,
+the claim token of the job being finished, one job per saga, unique keys). `db.commits`
+records what each commit appended and enqueued.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import date
+from typing import Generic, TypeVar
+
+from fulfillment.adapters.clock import FixedClock
+from fulfillment.adapters.mapper import EventMapper, StoredEvent
+from fulfillment.bootstrap import build_handlers
+from fulfillment.domain.aggregate import Aggregate
+from fulfillment.domain.errors import (
+    InsufficientStock,
+    InvalidInventory,
+    PrescriptionExpired,
+    TransientFailure,
+    UnsupportedDestination,
+)
+from fulfillment.domain.events import DomainEvent
+from fulfillment.domain.order import Order
+from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.status import PrescriptionStatus, ReservationStatus, ShipmentStatus
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress, merge_lines
+from fulfillment.service_layer import ports
+from fulfillment.service_layer.handlers import Timeouts
+from fulfillment.service_layer.job_runner import AbstractJobQueue, JobOutcome, JobRunner
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
+from fulfillment.service_layer.messagebus import ConcurrencyError, MessageBus
+from fulfillment.service_layer.retry import RetryPolicy
+from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork, StreamAppend
+
+from .builders import T0
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+READY, RUNNING, DEAD = "ready", "running", "dead"
+
+
+class CarrierDown(TransientFailure):
+    """The fake carrier (or a fake service) cannot be reached this time."""
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrescriptionRow:
+    id: str
+    order_id: str
+    status: PrescriptionStatus
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    id: str
+    order_id: str
+    status: ReservationStatus
+    lines: tuple[OrderLine, ...]
+
+
+@dataclass(frozen=True)
+class ShipmentRow:
+    id: str
+    order_id: str
+    carrier: str
+    tracking_number: str
+    country: str
+    status: ShipmentStatus
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    saga_id: str
+    kind: str
+    status: str
+    run_at: float
+    claim_token: str | None = None
+    lease_expires_at: float | None = None
+    claims: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one committed transaction did."""
+
+    finished_job: int | None
+    appended: dict[str, list[str]]  # stream id -> event type names
+    enqueued: list[JobSpec]
+
+
+@dataclass
+class FakeDatabase:
+    """The committed state shared by every unit of work and the job queue."""
+
+    clock: FixedClock = field(default_factory=lambda: FixedClock(T0))
+    mapper: EventMapper = field(default_factory=EventMapper)
+    events: list[StoredEvent] = field(default_factory=list)
+    prescriptions: dict[str, PrescriptionRow] = field(default_factory=dict)
+    inventory: dict[str, ports.StockLevel] = field(default_factory=dict)
+    reservations: dict[str, ReservationRow] = field(default_factory=dict)
+    shipments: dict[str, ShipmentRow] = field(default_factory=dict)
+    idempotency_keys: dict[str, ports.IdempotencyRecord] = field(default_factory=dict)
+    jobs: dict[int, JobRow] = field(default_factory=dict)
+    commits: list[Commit] = field(default_factory=list)
+    #: The next N commits fail as if another writer had appended to the stream first.
+    conflicts_to_raise: int = 0
+    #: Operation name ("inventory.release", "prescriptions.cancel", ...) -> calls left to fail.
+    faults: dict[str, int] = field(default_factory=dict)
+    #: Run once, at the start of the next commit (a concurrent writer getting there first).
+    before_next_commit: list[Callable[[], None]] = field(default_factory=list)
+    _job_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def stream(self, stream_id: str) -> list[StoredEvent]:
+        return [e for e in self.events if e.stream_id == stream_id]
+
+    def load(self, stream_id: str) -> list[DomainEvent]:
+        return [
+            self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+            for e in self.stream(stream_id)
+        ]
+
+    def event_types(self, stream_id: str) -> list[str]:
+        return [e.type for e in self.stream(stream_id)]
+
+    def order(self, order_id: str) -> Order:
+        return Order.replay(order_id, self.load(Order.stream_id_for(order_id)))
+
+    def saga(self, saga_id: str) -> OrderFulfillmentSaga:
+        return OrderFulfillmentSaga.replay(
+            saga_id, self.load(OrderFulfillmentSaga.stream_id_for(saga_id))
+        )
+
+    def job_of(self, saga_id: str) -> JobRow | None:
+        return next((j for j in self.jobs.values() if j.saga_id == saga_id), None)
+
+    def fail_if_faulty(self, operation: str) -> None:
+        left = self.faults.get(operation, 0)
+        if left > 0:
+            self.faults[operation] = left - 1
+            raise CarrierDown(f"{operation} unavailable")
+
+
+class Pending(Generic[K, V]):
+    """A table seen through one transaction: reads see its own writes; writes land on commit."""
+
+    def __init__(self, committed: dict[K, V]) -> None:
+        self.committed = committed
+        self.writes: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self.writes[key] if key in self.writes else self.committed.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self.writes[key] = value
+
+    def flush(self) -> None:
+        self.committed.update(self.writes)
+        self.writes = {}
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+class FakePrescriptionService(ports.PrescriptionService):
+    def __init__(self, db: FakeDatabase, rows: Pending[str, PrescriptionRow]) -> None:
+        self.db = db
+        self.rows = rows
+
+    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
+        existing = self.rows.get(order_id)
+        if existing is not None:
+            return existing.id
+        if details.is_expired(today):
+            raise PrescriptionExpired(f"prescription expired on {details.expires_on}")
+        self.db.fail_if_faulty("prescriptions.create")
+        row = PrescriptionRow(f"rx-{order_id}", order_id, PrescriptionStatus.ACTIVE)
+        self.rows.put(order_id, row)
+        return row.id
+
+    def _move(self, order_id: str, to: PrescriptionStatus) -> None:
+        row = self.rows.get(order_id)
+        if row is not None and row.status is PrescriptionStatus.ACTIVE:
+            self.rows.put(order_id, replace(row, status=to))
+
+    def cancel(self, order_id: str) -> None:
+        self.db.fail_if_faulty("prescriptions.cancel")
+        self._move(order_id, PrescriptionStatus.CANCELLED)
+
+    def mark_dispensed(self, order_id: str) -> None:
+        self._move(order_id, PrescriptionStatus.DISPENSED)
+
+
+class FakeInventoryService(ports.InventoryReservationService):
+    def __init__(
+        self,
+        db: FakeDatabase,
+        stock: Pending[str, ports.StockLevel],
+        reservations: Pending[str, ReservationRow],
+    ) -> None:
+        self.db = db
+        self.stock = stock
+        self.reservations = reservations
+
+    def set_on_hand(self, sku: str, on_hand: int) -> ports.StockLevel:
+        current = self.stock.get(sku) or ports.StockLevel(sku, 0, 0)
+        if on_hand < 0 or on_hand < current.reserved:
+            raise InvalidInventory(f"on_hand {on_hand} is below what is reserved for {sku}")
+        level = replace(current, on_hand=on_hand)
+        self.stock.put(sku, level)
+        return level
+
+    def get(self, sku: str) -> ports.StockLevel | None:
+        return self.stock.get(sku)
+
+    def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
+        existing = self.reservations.get(order_id)
+        if existing is not None:
+            return existing.id
+        merged = merge_lines(lines)
+        for line in merged:
+            level = self.stock.get(line.sku)
+            if level is None or level.available < line.quantity:
+                raise InsufficientStock(f"not enough {line.sku} available for {line.quantity}")
+        for line in merged:
+            level = self.stock.get(line.sku)
+            assert level is not None
+            self.stock.put(line.sku, replace(level, reserved=level.reserved + line.quantity))
+        row = ReservationRow(f"res-{order_id}", order_id, ReservationStatus.RESERVED, merged)
+        self.reservations.put(order_id, row)
+        return row.id
+
+    def _settle(self, order_id: str, to: ReservationStatus) -> None:
+        row = self.reservations.get(order_id)
+        if row is None or row.status is not ReservationStatus.RESERVED:
+            return
+        self.reservations.put(order_id, replace(row, status=to))
+        for line in row.lines:
+            level = self.stock.get(line.sku)
+            assert level is not None
+            consumed = line.quantity if to is ReservationStatus.CONSUMED else 0
+            self.stock.put(
+                line.sku,
+                replace(
+                    level,
+                    on_hand=level.on_hand - consumed,
+                    reserved=level.reserved - line.quantity,
+                ),
+            )
+
+    def release(self, order_id: str) -> None:
+        self.db.fail_if_faulty("inventory.release")
+        self._settle(order_id, ReservationStatus.RELEASED)
+
+    def consume(self, order_id: str) -> None:
+        self.db.fail_if_faulty("inventory.consume")
+        self._settle(order_id, ReservationStatus.CONSUMED)
+
+
+class FakeShipmentService(ports.ShipmentService):
+    def __init__(self, rows: Pending[str, ShipmentRow]) -> None:
+        self.rows = rows
+
+    def record_initiated(self, order_id: str, booking: ports.Booking, country: str) -> str:
+        existing = self.rows.get(order_id)
+        if existing is not None:
+            return existing.id
+        row = ShipmentRow(
+            f"shp-{order_id}",
+            order_id,
+            booking.carrier,
+            booking.tracking_number,
+            country,
+            ShipmentStatus.INITIATED,
+        )
+        self.rows.put(order_id, row)
+        return row.id
+
+    def cancel(self, order_id: str) -> None:
+        row = self.rows.get(order_id)
+        if row is not None and row.status is ShipmentStatus.INITIATED:
+            self.rows.put(order_id, replace(row, status=ShipmentStatus.CANCELLED))
+
+
+class FakeIdempotencyKeys(ports.IdempotencyKeys):
+    def __init__(self, rows: Pending[str, ports.IdempotencyRecord]) -> None:
+        self.rows = rows
+
+    def get(self, key: str) -> ports.IdempotencyRecord | None:
+        return self.rows.get(key)
+
+    def add(self, record: ports.IdempotencyRecord) -> None:
+        # The unique key is checked at commit, like a database's unique constraint.
+        self.rows.put(record.key, record)
+
+
+class FakeCarrier(ports.Carrier):
+    """Idempotent by key; `down_for` upcoming calls fail transiently."""
+
+    name = "fake-post"
+
+    def __init__(self, countries: tuple[str, ...] = ("NL", "GB", "US")) -> None:
+        self.countries = countries
+        self.down_for = 0
+        self.bookings: dict[str, ports.Booking] = {}
+        self.cancelled: list[str] = []
+        self.calls = 0
+        #: Run during the next call, while no transaction is open (a concurrent worker).
+        self.during_next_call: list[Callable[[], None]] = []
+
+    def _call(self) -> None:
+        self.calls += 1
+        while self.during_next_call:
+            self.during_next_call.pop(0)()
+        if self.down_for > 0:
+            self.down_for -= 1
+            raise CarrierDown("carrier unavailable")
+
+    def book(
+        self, idempotency_key: str, address: ShippingAddress, lines: tuple[OrderLine, ...]
+    ) -> ports.Booking:
+        if address.country not in self.countries:
+            raise UnsupportedDestination(f"carrier does not ship to {address.country}")
+        self._call()
+        booking = ports.Booking(self.name, f"TRK-{idempotency_key}")
+        return self.bookings.setdefault(idempotency_key, booking)
+
+    def cancel(self, idempotency_key: str, tracking_number: str) -> None:
+        self._call()
+        self.cancelled.append(tracking_number)
+
+
+# --- repositories and the unit of work ---------------------------------------------------------
+
+
+class FakeOrderRepository(ports.OrderRepository):
+    def __init__(self, db: FakeDatabase, track: Callable[[Aggregate], None]) -> None:
+        self.db = db
+        self.track = track
+
+    def get(self, order_id: str) -> Order | None:
+        events = self.db.load(Order.stream_id_for(order_id))
+        if not events:
+            return None
+        order = Order.replay(order_id, events)
+        self.track(order)
+        return order
+
+    def add(self, order: Order) -> None:
+        self.track(order)
+
+
+class FakeSagaRepository(ports.SagaRepository):
+    def __init__(self, db: FakeDatabase, track: Callable[[Aggregate], None]) -> None:
+        self.db = db
+        self.track = track
+
+    def get(self, saga_id: str) -> OrderFulfillmentSaga | None:
+        events = self.db.load(OrderFulfillmentSaga.stream_id_for(saga_id))
+        if not events:
+            return None
+        saga = OrderFulfillmentSaga.replay(saga_id, events)
+        self.track(saga)
+        return saga
+
+    def add(self, saga: OrderFulfillmentSaga) -> None:
+        self.track(saga)
+
+
+class FakeUnitOfWork(AbstractUnitOfWork):
+    def __init__(self, db: FakeDatabase, job: ClaimedJob | None = None) -> None:
+        super().__init__(job)
+        self.db = db
+        self.committed = False
+        self._tables: list[Pending[str, object]] = []
+
+    def _begin(self) -> None:
+        db = self.db
+        self._prescriptions = Pending(db.prescriptions)
+        self._stock = Pending(db.inventory)
+        self._reservations = Pending(db.reservations)
+        self._shipments = Pending(db.shipments)
+        self._keys = Pending(db.idempotency_keys)
+        self._tables = [
+            self._prescriptions,
+            self._stock,
+            self._reservations,
+            self._shipments,
+            self._keys,
+        ]  # type: ignore[list-item]
+        self.orders = FakeOrderRepository(db, self.track)
+        self.sagas = FakeSagaRepository(db, self.track)
+        self.prescriptions = FakePrescriptionService(db, self._prescriptions)
+        self.inventory = FakeInventoryService(db, self._stock, self._reservations)
+        self.shipments = FakeShipmentService(self._shipments)
+        self.idempotency = FakeIdempotencyKeys(self._keys)
+
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+        db = self.db
+        while db.before_next_commit:
+            db.before_next_commit.pop(0)()
+        self._check(appends, jobs)
+        # All checks passed: apply everything at once.
+        finished = self.job.id if self.job is not None else None
+        if finished is not None:
+            del db.jobs[finished]
+        for spec in jobs:
+            job_id = next(db._job_ids)
+            db.jobs[job_id] = JobRow(
+                job_id, spec.saga_id, spec.kind, READY, db.now() + spec.delay_seconds
+            )
+        for append in appends:
+            for offset, event in enumerate(append.events, start=1):
+                db.events.append(
+                    StoredEvent(
+                        position=len(db.events) + 1,
+                        stream_id=append.stream_id,
+                        version=append.expected_version + offset,
+                        type=type(event).__name__,
+                        event_version=type(event).event_version,
+                        data=json.loads(json.dumps(db.mapper.to_data(event))),
+                        metadata={
+                            "correlation_id": append.correlation_id,
+                            "causation_id": self.causation_id,
+                        },
+                        recorded_at=event.occurred_at,
+                    )
+                )
+        for table in self._tables:
+            table.flush()
+        db.commits.append(
+            Commit(
+                finished_job=finished,
+                appended={a.stream_id: [type(e).__name__ for e in a.events] for a in appends},
+                enqueued=list(jobs),
+            )
+        )
+        self.job = None  # consumed, as in the SQL unit of work
+        self.committed = True
+
+    def _check(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+        db = self.db
+        if db.conflicts_to_raise > 0:
+            db.conflicts_to_raise -= 1
+            raise ConcurrencyError("another writer appended first (simulated)")
+        if self.job is not None:
+            held = db.jobs.get(self.job.id)
+            if held is None or held.claim_token != self.job.claim_token:
+                raise LeaseLost(f"job {self.job.id} is no longer held by this worker")
+        for append in appends:
+            if len(db.stream(append.stream_id)) != append.expected_version:
+                raise ConcurrencyError(f"{append.stream_id} moved past {append.expected_version}")
+        busy = {j.saga_id for j in db.jobs.values() if self.job is None or j.id != self.job.id}
+        for spec in jobs:
+            if spec.saga_id in busy:
+                raise ConcurrencyError(f"saga {spec.saga_id} already has a job")
+            busy.add(spec.saga_id)
+        if any(key in db.idempotency_keys for key in self._keys.writes):
+            raise ConcurrencyError("idempotency key stored by another transaction")
+
+    def rollback(self) -> None:
+        for table in self._tables:
+            table.writes = {}
+
+
+# --- the job queue ------------------------------------------------------------------------------
+
+
+class FakeJobQueue(AbstractJobQueue):
+    def __init__(self, db: FakeDatabase, max_claims: int = 10) -> None:
+        self.db = db
+        self.max_claims = max_claims
+
+    def _held(self, job: ClaimedJob) -> JobRow:
+        row = self.db.jobs.get(job.id)
+        if row is None or row.claim_token != job.claim_token:
+            raise LeaseLost(f"job {job.id} is no longer held by this worker")
+        return row
+
+    def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]:
+        now = self.db.now()
+        due = sorted(
+            (j for j in self.db.jobs.values() if j.status == READY and j.run_at <= now),
+            key=lambda j: (j.run_at, j.id),
+        )[:limit]
+        token = str(uuid.uuid4())
+        claimed = []
+        for row in due:
+            row = replace(
+                row,
+                status=RUNNING,
+                claim_token=token,
+                claims=row.claims + 1,
+                lease_expires_at=now + lease_seconds,
+            )
+            self.db.jobs[row.id] = row
+            claimed.append(
+                ClaimedJob(row.id, row.saga_id, row.kind, token, row.claims, row.failures)
+            )
+        return claimed
+
+    def heartbeat(self, jobs: list[ClaimedJob], lease_seconds: float) -> int:
+        renewed = 0
+        for job in jobs:
+            row = self.db.jobs.get(job.id)
+            if row is not None and row.claim_token == job.claim_token and row.status == RUNNING:
+                self.db.jobs[job.id] = replace(row, lease_expires_at=self.db.now() + lease_seconds)
+                renewed += 1
+        return renewed
+
+    def reap_expired(self) -> int:
+        reaped = 0
+        for row in list(self.db.jobs.values()):
+            expires = row.lease_expires_at
+            if row.status == RUNNING and expires is not None and expires < self.db.now():
+                dead = row.claims >= self.max_claims
+                self.db.jobs[row.id] = replace(
+                    row, status=DEAD if dead else READY, claim_token=None, lease_expires_at=None
+                )
+                reaped += 1
+        return reaped
+
+    def fail(self, job: ClaimedJob, error: str, delay_seconds: float, dead: bool) -> None:
+        row = self._held(job)
+        self.db.jobs[job.id] = replace(
+            row,
+            status=DEAD if dead else READY,
+            run_at=self.db.now() + delay_seconds,
+            failures=row.failures + 1,
+            last_error=error,
+            claim_token=None,
+            lease_expires_at=None,
+        )
+
+    def release(self, job: ClaimedJob) -> None:
+        row = self._held(job)
+        self.db.jobs[job.id] = replace(row, status=READY, claim_token=None, lease_expires_at=None)
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeApp:
+    """The production handlers wired to the fakes: a bus, a job runner and a queue."""
+
+    db: FakeDatabase
+    carrier: FakeCarrier
+    retry: RetryPolicy
+    bus: MessageBus
+    queue: FakeJobQueue
+    runner: JobRunner
+
+    @property
+    def clock(self) -> FixedClock:
+        return self.db.clock
+
+    def uow(self, job: ClaimedJob | None = None) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self.db, job)
+
+    def claim(self) -> ClaimedJob | None:
+        """The next due job, if any (moving the clock forward to a job waiting on a backoff)."""
+        jobs = self.queue.claim(1, "test-worker", 30.0)
+        if not jobs:
+            waiting = [j.run_at for j in self.db.jobs.values() if j.status == READY]
+            if not waiting:
+                return None
+            # The clock counts whole microseconds: step one past the job's run_at.
+            self.clock.advance(max(0.0, min(waiting) - self.db.now()) + 1e-6)
+            jobs = self.queue.claim(1, "test-worker", 30.0)
+        return jobs[0] if jobs else None
+
+    def run_next(self) -> tuple[str, JobOutcome] | None:
+        job = self.claim()
+        if job is None:
+            return None
+        return job.kind, self.runner.run(job)
+
+    def run_until_idle(self, limit: int = 50) -> list[tuple[str, JobOutcome]]:
+        """Run jobs one at a time until none is left; (kind, outcome) of each."""
+        ran = []
+        for _ in range(limit):
+            step = self.run_next()
+            if step is None:
+                return ran
+            ran.append(step)
+        raise AssertionError(f"still busy after {limit} jobs: {ran}")
+
+
+def make_fake_app(
+    *,
+    carrier: FakeCarrier | None = None,
+    retry: RetryPolicy | None = None,
+    timeouts: Timeouts | None = None,
+    max_job_failures: int = 3,
+) -> FakeApp:
+    db = FakeDatabase()
+    carrier = carrier or FakeCarrier()
+    retry = retry or RetryPolicy(max_attempts=3, base_seconds=1.0)
+    handlers = build_handlers(db.clock, carrier, retry, timeouts or Timeouts())
+    bus = MessageBus(lambda job: FakeUnitOfWork(db, job), handlers)
+    queue = FakeJobQueue(db)
+    runner = JobRunner(bus, queue, retry, max_job_failures)
+    return FakeApp(db, carrier, retry, bus, queue, runner)
