@@ -195,15 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = many.orders_per_second / one.orders_per_second if one.orders_per_second else 0.0
 
     table = Table(title="Saga throughput, one worker", title_justify="left")
-    columns = (
-        "concurrency",
-        "orders",
-        "fulfilled",
-        "placing s",
-        "worker s",
-        "orders/s",
-        "cpu ms/order",
-    )
+    columns = ("c", "orders", "done", "placing s", "worker s", "orders/s", "cpu ms/saga")
     for column in columns:
         table.add_column(column, justify="right")
     for r in runs:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
 from fulfillment.adapters.db import create_db_engine
+from fulfillment.adapters.event_store import StreamCache
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
@@ -32,6 +33,7 @@ class App:
     settings: Settings
     engine: Engine
     mapper: EventMapper
+    cache: StreamCache
     clock: Clock
     carrier: Carrier
     retry: RetryPolicy
@@ -41,7 +43,7 @@ class App:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(self.engine, self.mapper, job)
+        return SqlAlchemyUnitOfWork(self.engine, self.mapper, job, cache=self.cache)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -86,6 +88,7 @@ def bootstrap(
     if run_migrations:
         migrate(engine)
     mapper = EventMapper()
+    cache = StreamCache()
     clock = clock or SystemClock()
     carrier = carrier or SimulatedCarrier(
         settings.carrier_countries,
@@ -96,9 +99,9 @@ def bootstrap(
     timeouts = h.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
 
     def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(engine, mapper, job)
+        return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache)
 
     bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
     runner = JobRunner(bus, queue, retry, settings.max_job_failures)
-    return App(settings, engine, mapper, clock, carrier, retry, bus, queue, runner)
+    return App(settings, engine, mapper, cache, clock, carrier, retry, bus, queue, runner)

@@ -42,7 +42,12 @@ class WorkerProcess:
     """One `fulfillment worker` child process; its output goes to a log file."""
 
     def __init__(
-        self, database_url: str, log_path: Path, concurrency: int = 8, **settings: object
+        self,
+        database_url: str,
+        log_path: Path,
+        concurrency: int = 8,
+        command: list[str] | None = None,
+        **settings: object,
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILLMENT_")}
         env["FULFILLMENT_DATABASE_URL"] = database_url
@@ -50,7 +55,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            worker_command(concurrency),
+            command or worker_command(concurrency),
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -98,12 +103,17 @@ class WorkerProcess:
 
 @contextmanager
 def worker_processes(tmp_path: Path, database_url: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start workers with `start(**settings)`; all are killed when the block ends."""
+    """Start workers with `start(concurrency, **settings)`; all are killed when the block ends.
+
+    `command` replaces `fulfillment worker` (a script that builds its own Worker).
+    """
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 8, **settings: object) -> WorkerProcess:
+    def start(
+        concurrency: int = 8, *, command: list[str] | None = None, **settings: object
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(database_url, log, concurrency, **settings)
+        worker = WorkerProcess(database_url, log, concurrency, command, **settings)
         started.append(worker)
         return worker
 

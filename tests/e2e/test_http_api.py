@@ -484,3 +484,29 @@ def test_with_api_keys_every_route_but_health_needs_a_bearer_key(keyed_server: S
     with keyed_server.client(headers={"Authorization": "Bearer other-key"}) as second_key:
         assert second_key.get(f"/inventory/{sku}").status_code == 200
     assert "s3cret" not in keyed_server.output()
+
+
+def test_without_a_database_health_metrics_and_writes_answer_503() -> None:
+    import anyio
+
+    from fulfillment.bootstrap import bootstrap
+    from fulfillment.config import Settings
+    from fulfillment.entrypoints.api import create_api
+
+    app = bootstrap(Settings(database_url="postgresql://nobody@127.0.0.1:1/nothing"))
+
+    async def requests() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(create_api(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as offline:
+            return [
+                await offline.get("/health"),
+                await offline.get("/metrics"),
+                await offline.put("/inventory/X", json={"on_hand": 1}),
+            ]
+
+    try:
+        responses = anyio.run(requests)
+    finally:
+        app.close()
+    for response in responses:
+        assert_error(response, 503, "unavailable")

@@ -96,8 +96,9 @@ def test_killed_worker_leaves_no_saga_unfinished_or_duplicated(
             assert finished_at_kill < FIRST_BATCH, "it finished everything before the kill"
 
             survivors = [start(8, **WORKER_SETTINGS), start(8, **WORKER_SETTINGS)]
-            for worker in survivors:
-                wait_until(lambda w=worker: w.said("running with concurrency"), 60, "worker up")
+            wait_until(
+                lambda: all(w.said("running with concurrency") for w in survivors), 60, "both up"
+            )
             aspirin_ordered += place_orders(app, range(FIRST_BATCH, ORDERS), kinds)
             wait_until(
                 lambda: ledger.finished_orders() >= ORDERS and not ledger.job_counts(),
@@ -123,7 +124,8 @@ def test_killed_worker_leaves_no_saga_unfinished_or_duplicated(
                 {Fate("fulfilled", None): 5, Fate("cancelled", "insufficient_stock"): 10}
             ),
         }
-        # Each saga ended exactly once, one way.
+        # Each order and each saga ended exactly once, one way.
+        assert ledger.finished_orders() == ORDERS
         assert all(len(ends) == 1 for ends in ledger.saga_end_events().values())
         assert len(ledger.saga_end_events()) == ORDERS
 

@@ -10,6 +10,8 @@ Worker shutdown does not depend on the database, so SQLite is enough here.
 from __future__ import annotations
 
 import signal
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -121,6 +123,55 @@ def test_idle_worker_stops_on_signal_with_exit_code_zero(
             worker.process.send_signal(signum)
             assert worker.wait(30) == 0, worker.output()
         assert ledger.jobs() == []
+    finally:
+        ledger.close()
+
+
+# A worker process like `fulfillment worker`, with a grace period short enough for a test.
+SHORT_GRACE_WORKER = textwrap.dedent(
+    """
+    import signal, sys
+    from fulfillment.bootstrap import bootstrap
+    from fulfillment.entrypoints.worker import Worker
+
+    app = bootstrap()
+    worker = Worker(app, 2, grace_seconds=float(sys.argv[1]))
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    print("running with concurrency 2", flush=True)
+    worker.run()
+    app.close()
+    print(f"worker stopped after {worker.processed} jobs", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_worker_process_with_a_stuck_job_exits_after_its_grace_period(
+    make_app: MakeApp, database_url: str, tmp_path: Path
+) -> None:
+    app = make_app(carrier_countries=COUNTRIES)
+    place_orders(app, 1)
+    advance_to_shipment(app)
+    ledger = Ledger(database_url)
+    try:
+        with worker_processes(tmp_path, database_url) as start:
+            # The carrier hangs for a minute; the grace period is a fraction of a second.
+            worker = start(
+                command=[sys.executable, "-c", SHORT_GRACE_WORKER, "0.3"],
+                carrier_latency_ms=60_000,
+                carrier_countries="US,CA,GB",
+            )
+            wait_until(
+                lambda: [j.status for j in ledger.jobs()] == ["running"], 60, "shipment started"
+            )
+            worker.terminate()
+            assert worker.wait(30) == 0, worker.output()
+
+        assert_no_job_held(ledger)
+        assert [(j.kind, j.status) for j in ledger.jobs()] == [("initiate_shipment", "ready")]
+        Worker(app, 1).run(until_idle=True, timeout=30)
+        assert {f.status for f in ledger.fates().values()} == {"fulfilled"}
+        assert len(ledger.records(t.shipments)) == 1
     finally:
         ledger.close()
 

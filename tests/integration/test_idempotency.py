@@ -109,9 +109,7 @@ def test_concurrent_requests_with_one_key_create_exactly_one_order(app: App) -> 
     assert count(app, t.jobs) == 1
 
 
-def test_no_key_is_stored_when_the_order_is_not(
-    app: App, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_key_is_stored_when_the_order_is_not(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_append(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("disk full")
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from fulfillment.adapters.clock import FixedClock
 from fulfillment.adapters.mapper import EventMapper, StoredEvent
@@ -123,7 +123,7 @@ class FakeDatabase:
     #: Operation name ("inventory.release", "prescriptions.cancel", ...) -> calls left to fail.
     faults: dict[str, int] = field(default_factory=dict)
     #: Run once, at the start of the next commit (a concurrent writer getting there first).
-    before_next_commit: list[Callable[[], None]] = field(default_factory=list)
+    before_next_commit: list[Callable[[], object]] = field(default_factory=list)
     _job_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def now(self) -> float:
@@ -390,7 +390,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         super().__init__(job)
         self.db = db
         self.committed = False
-        self._tables: list[Pending[str, object]] = []
+        self._tables: list[Pending[str, Any]] = []
 
     def _begin(self) -> None:
         db = self.db
@@ -405,7 +405,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             self._reservations,
             self._shipments,
             self._keys,
-        ]  # type: ignore[list-item]
+        ]
         self.orders = FakeOrderRepository(db, self.track)
         self.sagas = FakeSagaRepository(db, self.track)
         self.prescriptions = FakePrescriptionService(db, self._prescriptions)
@@ -596,7 +596,7 @@ class FakeApp:
 
     def run_until_idle(self, limit: int = 50) -> list[tuple[str, JobOutcome]]:
         """Run jobs one at a time until none is left; (kind, outcome) of each."""
-        ran = []
+        ran: list[tuple[str, JobOutcome]] = []
         for _ in range(limit):
             step = self.run_next()
             if step is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
@@ -26,6 +28,61 @@ _COLUMNS = (
 )
 
 
+# Built once: hot statements skip SQLAlchemy's construction and cache-key work per call.
+_READ_STREAM = (
+    select(*_COLUMNS)
+    .where(t.events.c.stream_id == bindparam("stream_id"))
+    .order_by(t.events.c.version)
+)
+_READ_ALL = (
+    select(*_COLUMNS)
+    .where(t.events.c.position > bindparam("after"))
+    .order_by(t.events.c.position)
+    .limit(bindparam("limit"))
+)
+_READ_TAIL = (
+    select(*_COLUMNS)
+    .where(t.events.c.stream_id == bindparam("stream_id"), t.events.c.version > bindparam("v"))
+    .order_by(t.events.c.version)
+)
+_INSERT = insert(t.events)
+
+
+class StreamCache:
+    """Decoded events of recently used streams, shared by the threads of one process.
+
+    Never trusted blindly: a load still reads the stream's tail after the cached version
+    (usually no rows), so a stream changed by another process is always seen. It only
+    saves decoding what was already decoded. Bounded (LRU), so memory stays flat.
+    """
+
+    def __init__(self, max_streams: int = 10_000) -> None:
+        self.max_streams = max_streams
+        self._streams: OrderedDict[str, tuple[DomainEvent, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, stream_id: str) -> tuple[DomainEvent, ...]:
+        with self._lock:
+            events = self._streams.get(stream_id)
+            if events is not None:
+                self._streams.move_to_end(stream_id)
+            return events or ()
+
+    def put(self, stream_id: str, events: tuple[DomainEvent, ...]) -> None:
+        with self._lock:
+            current = self._streams.get(stream_id, ())
+            if len(events) < len(current):
+                return  # never go back to an older version of the stream
+            self._streams[stream_id] = events
+            self._streams.move_to_end(stream_id)
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+
+    def discard(self, stream_id: str) -> None:
+        with self._lock:
+            self._streams.pop(stream_id, None)
+
+
 def _stored(row: Sequence[object]) -> StoredEvent:
     position, stream_id, version, type_, event_version, data, metadata, recorded_at = row
     return StoredEvent(
@@ -43,9 +100,14 @@ def _stored(row: Sequence[object]) -> StoredEvent:
 class SqlAlchemyEventStore:
     """Works inside the caller's transaction (the unit of work's connection)."""
 
-    def __init__(self, conn: Connection, mapper: EventMapper) -> None:
+    def __init__(
+        self, conn: Connection, mapper: EventMapper, cache: StreamCache | None = None
+    ) -> None:
         self.conn = conn
         self.mapper = mapper
+        self.cache = cache
+        #: Streams as loaded in this transaction, to refresh the cache after commit.
+        self.loaded: dict[str, tuple[DomainEvent, ...]] = {}
 
     def append(self, appends: Sequence[StreamAppend], causation_id: str | None = None) -> None:
         """Append to several streams at once; ConcurrencyError if any expected version is stale."""
@@ -71,20 +133,33 @@ class SqlAlchemyEventStore:
         # Taken last, right before the insert, so the lock is held only until commit.
         lock_event_append(self.conn)
         try:
-            self.conn.execute(insert(t.events), rows)
+            self.conn.execute(_INSERT, rows)
         except IntegrityError as exc:
             raise ConcurrencyError(str(exc.orig)) from exc
 
     def load(self, stream_id: str) -> list[DomainEvent]:
-        return [
+        """The stream's events: cached ones plus whatever was committed after them."""
+        known = self.cache.get(stream_id) if self.cache is not None else ()
+        rows = self.conn.execute(_READ_TAIL, {"stream_id": stream_id, "v": len(known)})
+        tail = tuple(
             self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
-            for e in self.read_stream(stream_id)
-        ]
+            for e in map(_stored, rows)
+        )
+        events = known + tail
+        self.loaded[stream_id] = events
+        return list(events)
+
+    def after_commit(self, appends: Sequence[StreamAppend]) -> None:
+        """Remember the streams this transaction wrote, as they now stand."""
+        if self.cache is None:
+            return
+        for append in appends:
+            before = self.loaded.get(append.stream_id, ())
+            if len(before) == append.expected_version:
+                self.cache.put(append.stream_id, before + tuple(append.events))
 
     def read_stream(self, stream_id: str) -> list[StoredEvent]:
-        rows = self.conn.execute(
-            select(*_COLUMNS).where(t.events.c.stream_id == stream_id).order_by(t.events.c.version)
-        )
+        rows = self.conn.execute(_READ_STREAM, {"stream_id": stream_id})
         return [_stored(r) for r in rows]
 
     def read_streams(self, stream_ids: Sequence[str]) -> list[StoredEvent]:
@@ -98,10 +173,5 @@ class SqlAlchemyEventStore:
 
     def read_all(self, after: int = 0, limit: int = 100) -> list[StoredEvent]:
         """Every event with a position greater than `after`, in position (= commit) order."""
-        rows = self.conn.execute(
-            select(*_COLUMNS)
-            .where(t.events.c.position > after)
-            .order_by(t.events.c.position)
-            .limit(limit)
-        )
+        rows = self.conn.execute(_READ_ALL, {"after": after, "limit": limit})
         return [_stored(r) for r in rows]

@@ -10,11 +10,22 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
@@ -41,29 +52,36 @@ class JobRow:
     created_at: float
 
 
+@functools.cache
+def _enqueue_statement(backend: str) -> Executable:
+    now = db_now_epoch(backend)
+    return insert(t.jobs).values(
+        saga_id=bindparam("saga_id"),
+        kind=bindparam("kind"),
+        status=READY,
+        run_at=now + bindparam("delay", type_=t.jobs.c.run_at.type),
+        created_at=now,
+        claims=0,
+        failures=0,
+    )
+
+
+_FINISH = delete(t.jobs).where(
+    t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token")
+)
+
+
 def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
-    if not specs:
-        return
-    now = db_now_epoch(backend_of(conn))
+    statement = _enqueue_statement(backend_of(conn))
     for spec in specs:
         conn.execute(
-            insert(t.jobs).values(
-                saga_id=spec.saga_id,
-                kind=spec.kind,
-                status=READY,
-                run_at=now + spec.delay_seconds,
-                created_at=now,
-                claims=0,
-                failures=0,
-            )
+            statement, {"saga_id": spec.saga_id, "kind": spec.kind, "delay": spec.delay_seconds}
         )
 
 
 def finish(conn: Connection, job: ClaimedJob) -> None:
     """Remove the job this transaction ran; LeaseLost if another worker has taken it."""
-    result = conn.execute(
-        delete(t.jobs).where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
-    )
+    result = conn.execute(_FINISH, {"job_id": job.id, "token": job.claim_token})
     if result.rowcount != 1:
         raise LeaseLost(f"job {job.id} is no longer held by this worker")
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from fulfillment.adapters import tables as t
 from fulfillment.domain.errors import InsufficientStock, InvalidInventory, PrescriptionExpired
@@ -26,6 +26,50 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Hot statements, built once (SQLAlchemy then skips construction and cache-key work).
+_P, _I, _R, _S = t.prescriptions, t.inventory, t.inventory_reservations, t.shipments
+_PRESCRIPTION_OF = select(_P.c.id).where(_P.c.order_id == bindparam("p_order_id"))
+_PRESCRIPTION_MOVE = (
+    update(_P)
+    .where(_P.c.order_id == bindparam("p_order_id"), _P.c.status == PrescriptionStatus.ACTIVE.value)
+    .values(status=bindparam("p_to"), updated_at=bindparam("p_now"))
+)
+_RESERVATION_OF = select(_R.c.id).where(_R.c.order_id == bindparam("p_order_id"))
+_RESERVE_LINE = (
+    update(_I)
+    .where(_I.c.sku == bindparam("p_sku"), _I.c.on_hand - _I.c.reserved >= bindparam("p_qty"))
+    .values(reserved=_I.c.reserved + bindparam("p_qty"), updated_at=bindparam("p_now"))
+)
+_RESERVATION_SETTLE = (
+    update(_R)
+    .where(
+        _R.c.order_id == bindparam("p_order_id"), _R.c.status == ReservationStatus.RESERVED.value
+    )
+    .values(status=bindparam("p_to"), updated_at=bindparam("p_now"))
+)
+_RESERVATION_LINES = select(_R.c.lines).where(_R.c.order_id == bindparam("p_order_id"))
+_RELEASE_LINE = (
+    update(_I)
+    .where(_I.c.sku == bindparam("p_sku"))
+    .values(reserved=_I.c.reserved - bindparam("p_qty"), updated_at=bindparam("p_now"))
+)
+_CONSUME_LINE = (
+    update(_I)
+    .where(_I.c.sku == bindparam("p_sku"))
+    .values(
+        reserved=_I.c.reserved - bindparam("p_qty"),
+        on_hand=_I.c.on_hand - bindparam("p_qty"),
+        updated_at=bindparam("p_now"),
+    )
+)
+_SHIPMENT_OF = select(_S.c.id).where(_S.c.order_id == bindparam("p_order_id"))
+_SHIPMENT_CANCEL = (
+    update(_S)
+    .where(_S.c.order_id == bindparam("p_order_id"), _S.c.status == ShipmentStatus.INITIATED.value)
+    .values(status=ShipmentStatus.CANCELLED.value, updated_at=bindparam("p_now"))
+)
+
+
 class SqlAlchemyPrescriptionService(ports.PrescriptionService):
     def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
         self.conn = conn
@@ -33,7 +77,7 @@ class SqlAlchemyPrescriptionService(ports.PrescriptionService):
 
     def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
         existing = self.conn.execute(
-            select(t.prescriptions.c.id).where(t.prescriptions.c.order_id == order_id)
+            _PRESCRIPTION_OF, {"p_order_id": order_id}
         ).scalar_one_or_none()
         if existing is not None:
             return str(existing)
@@ -57,12 +101,7 @@ class SqlAlchemyPrescriptionService(ports.PrescriptionService):
 
     def _move(self, order_id: str, to: PrescriptionStatus) -> None:
         self.conn.execute(
-            update(t.prescriptions)
-            .where(
-                t.prescriptions.c.order_id == order_id,
-                t.prescriptions.c.status == PrescriptionStatus.ACTIVE.value,
-            )
-            .values(status=to.value, updated_at=self.now())
+            _PRESCRIPTION_MOVE, {"p_order_id": order_id, "p_to": to.value, "p_now": self.now()}
         )
 
     def cancel(self, order_id: str) -> None:
@@ -109,11 +148,7 @@ class SqlAlchemyInventoryService(ports.InventoryReservationService):
         return ports.StockLevel(sku, on_hand, current.reserved)
 
     def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
-        existing = self.conn.execute(
-            select(t.inventory_reservations.c.id).where(
-                t.inventory_reservations.c.order_id == order_id
-            )
-        ).scalar_one_or_none()
+        existing = self.conn.execute(_RESERVATION_OF, {"p_order_id": order_id}).scalar_one_or_none()
         if existing is not None:
             return str(existing)
         now = self.now()
@@ -121,12 +156,7 @@ class SqlAlchemyInventoryService(ports.InventoryReservationService):
         # SKUs in sorted order: concurrent reservations lock rows in the same order.
         for line in merged:
             result = self.conn.execute(
-                update(t.inventory)
-                .where(
-                    t.inventory.c.sku == line.sku,
-                    t.inventory.c.on_hand - t.inventory.c.reserved >= line.quantity,
-                )
-                .values(reserved=t.inventory.c.reserved + line.quantity, updated_at=now)
+                _RESERVE_LINE, {"p_sku": line.sku, "p_qty": line.quantity, "p_now": now}
             )
             if result.rowcount != 1:
                 # The caller's transaction rolls back the lines reserved so far.
@@ -147,27 +177,15 @@ class SqlAlchemyInventoryService(ports.InventoryReservationService):
     def _settle(self, order_id: str, to: ReservationStatus) -> None:
         now = self.now()
         moved = self.conn.execute(
-            update(t.inventory_reservations)
-            .where(
-                t.inventory_reservations.c.order_id == order_id,
-                t.inventory_reservations.c.status == ReservationStatus.RESERVED.value,
-            )
-            .values(status=to.value, updated_at=now)
+            _RESERVATION_SETTLE, {"p_order_id": order_id, "p_to": to.value, "p_now": now}
         )
         if moved.rowcount != 1:
             return  # nothing reserved, or already released/consumed: nothing to do
-        lines = self.conn.execute(
-            select(t.inventory_reservations.c.lines).where(
-                t.inventory_reservations.c.order_id == order_id
-            )
-        ).scalar_one()
+        lines = self.conn.execute(_RESERVATION_LINES, {"p_order_id": order_id}).scalar_one()
+        statement = _CONSUME_LINE if to is ReservationStatus.CONSUMED else _RELEASE_LINE
         for raw in sorted(lines, key=lambda line: line["sku"]):
-            qty = int(raw["quantity"])
-            values = {"reserved": t.inventory.c.reserved - qty, "updated_at": now}
-            if to is ReservationStatus.CONSUMED:
-                values["on_hand"] = t.inventory.c.on_hand - qty
             self.conn.execute(
-                update(t.inventory).where(t.inventory.c.sku == raw["sku"]).values(values)
+                statement, {"p_sku": raw["sku"], "p_qty": int(raw["quantity"]), "p_now": now}
             )
 
     def release(self, order_id: str) -> None:
@@ -183,9 +201,7 @@ class SqlAlchemyShipmentService(ports.ShipmentService):
         self.now = now
 
     def record_initiated(self, order_id: str, booking: ports.Booking, country: str) -> str:
-        existing = self.conn.execute(
-            select(t.shipments.c.id).where(t.shipments.c.order_id == order_id)
-        ).scalar_one_or_none()
+        existing = self.conn.execute(_SHIPMENT_OF, {"p_order_id": order_id}).scalar_one_or_none()
         if existing is not None:
             return str(existing)
         shipment_id = str(uuid.uuid4())
@@ -205,11 +221,4 @@ class SqlAlchemyShipmentService(ports.ShipmentService):
         return shipment_id
 
     def cancel(self, order_id: str) -> None:
-        self.conn.execute(
-            update(t.shipments)
-            .where(
-                t.shipments.c.order_id == order_id,
-                t.shipments.c.status == ShipmentStatus.INITIATED.value,
-            )
-            .values(status=ShipmentStatus.CANCELLED.value, updated_at=self.now())
-        )
+        self.conn.execute(_SHIPMENT_CANCEL, {"p_order_id": order_id, "p_now": self.now()})

@@ -8,7 +8,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fulfillment.adapters import job_queue
-from fulfillment.adapters.event_store import SqlAlchemyEventStore
+from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache
 from fulfillment.adapters.idempotency import SqlAlchemyIdempotencyKeys
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.repository import SqlAlchemyOrderRepository, SqlAlchemySagaRepository
@@ -46,16 +46,18 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         mapper: EventMapper,
         job: ClaimedJob | None = None,
         causation_id: str | None = None,
+        cache: StreamCache | None = None,
     ) -> None:
         super().__init__(job, causation_id)
         self.engine = engine
         self.mapper = mapper
+        self.cache = cache
         self._conn: Connection | None = None
 
     def _begin(self) -> None:
         self._conn = self.conn = self.engine.connect()
         self.conn.begin()
-        self.events = SqlAlchemyEventStore(self.conn, self.mapper)
+        self.events = SqlAlchemyEventStore(self.conn, self.mapper, self.cache)
         self.orders = SqlAlchemyOrderRepository(self.events, self.track)
         self.sagas = SqlAlchemySagaRepository(self.events, self.track)
         self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
@@ -69,6 +71,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         job_queue.enqueue(self.conn, jobs)
         self.events.append(appends, self.causation_id)
         self.conn.commit()
+        self.events.after_commit(appends)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
 
     def rollback(self) -> None:

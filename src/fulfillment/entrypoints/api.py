@@ -1,37 +1,29 @@
 """The HTTP API (DESIGN.md section 4): FastAPI over the command bus and the read models.
 
 Writes go through the command bus (one handler per command); reads come from
-`fulfillment.views`. `create_app()` builds the whole server from the environment;
-`run_server()` is what `fulfillment serve` runs.
+`fulfillment.views`. `create_api(app)` builds the ASGI application over a bootstrapped
+`App`; `api_server` runs it as `fulfillment serve`, with workers and the projector.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio
 from fastapi import FastAPI, Header, Path, Query
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import text
 
 from fulfillment import __version__, views
-from fulfillment.adapters import tables as t
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
-from fulfillment.adapters.projections import Projector, ProjectorThread
-from fulfillment.bootstrap import App, bootstrap
-from fulfillment.config import Settings
+from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
 from fulfillment.entrypoints.api_errors import (
@@ -41,7 +33,7 @@ from fulfillment.entrypoints.api_errors import (
     error_response,
     install_error_handlers,
 )
-from fulfillment.entrypoints.worker import Worker
+from fulfillment.entrypoints.api_metrics import SagaMetrics
 from fulfillment.service_layer.commands import CreateOrder, SetInventory
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 
@@ -81,6 +73,14 @@ IdempotencyKey = Annotated[
 ]
 
 
+class Services(Protocol):
+    """Background loops that start and stop with the application (workers, projector)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
@@ -92,107 +92,6 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "Database unavailable or busy",
     }
     return {c: {"model": s.ErrorResponse, "description": descriptions[c]} for c in codes}
-
-
-# --- background services ------------------------------------------------------------
-
-
-class _WorkerThread:
-    """A `Worker` looping on a thread of its own."""
-
-    def __init__(self, worker: Worker, name: str) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except Exception:
-            log.exception("in-process worker %s stopped with an error", self.worker.worker_id)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def request_stop(self) -> None:
-        self.worker.stop()
-
-    def join(self) -> None:
-        if self.thread.is_alive():
-            self.thread.join(self.worker.grace_seconds + 10)
-
-
-class BackgroundServices:
-    """In-process workers and the projector, each on a thread of its own."""
-
-    def __init__(self, app: App, workers: int, worker_concurrency: int) -> None:
-        self.workers = [
-            _WorkerThread(Worker(app, worker_concurrency), f"worker-{i}") for i in range(workers)
-        ]
-        poll = max(0.01, min(0.1, app.settings.poll_interval_seconds))
-        self.projector = ProjectorThread(Projector(app.engine, app.mapper), poll_interval=poll)
-
-    def start(self) -> None:
-        self.projector.start()
-        for worker in self.workers:
-            worker.start()
-
-    def stop(self) -> None:
-        """Workers claim nothing new and finish (or hand back) their jobs; then the projector."""
-        for worker in self.workers:
-            worker.request_stop()
-        for worker in self.workers:
-            worker.join()
-        self.projector.stop()
-
-
-# --- metrics ---------------------------------------------------------------------------
-
-
-class SagaMetrics(Collector):
-    """Counted from the database at each scrape, so every API process reports the same."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def collect(self) -> Iterator[Metric]:
-        types = ("OrderFulfillmentSagaStarted", "OrderFulfillmentSagaCompleted", "OrderCancelled")
-        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-            counts = {
-                str(kind): int(n)
-                for kind, n in conn.execute(
-                    select(t.events.c.type, func.count())
-                    .where(t.events.c.type.in_(types))
-                    .group_by(t.events.c.type)
-                )
-            }
-            jobs = {
-                str(status): int(n)
-                for status, n in conn.execute(
-                    select(t.jobs.c.status, func.count()).group_by(t.jobs.c.status)
-                )
-            }
-        yield CounterMetricFamily(
-            "fulfillment_sagas_started",
-            "Sagas started (OrderFulfillmentSagaStarted events).",
-            value=counts.get("OrderFulfillmentSagaStarted", 0),
-        )
-        finished = CounterMetricFamily(
-            "fulfillment_sagas_finished",
-            "Sagas that ended: completed (order fulfilled) or compensated (order cancelled).",
-            labels=["outcome"],
-        )
-        finished.add_metric(["completed"], counts.get("OrderFulfillmentSagaCompleted", 0))
-        finished.add_metric(["compensated"], counts.get("OrderCancelled", 0))
-        yield finished
-        queue = GaugeMetricFamily(
-            "fulfillment_jobs", "Jobs in the durable queue, by status.", labels=["status"]
-        )
-        for status in ("ready", "running", "dead"):
-            queue.add_metric([status], jobs.get(status, 0))
-        yield queue
-
-
-# --- the application -------------------------------------------------------------------
 
 
 def _level(level: StockLevel) -> dict[str, Any]:
@@ -211,7 +110,7 @@ def _page(items: list[Any], next_cursor: object) -> dict[str, Any]:
 def create_api(
     app: App,
     *,
-    services: BackgroundServices | None = None,
+    services: Services | None = None,
     close_app: bool = False,
 ) -> FastAPI:
     """The FastAPI application over `app`; starts and stops `services` with itself."""
@@ -457,59 +356,3 @@ def _document_security(api: FastAPI, required: bool) -> None:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
-
-
-def create_app(
-    settings: Settings | None = None, *, workers: int = 1, worker_concurrency: int = 4
-) -> FastAPI:
-    """The server `fulfillment serve` runs: migrated database, workers and projector."""
-    settings = settings or Settings.from_env()
-    app = bootstrap(
-        settings, run_migrations=True, pool_size=10 + workers * (worker_concurrency + 1)
-    )
-    services = BackgroundServices(app, workers, worker_concurrency)
-    return create_api(app, services=services, close_app=True)
-
-
-# --- the server ------------------------------------------------------------------------
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def bind_host(requested: str, settings: Settings) -> str:
-    """Without API keys the server is reachable from this machine only."""
-    if settings.api_keys or requested in LOOPBACK:
-        return requested
-    return "127.0.0.1"
-
-
-def run_server(
-    settings: Settings,
-    host: str,
-    port: int,
-    workers: int,
-    worker_concurrency: int = 4,
-    announce: Callable[[str], None] = print,
-) -> None:
-    """Serve until SIGTERM or Ctrl-C, then stop workers gracefully and return."""
-    import uvicorn
-
-    api = create_app(settings, workers=workers, worker_concurrency=worker_concurrency)
-    config = uvicorn.Config(
-        api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-
-    def _after_stop(_signum: int, _frame: FrameType | None) -> None:
-        # uvicorn handles the signal (stop accepting, finish requests, stop the
-        # workers in the lifespan) and then raises it again: end normally.
-        pass
-
-    signal.signal(signal.SIGTERM, _after_stop)
-    signal.signal(signal.SIGINT, _after_stop)
-    announce(
-        f"serving on http://{host}:{port} with {workers} in-process worker(s) "
-        f"on {settings.database_url.split('://', 1)[0]}"
-    )
-    server.run()
-    announce("server stopped")

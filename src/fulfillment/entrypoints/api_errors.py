@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -103,6 +103,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot even decode (not UTF-8, say): to a
+            # client that is malformed JSON, like any other, so the same 422.
+            return error_response(
+                422,
+                "validation_error",
+                "the request is not valid",
+                [{"loc": ["body"], "message": str(exc.detail), "type": "json_invalid"}],
+            )
         code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:
@@ -132,7 +141,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def database_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DBAPIError)
-        if exc.connection_invalidated or exc.__class__.__name__ == "OperationalError":
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
             log.warning("database unavailable: %s", exc.__class__.__name__)
             return error_response(
                 503, "unavailable", "the database is unavailable", headers={"Retry-After": "1"}

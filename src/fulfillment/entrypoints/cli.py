@@ -111,7 +111,7 @@ def serve_command(
     ),
 ) -> None:
     """Serve the HTTP API (migrations applied first), with workers and the projector."""
-    from fulfillment.entrypoints.api import bind_host, run_server
+    from fulfillment.entrypoints.api_server import bind_host, run_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
@@ -121,6 +121,7 @@ def serve_command(
             "FULFILLMENT_API_KEYS is not set: no authentication, "
             "so the server binds to 127.0.0.1 only" + (f" (not {host})" if bound != host else ""),
             highlight=False,
+            soft_wrap=True,
         )
     run_server(settings, bound, port, workers, worker_concurrency, announce=console.print)
 

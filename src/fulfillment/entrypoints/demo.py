@@ -30,6 +30,7 @@ from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.events import (
+    DomainEvent,
     OrderCancelled,
     OrderCreated,
     OrderFulfilled,
@@ -198,6 +199,9 @@ def fresh_database(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+TALLIED = frozenset({"OrderCreated", "OrderFulfilled", "OrderCancelled", "SagaStepAttemptFailed"})
+
+
 class EventTally:
     """Follows the global event feed and tallies the outcome of the demo's orders."""
 
@@ -212,14 +216,13 @@ class EventTally:
         self.retries: Counter[str] = Counter()
 
     def poll(self) -> None:
+        """Read every event committed since the last poll."""
         while True:
             with self.app.uow() as uow:
                 batch = uow.events.read_all(after=self.position, limit=1000)
             for stored in batch:
                 self.position = stored.position
-                if stored.type in {"OrderCreated", "OrderFulfilled", "OrderCancelled"} or (
-                    stored.type == "SagaStepAttemptFailed"
-                ):
+                if stored.type in TALLIED:
                     event = self.app.mapper.to_event(
                         stored.type, stored.event_version, stored.data, stored.recorded_at
                     )
@@ -227,7 +230,7 @@ class EventTally:
             if len(batch) < 1000:
                 return
 
-    def _apply(self, event: object) -> None:
+    def _apply(self, event: DomainEvent) -> None:
         if isinstance(event, SagaStepAttemptFailed) and event.saga_id in self.order_ids:
             self.retries[event.saga_id] += 1
         elif isinstance(event, OrderCreated) and event.order_id in self.order_ids:

@@ -1,10 +1,11 @@
-"""The worker: claims jobs from the durable queue and runs them on a pool of threads.
+"""The worker: claims jobs from the durable queue and runs each on a thread of its own.
 
 One process keeps up to `concurrency` sagas in flight: a thread waiting on the carrier
 (or the database) releases the GIL, so slow carrier calls overlap. Leases are renewed
 by a heartbeat thread; each loop also reaps expired leases of workers that died.
 On stop (SIGTERM), the worker claims nothing new, lets running jobs finish for a grace
-period, and hands back whatever is still unfinished.
+period, and hands back whatever is still unfinished. Job threads are daemons, so a job
+stuck past the grace period does not keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from fulfillment.bootstrap import App
@@ -66,7 +66,6 @@ class Worker:
     def run(self, until_idle: bool = False, timeout: float | None = None) -> None:
         """Run until stopped (or, with `until_idle`, until no job is ready or running)."""
         deadline = time.monotonic() + timeout if timeout else None
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="job")
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         next_reap = 0.0
@@ -80,7 +79,9 @@ class Worker:
                     next_reap = now + max(0.5, min(5.0, self.lease_seconds / 2))
                 claimed = self._claim()
                 for job in claimed:
-                    pool.submit(self._execute, job)
+                    threading.Thread(
+                        target=self._execute, args=(job,), name=f"job-{job.id}", daemon=True
+                    ).start()
                 if claimed:
                     continue
                 if until_idle and not self._in_flight and self._queue_idle():
@@ -88,7 +89,7 @@ class Worker:
                 self._wake.wait(self.poll_interval)
                 self._wake.clear()
         finally:
-            self._shutdown(pool)
+            self._shutdown()
 
     @property
     def in_flight(self) -> int:
@@ -131,7 +132,7 @@ class Worker:
         counts = self._safely(self.app.queue.counts) or {}
         return not counts.get("ready") and not counts.get("running")
 
-    def _shutdown(self, pool: ThreadPoolExecutor) -> None:
+    def _shutdown(self) -> None:
         self.stop_event.set()
         deadline = time.monotonic() + self.grace_seconds
         while self._in_flight and time.monotonic() < deadline:
@@ -143,7 +144,6 @@ class Worker:
             # Still running after the grace period: hand the job back. If the thread later
             # commits anyway, the claim-token check makes that commit fail harmlessly.
             self._safely(functools.partial(self.app.queue.release, job))
-        pool.shutdown(wait=not leftovers, cancel_futures=True)
 
     def _safely(self, fn: Callable[[], T]) -> T | None:
         """Run a queue call; on a database error, log, pause briefly and return None."""
