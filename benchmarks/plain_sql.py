@@ -69,6 +69,7 @@ class Client:
         self.backend = backend
         self.now = NOW[backend]
         self.json = "%s::json" if backend == "postgresql" else "%s"
+        self.lines = "`lines`" if backend == "mysql" else "lines"  # LINES is reserved in MySQL
         url = make_url(db_url)
         if backend == "sqlite":
             conn = sqlite3.connect(url.database or "", isolation_level=None, timeout=60)
@@ -267,7 +268,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
             raise RuntimeError("out of stock: the benchmark seeds enough")
         rid = str(uuid.uuid4())
         c.run(
-            f"INSERT INTO inventory_reservations (id, order_id, status, lines, created_at, updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
+            f"INSERT INTO inventory_reservations (id, order_id, status, {c.lines}, created_at, updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
             (rid, saga_id, json.dumps([line]), now, now),
         )
         c.finish(job_id, token)
@@ -325,7 +326,7 @@ def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
     ).rowcount
     if moved != 1:
         return
-    raw = c.run("SELECT lines FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchone()[0]
+    raw = c.run(f"SELECT {c.lines} FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchone()[0]
     for line in json.loads(raw) if isinstance(raw, str) else raw:
         if to == "consumed":
             c.run("UPDATE inventory SET on_hand = on_hand - %s, reserved = reserved - %s, updated_at = %s WHERE sku = %s", (line["quantity"], line["quantity"], now, line["sku"]))
@@ -386,6 +387,23 @@ def _drain_worker(url: str, backend: str, batch: int, start_at: float, out: Any)
     out.put({"jobs": done, "peak_rss_mib": self_peak_rss_mib()})
 
 
+def _collect(queue: Any, procs: list[Any], timeout: float = 3600.0) -> list[dict[str, Any]]:
+    """Every process's report; fail fast if one of them died."""
+    import queue as queue_module
+
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(reports) < len(procs):
+        try:
+            reports.append(queue.get(timeout=0.5))
+        except queue_module.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError("a plain-SQL client failed (see its traceback above)") from None
+    return reports
+
+
 def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, batch: int = 8) -> RunMetrics:
     """Place the backlog with `clients` processes, then drain it with `clients` processes."""
     from sqlalchemy import text
@@ -418,7 +436,7 @@ def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, 
     drainers = [ctx.Process(target=_drain_worker, args=(db.url, db.backend, batch, start_at, queue)) for _ in range(clients)]
     for p in drainers:
         p.start()
-    reports = [queue.get(timeout=3600) for _ in drainers]
+    reports = _collect(queue, drainers)
     for p in drainers:
         p.join()
     figures = metrics_from_engine(engine, window_from="first_step")

@@ -3,7 +3,8 @@
 A worker process that gets SIGTERM (or Ctrl-C) claims nothing new, lets the jobs it is
 running finish within its grace period, exits 0, and leaves no job `running` under its
 lease; a new worker completes the remaining sagas. Jobs still running when the grace
-period ends are handed back, and a worker's late commit after that changes nothing.
+period ends are handed back without holding up the exit, and a late commit of such a
+job changes nothing; while the grace period lasts, the worker keeps their leases.
 Worker shutdown does not depend on the database, so SQLite is enough here.
 """
 

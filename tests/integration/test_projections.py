@@ -191,9 +191,7 @@ def test_a_batch_applied_twice_changes_nothing(app: App) -> None:
     assert first.checkpoint() == batch.end
 
 
-def test_concurrent_projectors_apply_each_event_exactly_once(
-    app: App, database_url: str
-) -> None:
+def test_concurrent_projectors_apply_each_event_exactly_once(app: App, database_url: str) -> None:
     stock(app, "ASPIRIN", 1000)
     # Small batches and separate engines: as many races as possible, as between processes.
     engines = [create_db_engine(database_url, pool_size=2) for _ in range(3)]

@@ -142,12 +142,17 @@ def _data(data: Any, width: int = 90) -> str:
 
 def _events_table(events: list[dict[str, Any]], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
-    table.add_column("position", justify="right")
+    table.add_column("position", justify="right", no_wrap=True)
     table.add_column("recorded_at", no_wrap=True)
     table.add_column("stream", no_wrap=True)
-    table.add_column("v", justify="right")
+    table.add_column("v", justify="right", no_wrap=True)
     table.add_column("type", no_wrap=True)
-    table.add_column("data", no_wrap=True, overflow="ellipsis")
+    table.add_column("data", no_wrap=True)
+    # The data column gets what the others leave of the terminal (JSON cut short).
+    fixed = 8 + 23 + 2 + 19  # position, recorded_at, v; borders and padding of 6 columns
+    fixed += max((len(e["stream_id"]) for e in events), default=6)
+    fixed += max((len(e["type"]) for e in events), default=4)
+    width = max(20, console.width - fixed)
     for e in events:
         table.add_row(
             str(e["position"]),
@@ -155,7 +160,7 @@ def _events_table(events: list[dict[str, Any]], title: str | None = None) -> Tab
             e["stream_id"],
             str(e["version"]),
             e["type"],
-            _data(e["data"], 200),
+            _data(e["data"], width),
         )
     return table
 
