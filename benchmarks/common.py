@@ -17,7 +17,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -310,3 +311,27 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def pace(place: Callable[[OrderSpec], Any], specs: Sequence[OrderSpec], rate: float, threads: int = 8) -> float:
+    """Call `place(spec)` at `rate` per second (an open-loop schedule); returns the rate achieved."""
+    errors: list[BaseException] = []
+
+    def guarded(spec: OrderSpec) -> None:
+        try:
+            place(spec)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for i, spec in enumerate(specs):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(guarded, spec)
+    if errors:
+        raise errors[0]
+    return len(specs) / max(1e-9, time.perf_counter() - started)
+
+

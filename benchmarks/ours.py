@@ -33,6 +33,7 @@ from benchmarks.common import (
     RssSampler,
     RunMetrics,
     latency_summary,
+    pace,
 )
 from fulfillment.adapters import tables as t
 from fulfillment.bootstrap import App, bootstrap
@@ -311,27 +312,3 @@ def run_offered_load(
         return result
     finally:
         app.close()
-
-
-def pace(place: Any, specs: Sequence[OrderSpec], rate: float, threads: int = 8) -> float:
-    """Call `place(spec)` at `rate` per second (an open-loop schedule); returns the rate achieved."""
-    errors: list[BaseException] = []
-
-    def guarded(spec: OrderSpec) -> None:
-        try:
-            place(spec)
-        except BaseException as exc:
-            errors.append(exc)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        for i, spec in enumerate(specs):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            pool.submit(guarded, spec)
-    if errors:
-        raise errors[0]
-    return len(specs) / max(1e-9, time.perf_counter() - started)
-
-

@@ -79,6 +79,66 @@ def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
         )
 
 
+_ADVANCE_HELD = (
+    update(t.jobs)
+    .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
+    .values(kind=bindparam("next_kind"), claims=1, failures=0, last_error=None)
+)
+
+
+@functools.cache
+def _advance_ready_statement(backend: str) -> Executable:
+    return (
+        update(t.jobs)
+        .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
+        .values(
+            kind=bindparam("next_kind"),
+            status=READY,
+            run_at=db_now_epoch(backend) + bindparam("delay", type_=t.jobs.c.run_at.type),
+            claim_token=None,
+            claimed_by=None,
+            lease_expires_at=None,
+            claims=0,
+            failures=0,
+            last_error=None,
+        )
+    )
+
+
+def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> ClaimedJob | None:
+    """Turn the job this transaction ran into its saga's next job, or remove it.
+
+    The saga keeps one job row (its id stays, so one saga never has two jobs). When the
+    worker asked to chain and the next job is due now, the row stays claimed by this
+    worker and the returned job is run by the same thread, without a round through the
+    queue; otherwise it goes back to `ready` at its `run_at`. LeaseLost if another worker
+    has taken the job meanwhile.
+    """
+    if next_job is None:
+        finish(conn, job)
+        return None
+    params = {"job_id": job.id, "token": job.claim_token, "next_kind": next_job.kind}
+    chain = job.chain_lease_seconds is not None and next_job.delay_seconds <= 0
+    if chain:
+        result = conn.execute(_ADVANCE_HELD, params)
+    else:
+        params["delay"] = next_job.delay_seconds
+        result = conn.execute(_advance_ready_statement(backend_of(conn)), params)
+    if result.rowcount != 1:
+        raise LeaseLost(f"job {job.id} is no longer held by this worker")
+    if not chain:
+        return None
+    return ClaimedJob(
+        job.id,
+        job.saga_id,
+        next_job.kind,
+        job.claim_token,
+        claims=1,
+        failures=0,
+        chain_lease_seconds=job.chain_lease_seconds,
+    )
+
+
 def finish(conn: Connection, job: ClaimedJob) -> None:
     """Remove the job this transaction ran; LeaseLost if another worker has taken it."""
     result = conn.execute(_FINISH, {"job_id": job.id, "token": job.claim_token})
@@ -95,7 +155,9 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
     def _now(self) -> ColumnElement[float]:
         return db_now_epoch(self.backend)
 
-    def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]:
+    def claim(
+        self, limit: int, worker_id: str, lease_seconds: float, chain: bool = False
+    ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
         query = (
@@ -129,7 +191,11 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
                     claims=t.jobs.c.claims + 1,
                 )
             )
-        return [ClaimedJob(r.id, r.saga_id, r.kind, token, r.claims + 1, r.failures) for r in rows]
+        chain_lease = lease_seconds if chain else None
+        return [
+            ClaimedJob(r.id, r.saga_id, r.kind, token, r.claims + 1, r.failures, chain_lease)
+            for r in rows
+        ]
 
     def heartbeat(self, jobs: list[ClaimedJob], lease_seconds: float) -> int:
         if not jobs:

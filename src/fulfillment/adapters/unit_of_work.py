@@ -56,6 +56,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
 
     def _begin(self) -> None:
         self._conn = self.conn = self.engine.connect()
+        if self.read_only_mode:
+            self.conn.execution_options(sqlite_begin="DEFERRED")
         self.conn.begin()
         self.events = SqlAlchemyEventStore(self.conn, self.mapper, self.cache)
         self.orders = SqlAlchemyOrderRepository(self.events, self.track)
@@ -66,12 +68,18 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.idempotency = SqlAlchemyIdempotencyKeys(self.conn)
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+        continuation: ClaimedJob | None = None
         if self.job is not None:
-            job_queue.finish(self.conn, self.job)
+            own = [spec for spec in jobs if spec.saga_id == self.job.saga_id]
+            jobs = [spec for spec in jobs if spec.saga_id != self.job.saga_id]
+            # The job row of the saga becomes its next job (or goes): one statement.
+            continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
         job_queue.enqueue(self.conn, jobs)
         self.events.append(appends, self.causation_id)
         self.conn.commit()
         self.events.after_commit(appends)
+        if self.job is not None and continuation is not None:
+            self.job.continuation.append(continuation)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
 
     def rollback(self) -> None:

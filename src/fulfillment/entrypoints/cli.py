@@ -123,7 +123,14 @@ def serve_command(
             highlight=False,
             soft_wrap=True,
         )
-    run_server(settings, bound, port, workers, worker_concurrency, announce=console.print)
+    run_server(
+        settings,
+        bound,
+        port,
+        workers,
+        worker_concurrency,
+        announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
 
 
 # Operator commands: orders, sagas, events, inventory, projections.

@@ -101,7 +101,9 @@ class Worker:
         free = self.concurrency - len(self._in_flight)
         if free <= 0:
             return []
-        jobs = self._safely(lambda: self.app.queue.claim(free, self.worker_id, self.lease_seconds))
+        jobs = self._safely(
+            lambda: self.app.queue.claim(free, self.worker_id, self.lease_seconds, chain=True)
+        )
         with self._lock:
             for job in jobs or []:
                 self._in_flight[job.id] = job
@@ -109,9 +111,18 @@ class Worker:
 
     def _execute(self, job: ClaimedJob) -> None:
         try:
-            outcome = self.app.runner.run(job)
-            if self.on_outcome is not None:
-                self.on_outcome(job, outcome)
+            current: ClaimedJob | None = job
+            while current is not None:
+                outcome = self.app.runner.run(current)
+                if self.on_outcome is not None:
+                    self.on_outcome(current, outcome)
+                # A step whose saga's next job is due now hands it over still claimed
+                # (same row and token, so the heartbeat covers it): run it here, unless
+                # the worker is stopping, in which case it goes back to the queue.
+                current = current.continuation[0] if current.continuation else None
+                if current is not None and self.stop_event.is_set():
+                    self._safely(functools.partial(self.app.queue.release, current))
+                    current = None
         except Exception:
             log.exception("job %s crashed the runner", job.id)
         finally:

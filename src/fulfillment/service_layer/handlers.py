@@ -175,17 +175,18 @@ def initiate_shipment(
 ) -> None:
     # The carrier call happens outside any transaction: it may be slow, and it is
     # idempotent by key, so a crash between the call and the commit books nothing twice.
+    with uow.read_only():
+        saga = _saga(uow, cmd.saga_id)
+        due = saga.awaits(Step.INITIATE_SHIPMENT)
+        if due:
+            check_deadlines(saga, Step.INITIATE_SHIPMENT, clock, timeouts)
+    booking: Booking | None = None
+    if due:
+        assert saga.shipping_address is not None
+        booking = carrier.book(f"{saga.id}:shipment", saga.shipping_address, saga.items)
     with uow:
         saga = _saga(uow, cmd.saga_id)
-        if not saga.awaits(Step.INITIATE_SHIPMENT):
-            uow.commit()
-            return
-        check_deadlines(saga, Step.INITIATE_SHIPMENT, clock, timeouts)
-    assert saga.shipping_address is not None
-    booking: Booking = carrier.book(f"{saga.id}:shipment", saga.shipping_address, saga.items)
-    with uow:
-        saga = _saga(uow, cmd.saga_id)
-        if saga.awaits(Step.INITIATE_SHIPMENT):
+        if booking is not None and saga.awaits(Step.INITIATE_SHIPMENT):
             assert saga.shipping_address is not None
             shipment_id = uow.shipments.record_initiated(
                 saga.id, booking, saga.shipping_address.country
@@ -253,16 +254,14 @@ def _compensate(
 def cancel_shipment(
     cmd: c.CancelShipment, uow: AbstractUnitOfWork, clock: Clock, carrier: Carrier
 ) -> None:
+    with uow.read_only():
+        due = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
+    if due is not None:
+        assert due.tracking_number is not None
+        carrier.cancel(f"{due.id}:shipment-cancel", due.tracking_number)
     with uow:
         saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
-        if saga is None:
-            uow.commit()
-            return
-    assert saga.tracking_number is not None
-    carrier.cancel(f"{saga.id}:shipment-cancel", saga.tracking_number)
-    with uow:
-        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
-        if saga is not None:
+        if due is not None and saga is not None:
             uow.shipments.cancel(saga.id)
             saga.record_compensated(Compensation.CANCEL_SHIPMENT, at=clock.now())
             _finish_order_if_saga_ended(uow, saga, clock)

@@ -38,7 +38,10 @@ class JobOutcome(StrEnum):
 
 class AbstractJobQueue(abc.ABC):
     @abc.abstractmethod
-    def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]: ...
+    def claim(
+        self, limit: int, worker_id: str, lease_seconds: float, chain: bool = False
+    ) -> list[ClaimedJob]:
+        """Lease up to `limit` due jobs; `chain`: let steps hand their next job to this worker."""
 
     @abc.abstractmethod
     def heartbeat(self, jobs: list[ClaimedJob], lease_seconds: float) -> int: ...

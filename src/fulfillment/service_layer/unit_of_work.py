@@ -39,12 +39,20 @@ class AbstractUnitOfWork(abc.ABC):
     def __init__(self, job: ClaimedJob | None = None, causation_id: str | None = None) -> None:
         self.job = job
         self.causation_id = causation_id or (f"job:{job.id}" if job else None)
+        self.read_only_mode = False  # of the transaction in progress
+        self._next_read_only = False
         self.committed_events: list[DomainEvent] = []
         self._seen: dict[str, Aggregate] = {}
 
     def __enter__(self) -> Self:
         self._seen = {}
+        self.read_only_mode, self._next_read_only = self._next_read_only, False
         self._begin()
+        return self
+
+    def read_only(self) -> Self:
+        """Use as `with uow.read_only():` to look without taking the write lock (SQLite)."""
+        self._next_read_only = True
         return self
 
     def __exit__(
@@ -59,6 +67,8 @@ class AbstractUnitOfWork(abc.ABC):
         self._seen[aggregate.stream_id] = aggregate
 
     def commit(self) -> None:
+        if self.read_only_mode:
+            raise RuntimeError("a read-only unit of work cannot commit")
         appends: list[StreamAppend] = []
         jobs: list[JobSpec] = []
         for aggregate in self._seen.values():

@@ -1,0 +1,307 @@
+"""The operator commands, run as a user runs them: `fulfillment ...` in a subprocess.
+
+Orders are placed and worked on in this process (no projector runs here), on a SQLite
+file the commands then read through FULFILLMENT_DATABASE_URL: each read command must
+bring the projection up to date by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fulfillment import views
+from fulfillment.adapters.db import create_nullpool_engine
+from fulfillment.adapters.migrate import migrate
+from fulfillment.bootstrap import App, bootstrap
+from fulfillment.config import Settings
+from fulfillment.domain.errors import TransientFailure
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.entrypoints.worker import Worker
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
+
+SCRIPT = Path(sys.executable).with_name("fulfillment")
+
+
+class Cli:
+    """Runs `fulfillment` against one database, and an in-process App on the same one."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.cwd = tmp_path
+        self.env = {
+            **os.environ,
+            "FULFILLMENT_DATABASE_URL": url,
+            "FULFILLMENT_RETRY_BACKOFF_SECONDS": "0.01",
+            "FULFILLMENT_MAX_ATTEMPTS": "2",
+            "COLUMNS": "220",  # wide tables: nothing truncated
+            "NO_COLOR": "1",
+            "PYTHONIOENCODING": "utf-8",  # box-drawing characters, whatever the locale
+        }
+
+    def command(self, *args: str) -> list[str]:
+        if SCRIPT.exists():
+            return [str(SCRIPT), *args]
+        return [sys.executable, "-m", "fulfillment.entrypoints.cli", *args]
+
+    def __call__(self, *args: str, expect: int = 0) -> str:
+        done = subprocess.run(
+            self.command(*args),
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == expect, (done.returncode, done.stdout, done.stderr)
+        return done.stdout + done.stderr
+
+    def app(self, **overrides: Any) -> App:
+        values: dict[str, Any] = {
+            "database_url": self.url,
+            "retry_backoff_seconds": 0.01,
+            "max_attempts": 2,
+            "max_job_failures": 1,
+            "poll_interval_seconds": 0.01,
+        }
+        values.update(overrides)
+        return bootstrap(Settings(**values))
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    engine = create_nullpool_engine(url)
+    migrate(engine)
+    engine.dispose()
+    yield Cli(url, tmp_path)
+
+
+@pytest.fixture
+def app(cli: Cli) -> Iterator[App]:
+    app = cli.app()
+    yield app
+    app.close()
+
+
+def place_order(app: App, order_id: str, *, country: str = "US", qty: int = 2) -> None:
+    app.bus.handle(
+        c.CreateOrder(
+            order_id=order_id,
+            customer_id="cust-3",
+            items=(OrderLine("PARACETAMOL", qty),),
+            prescription=PrescriptionDetails(
+                prescriber_id="dr-house",
+                patient_name="Alan Turing",
+                expires_on=datetime.now(UTC).date() + timedelta(days=30),
+            ),
+            shipping_address=ShippingAddress(
+                name="Alan Turing",
+                line1="2 Bletchley Park",
+                city="Milton Keynes",
+                postal_code="MK3 6EB",
+                country=country,
+            ),
+        )
+    )
+
+
+def run_jobs(app: App) -> None:
+    Worker(app, 2).run(until_idle=True, timeout=60)
+
+
+def park_an_order(app: App, order_id: str) -> Any:
+    """The order goes nowhere and its reservation's release keeps failing: it parks."""
+    real_release = app.bus.handlers[c.ReleaseInventory]
+
+    def release_fails(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
+        raise TransientFailure("inventory service unreachable")
+
+    app.bus.handlers[c.ReleaseInventory] = release_fails
+    place_order(app, order_id, country="ZZ")
+    run_jobs(app)
+    return real_release
+
+
+def line_of(output: str, text: str) -> str:
+    """The one output line that mentions `text`."""
+    lines = [line for line in output.splitlines() if text in line]
+    assert len(lines) == 1, (text, output)
+    return lines[0]
+
+
+def field(output: str, name: str) -> str:
+    """The value of a `name  value` line of `orders show`."""
+    lines = [line for line in output.splitlines() if line.startswith(f"{name} ")]
+    assert len(lines) == 1, (name, output)
+    return lines[0][len(name) :].strip()
+
+
+# --- inventory ------------------------------------------------------------------------------
+
+
+def test_inventory_set_and_show_print_the_stock_level(cli: Cli, app: App) -> None:
+    out = line_of(cli("inventory", "set", "PARACETAMOL", "10"), "PARACETAMOL")
+    assert [cell.strip() for cell in out.split("│")[1:5]] == ["PARACETAMOL", "10", "0", "10"]
+    park_an_order(app, "o-holding")  # keeps 2 units reserved
+
+    shown = line_of(cli("inventory", "show", "PARACETAMOL"), "PARACETAMOL")
+    assert [cell.strip() for cell in shown.split("│")[1:5]] == ["PARACETAMOL", "10", "2", "8"]
+
+    refused = cli("inventory", "set", "PARACETAMOL", "1", expect=1)
+    assert "below the 2 units reserved" in refused
+    assert views.get_inventory(app, "PARACETAMOL") == {
+        "sku": "PARACETAMOL",
+        "on_hand": 10,
+        "reserved": 2,
+        "available": 8,
+    }
+    assert "unknown SKU 'ASPIRIN'" in cli("inventory", "show", "ASPIRIN", expect=1)
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+
+def test_orders_list_shows_fresh_rows_newest_first(cli: Cli, app: App) -> None:
+    app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
+    place_order(app, "o-fulfilled")
+    place_order(app, "o-nowhere", country="ZZ")
+    run_jobs(app)
+    place_order(app, "o-waiting")
+
+    out = cli("orders", "list")
+    lines = out.splitlines()
+    rows = [line_of(out, oid) for oid in ("o-waiting", "o-nowhere", "o-fulfilled")]
+    assert [lines.index(r) for r in rows] == sorted(lines.index(r) for r in rows)
+    assert "pending" in rows[0] and "running" in rows[0]
+    assert "cancelled" in rows[1] and "unsupported_destination" in rows[1]
+    assert "fulfilled" in rows[2] and "completed" in rows[2] and "PARACETAMOL x2" in rows[2]
+
+    cancelled = cli("orders", "list", "--status", "cancelled")
+    assert "o-nowhere" in cancelled
+    assert "o-fulfilled" not in cancelled and "o-waiting" not in cancelled
+
+    first = cli("orders", "list", "--limit", "2")
+    assert "o-fulfilled" not in first
+    cursor = line_of(first, "--cursor").split("--cursor")[1].strip()
+    assert "o-fulfilled" in cli("orders", "list", "--limit", "2", "--cursor", cursor)
+
+    assert "unknown order status 'lost'" in cli("orders", "list", "--status", "lost", expect=2)
+
+
+def test_orders_show_prints_the_steps_the_shipment_and_the_events(cli: Cli, app: App) -> None:
+    app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
+    place_order(app, "o-1")
+    run_jobs(app)
+
+    out = cli("orders", "show", "o-1")
+    assert field(out, "status") == "fulfilled"
+    assert field(out, "shipment").endswith("(initiated)")
+    for step in ("create_prescription", "reserve_inventory", "initiate_shipment"):
+        assert "succeeded" in line_of(out, f" {step} ")
+    for event in ("OrderCreated", "InventoryReserved", "ShipmentInitiated", "OrderFulfilled"):
+        assert event in line_of(out, f" {event} ")
+
+    assert "unknown order 'o-2'" in cli("orders", "show", "o-2", expect=1)
+
+
+# --- sagas ----------------------------------------------------------------------------------
+
+
+def test_a_parked_saga_is_listed_as_stuck_and_retried(cli: Cli, app: App) -> None:
+    app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
+    place_order(app, "o-fine")
+    real_release = park_an_order(app, "o-parked")
+
+    stuck = cli("sagas", "list", "--status", "stuck")
+    row = line_of(stuck, "o-parked")
+    assert "compensation_failed" in row and "stuck" in row and "stock:undo-failed" in row
+    assert "o-fine" not in stuck
+    shown = cli("orders", "show", "o-parked")
+    assert field(shown, "status") == "needs_attention"
+    assert field(shown, "parked on") == "inventory service unreachable"
+
+    out = cli("sagas", "retry", "o-parked")
+    assert "release_inventory" in out and "retried" in out
+    assert views.saga_detail(app, "o-parked")["status"] == "compensating"  # type: ignore[index]
+
+    app.bus.handlers[c.ReleaseInventory] = real_release  # the inventory service is back
+    run_jobs(app)
+    assert "cancelled" in line_of(cli("orders", "list"), "o-parked")
+    assert "nothing to retry" in cli("sagas", "retry", "o-parked", expect=1)
+    assert "unknown saga 'o-nobody'" in cli("sagas", "retry", "o-nobody", expect=1)
+
+
+def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> None:
+    real_prescription = app.bus.handlers[c.CreatePrescription]
+
+    def broken(cmd: c.CreatePrescription, uow: AbstractUnitOfWork) -> None:
+        raise RuntimeError("prescription registry bug")
+
+    app.bus.handlers[c.CreatePrescription] = broken
+    app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
+    place_order(app, "o-dead")
+    run_jobs(app)
+    row = line_of(cli("sagas", "list", "--status", "stuck"), "o-dead")
+    assert "create_prescription dead" in row
+
+    out = cli("sagas", "retry", "o-dead")
+    assert "dead job create_prescription is back in the queue" in out
+
+    app.bus.handlers[c.CreatePrescription] = real_prescription
+    run_jobs(app)
+    assert "fulfilled" in line_of(cli("orders", "list"), "o-dead")
+
+
+# --- events and projections -----------------------------------------------------------------
+
+
+def test_events_tail_prints_the_feed_and_follows_it(cli: Cli, app: App) -> None:
+    place_order(app, "o-1")
+    place_order(app, "o-2")
+
+    last = cli("events", "tail", "--limit", "2")
+    assert "order-o-1" not in last
+    assert "OrderCreated" in line_of(last, "order-o-2")
+    assert "OrderFulfillmentSagaStarted" in line_of(last, "saga-o-2")
+    after = cli("events", "tail", "--after", "1", "--limit", "1")
+    assert "saga-o-1" in after and "order-o-2" not in after
+
+    follower = subprocess.Popen(
+        cli.command("events", "tail", "--after", "3", "--follow", "--interval", "0.05"),
+        env=cli.env,
+        cwd=cli.cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert "saga-o-2#1 OrderFulfillmentSagaStarted" in follower.stdout.readline()
+        place_order(app, "o-3")
+        assert "order-o-3#1 OrderCreated" in follower.stdout.readline()
+        assert "saga-o-3#1 OrderFulfillmentSagaStarted" in follower.stdout.readline()
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_projections_status_and_rebuild(cli: Cli, app: App) -> None:
+    place_order(app, "o-1")
+    place_order(app, "o-2")
+
+    status = line_of(cli("projections", "status"), "order_summaries")
+    assert [cell.strip() for cell in status.split("│")[2:6]] == ["0", "4", "4", "4"]
+
+    out = cli("projections", "rebuild")
+    assert "4 events replayed up to position 4" in out
+    status = line_of(cli("projections", "status"), "order_summaries")
+    assert [cell.strip() for cell in status.split("│")[2:6]] == ["4", "4", "0", "0"]
+    assert views.get_order(app, "o-2") is not None
