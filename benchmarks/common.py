@@ -24,7 +24,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -166,16 +165,35 @@ def server_version(backend: str) -> str:
 # --- peak RSS of every process ---------------------------------------------------------
 
 
-def peak_rss_bytes(pid: int) -> int | None:
-    """The kernel's high-water mark of a live process (VmHWM), or None."""
+def _proc_status(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError):
         return None
     return None
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of a live process (VmHWM), or None."""
+    return _proc_status(pid, "VmHWM:")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The current RSS of a process: /proc on Linux, psutil elsewhere (the `bench` extra)."""
+    value = _proc_status(pid, "VmRSS:")
+    if value is not None:
+        return value
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
 
 
 class RssSampler:
@@ -188,7 +206,7 @@ class RssSampler:
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.peaks: dict[str, int] = {}
-        self._procs: dict[str, psutil.Process] = {}
+        self._procs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss", daemon=True)
@@ -205,16 +223,16 @@ class RssSampler:
 
     def register(self, label: str, pid: int) -> None:
         with self._lock:
-            self._procs[label] = psutil.Process(pid)
+            self._procs[label] = pid
             self.peaks.setdefault(label, 0)
 
     def unregister(self, label: str) -> None:
         """Read the process's kernel peak while it is alive, then stop watching it."""
         with self._lock:
-            proc = self._procs.pop(label, None)
-        if proc is None:
+            pid = self._procs.pop(label, None)
+        if pid is None:
             return
-        hwm = peak_rss_bytes(proc.pid)
+        hwm = peak_rss_bytes(pid)
         if hwm:
             self.peaks[label] = max(self.peaks.get(label, 0), hwm)
 
@@ -222,9 +240,9 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             with self._lock:
                 procs = list(self._procs.items())
-            for label, proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    rss = proc.memory_info().rss
+            for label, pid in procs:
+                rss = rss_bytes(pid)
+                if rss:
                     self.peaks[label] = max(self.peaks.get(label, 0), rss)
 
     def peaks_mib(self) -> dict[str, float]:
@@ -313,7 +331,9 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
     return bool(predicate())
 
 
-def pace(place: Callable[[OrderSpec], Any], specs: Sequence[OrderSpec], rate: float, threads: int = 8) -> float:
+def pace(
+    place: Callable[[OrderSpec], Any], specs: Sequence[OrderSpec], rate: float, threads: int = 8
+) -> float:
     """Call `place(spec)` at `rate` per second (an open-loop schedule); returns the rate achieved."""
     errors: list[BaseException] = []
 
@@ -333,5 +353,3 @@ def pace(place: Callable[[OrderSpec], Any], specs: Sequence[OrderSpec], rate: fl
     if errors:
         raise errors[0]
     return len(specs) / max(1e-9, time.perf_counter() - started)
-
-

@@ -268,7 +268,13 @@ def run_backlog(
                 fleet.stop()
         figures = metrics_from_engine(app.engine, window_from="first_step")
         result = _result(
-            db, config, mix, specs, figures, rss, {"mode": "backlog", "placed_per_second": round(placement_rate, 1)}
+            db,
+            config,
+            mix,
+            specs,
+            figures,
+            rss,
+            {"mode": "backlog", "placed_per_second": round(placement_rate, 1)},
         )
         if not done:
             result.notes.append(f"timed out after {config.timeout_seconds:g}s")
@@ -305,7 +311,11 @@ def run_offered_load(
             specs,
             figures,
             rss,
-            {"mode": "offered_load", "offered_per_second": round(rate, 1), "achieved_offered_per_second": round(achieved, 1)},
+            {
+                "mode": "offered_load",
+                "offered_per_second": round(rate, 1),
+                "achieved_offered_per_second": round(achieved, 1),
+            },
         )
         if not done:
             result.notes.append(f"timed out after {config.timeout_seconds:g}s")

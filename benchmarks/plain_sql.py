@@ -27,6 +27,7 @@ K client processes share the work; the best of a few K is reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -147,7 +148,12 @@ class Client:
         )
 
     def finish(self, job_id: int, token: str) -> None:
-        if self.run("DELETE FROM jobs WHERE id = %s AND claim_token = %s", (job_id, token)).rowcount != 1:
+        if (
+            self.run(
+                "DELETE FROM jobs WHERE id = %s AND claim_token = %s", (job_id, token)
+            ).rowcount
+            != 1
+        ):
             raise RuntimeError(f"job {job_id} lost")
 
     def append(self, rows: list[tuple[str, int, str, dict[str, Any], str | None]]) -> None:
@@ -164,7 +170,12 @@ class Client:
                 type_,
                 1,
                 json.dumps(data),
-                json.dumps({"correlation_id": data.get("order_id") or data.get("saga_id"), "causation_id": cause}),
+                json.dumps(
+                    {
+                        "correlation_id": data.get("order_id") or data.get("saga_id"),
+                        "causation_id": cause,
+                    }
+                ),
                 self.stamp(now),
             )
             for stream, version, type_, data, cause in rows
@@ -185,7 +196,9 @@ class Client:
         )
         if self.backend == "sqlite":
             self.begin("DEFERRED")
-            peek = self.run(select.replace("SELECT id, saga_id, kind, claims, failures", "SELECT id"), (limit,)).fetchone()
+            peek = self.run(
+                select.replace("SELECT id, saga_id, kind, claims, failures", "SELECT id"), (limit,)
+            ).fetchone()
             self.rollback()
             if peek is None:
                 return []
@@ -216,14 +229,34 @@ def place(c: Client, spec: OrderSpec) -> None:
         "order_id": spec.order_id,
         "customer_id": "bench-customer",
         "items": [{"sku": spec.sku, "quantity": spec.quantity}],
-        "prescription": {"prescriber_id": "dr-bench", "patient_name": "Ada Lovelace", "expires_on": spec.expires_on.isoformat()},
-        "shipping_address": {"name": "Ada Lovelace", "line1": "1 Analytical Way", "city": "London", "postal_code": "N1 1AA", "country": spec.country},
+        "prescription": {
+            "prescriber_id": "dr-bench",
+            "patient_name": "Ada Lovelace",
+            "expires_on": spec.expires_on.isoformat(),
+        },
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "1 Analytical Way",
+            "city": "London",
+            "postal_code": "N1 1AA",
+            "country": spec.country,
+        },
     }
-    saga = {"saga_id": spec.order_id, "definition_version": 1, **order, "deadline_at": datetime.now(UTC).isoformat()}
+    saga = {
+        "saga_id": spec.order_id,
+        "definition_version": 1,
+        **order,
+        "deadline_at": datetime.now(UTC).isoformat(),
+    }
     c.begin()
     c.read_stream(f"order-{spec.order_id}")
     c.enqueue(spec.order_id, "create_prescription")
-    c.append([(f"order-{spec.order_id}", 1, "OrderCreated", order, None), (f"saga-{spec.order_id}", 1, "OrderFulfillmentSagaStarted", saga, None)])
+    c.append(
+        [
+            (f"order-{spec.order_id}", 1, "OrderCreated", order, None),
+            (f"saga-{spec.order_id}", 1, "OrderFulfillmentSagaStarted", saga, None),
+        ]
+    )
     c.commit()
 
 
@@ -257,7 +290,17 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         )
         c.finish(job_id, token)
         c.enqueue(saga_id, "reserve_inventory")
-        c.append([(stream, version + 1, "PrescriptionCreated", {"saga_id": saga_id, "prescription_id": pid}, cause)])
+        c.append(
+            [
+                (
+                    stream,
+                    version + 1,
+                    "PrescriptionCreated",
+                    {"saga_id": saga_id, "prescription_id": pid},
+                    cause,
+                )
+            ]
+        )
     elif kind == "reserve_inventory":
         c.run("SELECT id FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchall()
         moved = c.run(
@@ -273,7 +316,17 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         )
         c.finish(job_id, token)
         c.enqueue(saga_id, "initiate_shipment")
-        c.append([(stream, version + 1, "InventoryReserved", {"saga_id": saga_id, "reservation_id": rid, "lines": [line]}, cause)])
+        c.append(
+            [
+                (
+                    stream,
+                    version + 1,
+                    "InventoryReserved",
+                    {"saga_id": saga_id, "reservation_id": rid, "lines": [line]},
+                    cause,
+                )
+            ]
+        )
     elif kind == "initiate_shipment":
         c.run("SELECT id FROM shipments WHERE order_id = %s", (saga_id,)).fetchall()
         sid = str(uuid.uuid4())
@@ -284,36 +337,102 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         )
         c.finish(job_id, token)
         c.enqueue(saga_id, "complete")
-        c.append([(stream, version + 1, "ShipmentInitiated", {"saga_id": saga_id, "shipment_id": sid, "carrier": "simulated-post", "tracking_number": "SP" + sid[:12]}, cause)])
+        c.append(
+            [
+                (
+                    stream,
+                    version + 1,
+                    "ShipmentInitiated",
+                    {
+                        "saga_id": saga_id,
+                        "shipment_id": sid,
+                        "carrier": "simulated-post",
+                        "tracking_number": "SP" + sid[:12],
+                    },
+                    cause,
+                )
+            ]
+        )
     elif kind == "complete":
         _settle(c, saga_id, "consumed", now)
-        c.run("UPDATE prescriptions SET status = 'dispensed', updated_at = %s WHERE order_id = %s AND status = 'active'", (now, saga_id))
+        c.run(
+            "UPDATE prescriptions SET status = 'dispensed', updated_at = %s WHERE order_id = %s AND status = 'active'",
+            (now, saga_id),
+        )
         order_version = len(c.read_stream(f"order-{saga_id}"))
         c.finish(job_id, token)
-        c.append([
-            (stream, version + 1, "OrderFulfillmentSagaCompleted", {"saga_id": saga_id, "tracking_number": "SP"}, cause),
-            (f"order-{saga_id}", order_version + 1, "OrderFulfilled", {"order_id": saga_id, "tracking_number": "SP"}, cause),
-        ])
+        c.append(
+            [
+                (
+                    stream,
+                    version + 1,
+                    "OrderFulfillmentSagaCompleted",
+                    {"saga_id": saga_id, "tracking_number": "SP"},
+                    cause,
+                ),
+                (
+                    f"order-{saga_id}",
+                    order_version + 1,
+                    "OrderFulfilled",
+                    {"order_id": saga_id, "tracking_number": "SP"},
+                    cause,
+                ),
+            ]
+        )
     elif kind == "record_step_failure":
         c.finish(job_id, token)
         c.enqueue(saga_id, "release_inventory")
-        c.append([
-            (stream, version + 1, "ShipmentInitiationFailed", {"saga_id": saga_id, "reason": "unsupported_destination", "error": "carrier does not ship there"}, cause),
-            (stream, version + 2, "SagaCompensationStarted", {"saga_id": saga_id, "failed_step": "initiate_shipment", "reason": "unsupported_destination", "compensations": ["release_inventory", "cancel_prescription"]}, cause),
-        ])
+        c.append(
+            [
+                (
+                    stream,
+                    version + 1,
+                    "ShipmentInitiationFailed",
+                    {
+                        "saga_id": saga_id,
+                        "reason": "unsupported_destination",
+                        "error": "carrier does not ship there",
+                    },
+                    cause,
+                ),
+                (
+                    stream,
+                    version + 2,
+                    "SagaCompensationStarted",
+                    {
+                        "saga_id": saga_id,
+                        "failed_step": "initiate_shipment",
+                        "reason": "unsupported_destination",
+                        "compensations": ["release_inventory", "cancel_prescription"],
+                    },
+                    cause,
+                ),
+            ]
+        )
     elif kind == "release_inventory":
         _settle(c, saga_id, "released", now)
         c.finish(job_id, token)
         c.enqueue(saga_id, "cancel_prescription")
         c.append([(stream, version + 1, "InventoryReleased", {"saga_id": saga_id}, cause)])
     elif kind == "cancel_prescription":
-        c.run("UPDATE prescriptions SET status = 'cancelled', updated_at = %s WHERE order_id = %s AND status = 'active'", (now, saga_id))
+        c.run(
+            "UPDATE prescriptions SET status = 'cancelled', updated_at = %s WHERE order_id = %s AND status = 'active'",
+            (now, saga_id),
+        )
         order_version = len(c.read_stream(f"order-{saga_id}"))
         c.finish(job_id, token)
-        c.append([
-            (stream, version + 1, "PrescriptionCancelled", {"saga_id": saga_id}, cause),
-            (f"order-{saga_id}", order_version + 1, "OrderCancelled", {"order_id": saga_id, "reason": "unsupported_destination"}, cause),
-        ])
+        c.append(
+            [
+                (stream, version + 1, "PrescriptionCancelled", {"saga_id": saga_id}, cause),
+                (
+                    f"order-{saga_id}",
+                    order_version + 1,
+                    "OrderCancelled",
+                    {"order_id": saga_id, "reason": "unsupported_destination"},
+                    cause,
+                ),
+            ]
+        )
     else:
         raise ValueError(kind)
     c.commit()
@@ -326,12 +445,20 @@ def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
     ).rowcount
     if moved != 1:
         return
-    raw = c.run(f"SELECT {c.lines} FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchone()[0]
+    raw = c.run(
+        f"SELECT {c.lines} FROM inventory_reservations WHERE order_id = %s", (saga_id,)
+    ).fetchone()[0]
     for line in json.loads(raw) if isinstance(raw, str) else raw:
         if to == "consumed":
-            c.run("UPDATE inventory SET on_hand = on_hand - %s, reserved = reserved - %s, updated_at = %s WHERE sku = %s", (line["quantity"], line["quantity"], now, line["sku"]))
+            c.run(
+                "UPDATE inventory SET on_hand = on_hand - %s, reserved = reserved - %s, updated_at = %s WHERE sku = %s",
+                (line["quantity"], line["quantity"], now, line["sku"]),
+            )
         else:
-            c.run("UPDATE inventory SET reserved = reserved - %s, updated_at = %s WHERE sku = %s", (line["quantity"], now, line["sku"]))
+            c.run(
+                "UPDATE inventory SET reserved = reserved - %s, updated_at = %s WHERE sku = %s",
+                (line["quantity"], now, line["sku"]),
+            )
 
 
 # --- clients -------------------------------------------------------------------------
@@ -344,12 +471,12 @@ def _with_retries(c: Client, fn: Callable[[], None]) -> None:
             fn()
             return
         except Exception as exc:
-            try:
+            with contextlib.suppress(Exception):
                 c.rollback()
-            except Exception:
-                pass
             text = str(exc).lower()
-            if attempt < 19 and ("deadlock" in text or "locked" in text or "lock wait" in text or "serializ" in text):
+            if attempt < 19 and (
+                "deadlock" in text or "locked" in text or "lock wait" in text or "serializ" in text
+            ):
                 time.sleep(0.001 * (attempt + 1))
                 continue
             raise
@@ -404,7 +531,9 @@ def _collect(queue: Any, procs: list[Any], timeout: float = 3600.0) -> list[dict
     return reports
 
 
-def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, batch: int = 8) -> RunMetrics:
+def run_plain(
+    db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, batch: int = 8
+) -> RunMetrics:
     """Place the backlog with `clients` processes, then drain it with `clients` processes."""
     from sqlalchemy import text
 
@@ -417,13 +546,17 @@ def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, 
     with engine.begin() as conn:
         for sku in SKUS:
             conn.execute(
-                text("INSERT INTO inventory (sku, on_hand, reserved, updated_at) VALUES (:s, :n, 0, :t)"),
+                text(
+                    "INSERT INTO inventory (sku, on_hand, reserved, updated_at) VALUES (:s, :n, 0, :t)"
+                ),
                 {"s": sku, "n": STOCK_ON_HAND, "t": datetime.now(UTC).replace(tzinfo=None)},
             )
     ctx = multiprocessing.get_context("spawn")
     chunks = [list(specs[i::clients]) for i in range(clients)]
     started = time.perf_counter()
-    placers = [ctx.Process(target=_place_worker, args=(db.url, db.backend, chunk)) for chunk in chunks]
+    placers = [
+        ctx.Process(target=_place_worker, args=(db.url, db.backend, chunk)) for chunk in chunks
+    ]
     for p in placers:
         p.start()
     for p in placers:
@@ -433,7 +566,10 @@ def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, 
     placed_rate = len(specs) / (time.perf_counter() - started)
     queue = ctx.Queue()
     start_at = time.time() + 1.0  # every process connected before the first claim
-    drainers = [ctx.Process(target=_drain_worker, args=(db.url, db.backend, batch, start_at, queue)) for _ in range(clients)]
+    drainers = [
+        ctx.Process(target=_drain_worker, args=(db.url, db.backend, batch, start_at, queue))
+        for _ in range(clients)
+    ]
     for p in drainers:
         p.start()
     reports = _collect(queue, drainers)
@@ -469,31 +605,42 @@ def run_plain(db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, 
 
 def durability(backend: str) -> str:
     if backend == "sqlite":
-        return f"WAL, synchronous={os.environ.get('FULFILLMENT_SQLITE_SYNCHRONOUS', 'FULL').upper()}"
+        return (
+            f"WAL, synchronous={os.environ.get('FULFILLMENT_SQLITE_SYNCHRONOUS', 'FULL').upper()}"
+        )
     if backend == "mysql":
         return "READ COMMITTED, server's innodb_flush_log_at_trx_commit"
     return "READ COMMITTED, server's synchronous_commit"
 
 
-def best_of(backend: str, n: int, mix: str, client_counts: Sequence[int]) -> tuple[RunMetrics, list[dict[str, Any]]]:
+def best_of(
+    backend: str, n: int, mix: str, client_counts: Sequence[int]
+) -> tuple[RunMetrics, list[dict[str, Any]]]:
     """Run with each K on a fresh database; the best throughput, and every run's summary."""
     runs: list[RunMetrics] = []
     for k in client_counts:
         with fresh_database(backend) as db:
             runs.append(run_plain(db, workload(n, mix), mix, k))
     best = max(runs, key=lambda r: r.orders_per_second)
-    return best, [{"clients": r.config["clients"], "orders_per_second": round(r.orders_per_second, 1)} for r in runs]
+    return best, [
+        {"clients": r.config["clients"], "orders_per_second": round(r.orders_per_second, 1)}
+        for r in runs
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql", "mysql"))
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--mix", default="success", choices=("success", "compensate10"))
     parser.add_argument("--clients", default="1,2,4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    best, runs = best_of(args.backend, args.orders, args.mix, [int(k) for k in args.clients.split(",")])
+    best, runs = best_of(
+        args.backend, args.orders, args.mix, [int(k) for k in args.clients.split(",")]
+    )
     result = best.as_dict() | {"runs": runs}
     print(json.dumps(result, indent=2))
     if args.json:

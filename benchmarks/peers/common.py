@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from benchmarks.common import SKUS, STOCK_ON_HAND, MIXES, OrderSpec, RunMetrics, workload
+from benchmarks.common import MIXES, SKUS, STOCK_ON_HAND, OrderSpec, RunMetrics, workload
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import create_db_engine
 from fulfillment.adapters.services import SqlAlchemyInventoryService

@@ -63,6 +63,10 @@ class _State:
 
 
 STATE = _State()
+#: In-process stamps (DBOS's own status timestamps have 1 s resolution on SQLite):
+#: when each order was durably placed, and when its workflow returned, with the outcome.
+PLACED: dict[str, float] = {}
+ENDED: dict[str, tuple[float, str]] = {}
 
 
 def _engine() -> Engine:
@@ -79,9 +83,7 @@ def create_prescription(order: dict[str, Any]) -> str:
         "dr-bench", "Ada Lovelace", date.fromisoformat(order["expires_on"])
     )
     with _engine().begin() as conn:
-        return SqlAlchemyPrescriptionService(conn).create(
-            order["order_id"], details, date.today()
-        )
+        return SqlAlchemyPrescriptionService(conn).create(order["order_id"], details, date.today())
 
 
 @DBOS.step()
@@ -142,13 +144,18 @@ def fulfil_order(order: dict[str, Any]) -> str:
     if "failed" in shipped:
         return _compensate(order, undo)
     complete_order(order)
-    return "fulfilled"
+    return _ended(order, "fulfilled")
 
 
 def _compensate(order: dict[str, Any], undo: list[Any]) -> str:
     for compensation in reversed(undo):
         compensation(order)
-    return "cancelled"
+    return _ended(order, "cancelled")
+
+
+def _ended(order: dict[str, Any], outcome: str) -> str:
+    ENDED[order["order_id"]] = (time.time(), outcome)
+    return outcome
 
 
 # --- running -------------------------------------------------------------------------
@@ -168,9 +175,11 @@ def _launch(url: str, concurrency: int) -> None:
 def _enqueue(spec: OrderSpec) -> None:
     with SetWorkflowID(spec.order_id):
         DBOS.enqueue_workflow(QUEUE, fulfil_order, spec.as_dict())
+    PLACED[spec.order_id] = time.time()
 
 
 def _run_direct(spec: OrderSpec) -> None:
+    PLACED[spec.order_id] = time.time()
     with SetWorkflowID(spec.order_id):
         fulfil_order(spec.as_dict())
 
@@ -190,7 +199,9 @@ def _done(sys_engine: Engine, schema: str) -> int:
 def run(args: argparse.Namespace) -> RunMetrics:
     backend = backend_of_url(args.url)
     if backend not in SUPPORTED_BACKENDS:
-        raise SystemExit(f"DBOS supports only PostgreSQL and SQLite system databases, not {backend}")
+        raise SystemExit(
+            f"DBOS supports only PostgreSQL and SQLite system databases, not {backend}"
+        )
     specs = specs_for(args)
     STATE.carrier_latency_ms = args.carrier_latency_ms
     STATE.engine = service_engine(args.url, args.concurrency + 2)
@@ -199,7 +210,9 @@ def run(args: argparse.Namespace) -> RunMetrics:
     schema = "dbos." if backend == "postgresql" else ""
     notes: list[str] = []
     if args.rate:
-        DBOS.register_queue(QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=args.poll)
+        DBOS.register_queue(
+            QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=args.poll
+        )
         time.sleep(1.0)
         pace(_enqueue, specs, args.rate)
         mode = "queue"
@@ -208,7 +221,9 @@ def run(args: argparse.Namespace) -> RunMetrics:
         for spec in specs:
             _enqueue(spec)
         notes.append(f"placed {len(specs) / (time.perf_counter() - placed):.0f} orders/s")
-        DBOS.register_queue(QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=args.poll)
+        DBOS.register_queue(
+            QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=args.poll
+        )
         mode = "queue"
     else:
         with ThreadPoolExecutor(args.concurrency) as pool:
@@ -229,22 +244,16 @@ def _metrics(
     engine: Engine, schema: str, specs: list[OrderSpec], args: argparse.Namespace, mode: str
 ) -> RunMetrics:
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                f"SELECT status, output, created_at, COALESCE(completed_at, updated_at) "
-                f"FROM {schema}workflow_status WHERE name LIKE '%fulfil_order%'"
-            )
-        ).all()
         first_step, checkpoints = conn.execute(
             text(f"SELECT MIN(started_at_epoch_ms), COUNT(*) FROM {schema}operation_outputs")
         ).one()
-    ended = [r for r in rows if r[0] in ("SUCCESS", "ERROR")]
-    fulfilled = sum(1 for r in ended if r[1] and "fulfilled" in r[1])
-    cancelled = sum(1 for r in ended if r[1] and "cancelled" in r[1])
-    latencies = [float(r[3] - r[2]) for r in ended]
-    start_ms = float(min(r[2] for r in rows)) if args.rate else float(first_step or 0)
-    end_ms = float(max((r[3] for r in ended), default=start_ms))
-    seconds = max(1e-9, (end_ms - start_ms) / 1000.0)
+    ended = {oid: v for oid, v in ENDED.items() if oid in PLACED}
+    fulfilled = sum(1 for _, outcome in ended.values() if outcome == "fulfilled")
+    cancelled = sum(1 for _, outcome in ended.values() if outcome == "cancelled")
+    latencies = [(at - PLACED[oid]) * 1000.0 for oid, (at, _) in ended.items()]
+    start = min(PLACED.values()) if args.rate else float(first_step or 0) / 1000.0
+    end = max((at for at, _ in ended.values()), default=start)
+    seconds = max(1e-9, end - start)
     terminal = fulfilled + cancelled
     return RunMetrics(
         system="dbos",
@@ -268,7 +277,9 @@ def _metrics(
             "offered_per_second": args.rate or None,
             "events_are": "DBOS step checkpoints (operation_outputs rows)",
             "dbos_version": _version(),
-            "sqlite_synchronous": "FULL (SQLite default; DBOS sets none)" if "sqlite" in args.url else None,
+            "sqlite_synchronous": "FULL (SQLite default; DBOS sets none)"
+            if "sqlite" in args.url
+            else None,
         },
     )
 

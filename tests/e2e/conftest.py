@@ -24,6 +24,11 @@ def server_database_url(request: pytest.FixtureRequest, _migrated_urls: dict[str
 
 @pytest.fixture(scope="module")
 def server(server_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`fulfillment serve` with one in-process worker, on the module's database."""
-    with start_server(server_database_url, log_dir=tmp_path_factory.mktemp("serve")) as srv:
+    """`fulfillment serve` with one in-process worker, on the module's database.
+
+    It is asked for every interface, but has no API keys: it must bind to loopback only.
+    """
+    with start_server(
+        server_database_url, args=["--host", "0.0.0.0"], log_dir=tmp_path_factory.mktemp("serve")
+    ) as srv:
         yield srv

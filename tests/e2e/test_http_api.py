@@ -451,6 +451,12 @@ def test_openapi_describes_every_route_and_the_error_shape(client: httpx.Client)
 # --- authentication -------------------------------------------------------------------
 
 
+def test_without_api_keys_the_server_listens_on_loopback_only(server: Server) -> None:
+    output = server.output()
+    assert "binds to 127.0.0.1 only (not 0.0.0.0)" in output
+    assert f"serving on {server.url} " in output
+
+
 @pytest.fixture(scope="module")
 def keyed_server(
     server_database_url: str, tmp_path_factory: pytest.TempPathFactory

@@ -251,7 +251,7 @@ def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> No
     place_order(app, "o-dead")
     run_jobs(app)
     row = line_of(cli("sagas", "list", "--status", "stuck"), "o-dead")
-    assert "create_prescription dead" in row
+    assert "create_prescription:dead(1)" in row
 
     out = cli("sagas", "retry", "o-dead")
     assert "dead job create_prescription is back in the queue" in out

@@ -4,12 +4,15 @@ How each backend keeps event positions in commit order (DESIGN.md section 3, rul
 
 * SQLite: every write transaction starts with ``BEGIN IMMEDIATE``, so there is one writer
   at a time and positions are assigned and committed in the same order.
-* PostgreSQL: a transaction takes ``pg_advisory_xact_lock`` right before inserting its
-  events and holds it until it commits; the next appender waits, so a position is only
-  handed out after every smaller one has committed (or rolled back).
-* MariaDB/MySQL: the same, with a row lock (``SELECT ... FOR UPDATE``) on the one row of
-  ``event_append_lock``, released at commit. Transactions run at READ COMMITTED, which
-  also keeps the queue's ``SKIP LOCKED`` claims free of gap-lock deadlocks.
+* PostgreSQL: inserting into ``events`` fires a statement trigger that takes
+  ``pg_advisory_xact_lock`` before any position is drawn, held until commit; the next
+  appender waits, so a position is only handed out after every smaller one has
+  committed (or rolled back).
+* MariaDB/MySQL: the same, with a row trigger that locks the one row of
+  ``event_append_lock`` (``SELECT ... FOR UPDATE``) before the first row's
+  AUTO_INCREMENT position is allocated, released at commit. Transactions run at READ
+  COMMITTED, which also keeps the queue's ``SKIP LOCKED`` claims free of gap-lock
+  deadlocks.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
 
+# The advisory-lock key of event appends on PostgreSQL (used by migration 0004's trigger).
 EVENT_LOCK_KEY = 7_304_118_001
 
 
@@ -135,13 +139,3 @@ def db_now_epoch(backend: str) -> ColumnElement[float]:
     if backend == "mysql":
         return literal_column("unix_timestamp(now(6))")
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
-
-
-def lock_event_append(conn: Connection) -> None:
-    """Serialize appends until commit, so positions become visible in order."""
-    backend = backend_of(conn)
-    if backend == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EVENT_LOCK_KEY})
-    elif backend == "mysql":
-        conn.execute(text("SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE"))
-    # SQLite: the transaction already holds the single write lock (BEGIN IMMEDIATE).

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import lock_event_append
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.domain.events import DomainEvent
 from fulfillment.service_layer.messagebus import ConcurrencyError
@@ -130,8 +129,8 @@ class SqlAlchemyEventStore:
                 )
         if not rows:
             return
-        # Taken last, right before the insert, so the lock is held only until commit.
-        lock_event_append(self.conn)
+        # The insert takes the append lock itself (a trigger, see adapters/db.py), as the
+        # last statement before commit, so the lock is held as briefly as possible.
         try:
             self.conn.execute(_INSERT, rows)
         except IntegrityError as exc:

@@ -126,12 +126,13 @@ def _steps(steps: list[dict[str, Any]]) -> Text:
 
 
 def _job(job: dict[str, Any] | None) -> Text:
+    """`kind:status`, and `(failures)` once it has failed."""
     if job is None:
         return Text("-", style="dim")
-    text = Text(f"{job['kind']} ")
+    text = Text(f"{job['kind']}:")
     text.append(job["status"], style=_STATUS_STYLE.get(job["status"], ""))
     if job["failures"]:
-        text.append(f" failures={job['failures']}")
+        text.append(f"({job['failures']})")
     return text
 
 
@@ -144,21 +145,20 @@ def _events_table(events: list[dict[str, Any]], title: str | None = None) -> Tab
     table = Table(title=title, title_justify="left")
     table.add_column("position", justify="right", no_wrap=True)
     table.add_column("recorded_at", no_wrap=True)
-    table.add_column("stream", no_wrap=True)
-    table.add_column("v", justify="right", no_wrap=True)
+    table.add_column("stream#version", no_wrap=True)
     table.add_column("type", no_wrap=True)
     table.add_column("data", no_wrap=True)
+    streams = [f"{e['stream_id']}#{e['version']}" for e in events]
     # The data column gets what the others leave of the terminal (JSON cut short).
-    fixed = 8 + 23 + 2 + 19  # position, recorded_at, v; borders and padding of 6 columns
-    fixed += max((len(e["stream_id"]) for e in events), default=6)
+    fixed = 8 + 23 + 16  # position, recorded_at; borders and padding of 5 columns
+    fixed += max((len(s) for s in streams), default=14)
     fixed += max((len(e["type"]) for e in events), default=4)
-    width = max(20, console.width - fixed)
-    for e in events:
+    width = max(10, console.width - fixed)
+    for e, stream in zip(events, streams, strict=True):
         table.add_row(
             str(e["position"]),
             e["recorded_at"][:23],
-            e["stream_id"],
-            str(e["version"]),
+            stream,
             e["type"],
             _data(e["data"], width),
         )
@@ -189,8 +189,8 @@ def orders_list(
             raise fail(str(exc), 2) from exc
     table = Table(title=f"Orders{f' ({status})' if status else ''}", title_justify="left")
     table.add_column("order_id", no_wrap=True)
-    table.add_column("status")
-    table.add_column("saga")
+    table.add_column("status", no_wrap=True)
+    table.add_column("saga", no_wrap=True)
     table.add_column("reason")
     table.add_column("items")
     table.add_column("tracking", no_wrap=True)
@@ -287,11 +287,11 @@ def sagas_list(
             raise fail(str(exc), 2) from exc
     table = Table(title=f"Sagas{f' ({status})' if status else ''}", title_justify="left")
     table.add_column("saga_id", no_wrap=True)
-    table.add_column("status")
+    table.add_column("status", no_wrap=True)
     table.add_column("stuck")
     table.add_column("steps", no_wrap=True)
     table.add_column("reason")
-    table.add_column("job")
+    table.add_column("job", no_wrap=True)
     table.add_column("updated_at", no_wrap=True)
     for s in sagas:
         table.add_row(
@@ -301,7 +301,7 @@ def sagas_list(
             _steps(s["steps"]),
             s["reason"] or "",
             _job(s["job"]),
-            s["updated_at"][:19],
+            s["updated_at"][:19].replace("T", " "),
         )
     console.print(table if sagas else "no sagas")
     _next_page(next_cursor)
