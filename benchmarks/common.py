@@ -334,7 +334,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
 def pace(
     place: Callable[[OrderSpec], Any], specs: Sequence[OrderSpec], rate: float, threads: int = 8
 ) -> float:
-    """Call `place(spec)` at `rate` per second (an open-loop schedule); returns the rate achieved."""
+    """Call `place(spec)` at `rate` per second (open loop); returns the rate achieved."""
     errors: list[BaseException] = []
 
     def guarded(spec: OrderSpec) -> None:

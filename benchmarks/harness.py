@@ -202,7 +202,10 @@ def _ours_backlog(
     note: str | None,
     role: str = "",
 ) -> None:
-    label = f"ours {backend} {mix} latency={config.carrier_latency_ms:g} workers={config.workers} c={config.concurrency}"
+    label = (
+        f"ours {backend} {mix} latency={config.carrier_latency_ms:g} "
+        f"workers={config.workers} c={config.concurrency}"
+    )
     console.print(f"[cyan]run[/cyan] {label}")
     with fresh_database(backend) as db:
         log_dir = Path(tempfile.mkdtemp(prefix="workers_", dir=log_root))

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 
@@ -60,6 +60,7 @@ NOW = {
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
 EVENT_COLUMNS = "position, stream_id, version, type, event_version, data, metadata, recorded_at"
+T = TypeVar("T")
 COUNTRIES = frozenset({"US", "CA", "GB", "DE", "FR", "NL"})
 
 
@@ -181,7 +182,8 @@ class Client:
             for stream, version, type_, data, cause in rows
         ]
         sql = (
-            "INSERT INTO events (stream_id, version, type, event_version, data, metadata, recorded_at) "
+            "INSERT INTO events"
+            " (stream_id, version, type, event_version, data, metadata, recorded_at) "
             f"VALUES (%s, %s, %s, %s, {self.json}, {self.json}, %s)"
         )
         if self.backend == "sqlite":
@@ -284,7 +286,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         c.run("SELECT id FROM prescriptions WHERE order_id = %s", (saga_id,)).fetchall()
         pid = str(uuid.uuid4())
         c.run(
-            "INSERT INTO prescriptions (id, order_id, prescriber_id, patient_name, expires_on, status, created_at, updated_at) "
+            "INSERT INTO prescriptions (id, order_id, prescriber_id, patient_name, expires_on,"
+            " status, created_at, updated_at) "
             "VALUES (%s, %s, 'dr-bench', 'Ada Lovelace', %s, 'active', %s, %s)",
             (pid, saga_id, started["prescription"]["expires_on"], now, now),
         )
@@ -304,14 +307,16 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
     elif kind == "reserve_inventory":
         c.run("SELECT id FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchall()
         moved = c.run(
-            "UPDATE inventory SET reserved = reserved + %s, updated_at = %s WHERE sku = %s AND on_hand - reserved >= %s",
+            "UPDATE inventory SET reserved = reserved + %s, updated_at = %s"
+            " WHERE sku = %s AND on_hand - reserved >= %s",
             (line["quantity"], now, line["sku"], line["quantity"]),
         ).rowcount
         if moved != 1:
             raise RuntimeError("out of stock: the benchmark seeds enough")
         rid = str(uuid.uuid4())
         c.run(
-            f"INSERT INTO inventory_reservations (id, order_id, status, {c.lines}, created_at, updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
+            f"INSERT INTO inventory_reservations (id, order_id, status, {c.lines}, created_at,"
+            f" updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
             (rid, saga_id, json.dumps([line]), now, now),
         )
         c.finish(job_id, token)
@@ -331,7 +336,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         c.run("SELECT id FROM shipments WHERE order_id = %s", (saga_id,)).fetchall()
         sid = str(uuid.uuid4())
         c.run(
-            "INSERT INTO shipments (id, order_id, carrier, tracking_number, country, status, created_at, updated_at) "
+            "INSERT INTO shipments (id, order_id, carrier, tracking_number, country, status,"
+            " created_at, updated_at) "
             "VALUES (%s, %s, 'simulated-post', %s, %s, 'initiated', %s, %s)",
             (sid, saga_id, "SP" + sid[:12], started["shipping_address"]["country"], now, now),
         )
@@ -356,7 +362,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
     elif kind == "complete":
         _settle(c, saga_id, "consumed", now)
         c.run(
-            "UPDATE prescriptions SET status = 'dispensed', updated_at = %s WHERE order_id = %s AND status = 'active'",
+            "UPDATE prescriptions SET status = 'dispensed', updated_at = %s"
+            " WHERE order_id = %s AND status = 'active'",
             (now, saga_id),
         )
         order_version = len(c.read_stream(f"order-{saga_id}"))
@@ -416,7 +423,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         c.append([(stream, version + 1, "InventoryReleased", {"saga_id": saga_id}, cause)])
     elif kind == "cancel_prescription":
         c.run(
-            "UPDATE prescriptions SET status = 'cancelled', updated_at = %s WHERE order_id = %s AND status = 'active'",
+            "UPDATE prescriptions SET status = 'cancelled', updated_at = %s"
+            " WHERE order_id = %s AND status = 'active'",
             (now, saga_id),
         )
         order_version = len(c.read_stream(f"order-{saga_id}"))
@@ -440,7 +448,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
 
 def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
     moved = c.run(
-        "UPDATE inventory_reservations SET status = %s, updated_at = %s WHERE order_id = %s AND status = 'reserved'",
+        "UPDATE inventory_reservations SET status = %s, updated_at = %s"
+        " WHERE order_id = %s AND status = 'reserved'",
         (to, now, saga_id),
     ).rowcount
     if moved != 1:
@@ -451,7 +460,8 @@ def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
     for line in json.loads(raw) if isinstance(raw, str) else raw:
         if to == "consumed":
             c.run(
-                "UPDATE inventory SET on_hand = on_hand - %s, reserved = reserved - %s, updated_at = %s WHERE sku = %s",
+                "UPDATE inventory SET on_hand = on_hand - %s, reserved = reserved - %s,"
+                " updated_at = %s WHERE sku = %s",
                 (line["quantity"], line["quantity"], now, line["sku"]),
             )
         else:
@@ -464,12 +474,11 @@ def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
 # --- clients -------------------------------------------------------------------------
 
 
-def _with_retries(c: Client, fn: Callable[[], None]) -> None:
+def _with_retries(c: Client, fn: Callable[[], T]) -> T:
     """Deadlocks / busy: roll back and run again (the product does the same)."""
     for attempt in range(20):
         try:
-            fn()
-            return
+            return fn()
         except Exception as exc:
             with contextlib.suppress(Exception):
                 c.rollback()
@@ -480,6 +489,7 @@ def _with_retries(c: Client, fn: Callable[[], None]) -> None:
                 time.sleep(0.001 * (attempt + 1))
                 continue
             raise
+    raise AssertionError("unreachable")
 
 
 def _place_worker(url: str, backend: str, specs: list[OrderSpec]) -> None:
@@ -497,8 +507,7 @@ def _drain_worker(url: str, backend: str, batch: int, start_at: float, out: Any)
         time.sleep(delay)
     done = 0
     while True:
-        jobs: list[tuple[int, str, str, str]] = []
-        _with_retries(c, lambda: jobs.extend(c.claim(batch, worker)))
+        jobs = _with_retries(c, lambda: c.claim(batch, worker))
         if not jobs:
             c.begin("DEFERRED")
             left = c.run("SELECT 1 FROM jobs LIMIT 1").fetchone()
@@ -547,7 +556,8 @@ def run_plain(
         for sku in SKUS:
             conn.execute(
                 text(
-                    "INSERT INTO inventory (sku, on_hand, reserved, updated_at) VALUES (:s, :n, 0, :t)"
+                    "INSERT INTO inventory (sku, on_hand, reserved, updated_at)"
+                    " VALUES (:s, :n, 0, :t)"
                 ),
                 {"s": sku, "n": STOCK_ON_HAND, "t": datetime.now(UTC).replace(tzinfo=None)},
             )

@@ -104,7 +104,8 @@ def targets(runs: list[Run], backends: list[str]) -> list[dict[str, Any]]:
                         ratio,
                         ">= 5.0",
                         ratio is not None and ratio >= 5.0,
-                        f"ours {ours['orders_per_second']} vs DBOS {dbos['orders_per_second']} orders/s",
+                        f"ours {ours['orders_per_second']} vs DBOS "
+                        f"{dbos['orders_per_second']} orders/s",
                         mix,
                     )
                 )
@@ -118,7 +119,8 @@ def targets(runs: list[Run], backends: list[str]) -> list[dict[str, Any]]:
                         frac,
                         ">= 0.40",
                         frac is not None and frac >= 0.40,
-                        f"ours {ours['orders_per_second']} vs plain SQL {plain['orders_per_second']} orders/s",
+                        f"ours {ours['orders_per_second']} vs plain SQL "
+                        f"{plain['orders_per_second']} orders/s",
                         mix,
                     )
                 )
@@ -167,7 +169,8 @@ def _offered_target(runs: list[Run], backend: str) -> list[dict[str, Any]]:
             a,
             f"< {b} ms (DBOS)",
             a is not None and b is not None and a < b,
-            f"offered {rate}/s: ours p99 {a} ms, DBOS p99 {b} ms (DBOS completed {dbos['orders_per_second']}/s)",
+            f"offered {rate}/s: ours p99 {a} ms, DBOS p99 {b} ms "
+            f"(DBOS completed {dbos['orders_per_second']}/s)",
         )
     ]
 
@@ -198,7 +201,8 @@ def _latency_target(runs: list[Run], backend: str) -> list[dict[str, Any]]:
                 frac,
                 ">= 0.60",
                 frac is not None and frac >= 0.60,
-                f"concurrency {conc}: {run['orders_per_second']} vs {base['orders_per_second']} orders/s",
+                f"concurrency {conc}: {run['orders_per_second']} vs "
+                f"{base['orders_per_second']} orders/s",
                 "success",
             )
         )
