@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if plan.ours:
             run_offered(plan, backend, log_root)
             run_rss(plan, backend, log_root)
-    document = {
+    document: dict[str, Any] = {
         "meta": environment.describe(
             plan.backends, argv if argv is not None else sys.argv[1:], started
         ),

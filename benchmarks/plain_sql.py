@@ -53,7 +53,6 @@ from benchmarks.common import (
     workload,
 )
 
-EVENT_LOCK_KEY = 7_304_118_001  # the product's advisory-lock key (adapters/db.py)
 NOW = {
     "postgresql": "extract(epoch from clock_timestamp())::float8",
     "mysql": "unix_timestamp(now(6))",
@@ -148,6 +147,16 @@ class Client:
             (saga_id, kind),
         )
 
+    def advance(self, job_id: int, token: str, next_kind: str) -> None:
+        """The saga's one job row becomes its next job, still held by this client (chained)."""
+        changed = self.run(
+            "UPDATE jobs SET kind = %s, claims = 1, failures = 0, last_error = NULL"
+            " WHERE id = %s AND claim_token = %s",
+            (next_kind, job_id, token),
+        ).rowcount
+        if changed != 1:
+            raise RuntimeError(f"job {job_id} lost")
+
     def finish(self, job_id: int, token: str) -> None:
         if (
             self.run(
@@ -158,11 +167,7 @@ class Client:
             raise RuntimeError(f"job {job_id} lost")
 
     def append(self, rows: list[tuple[str, int, str, dict[str, Any], str | None]]) -> None:
-        """Lock the append (PostgreSQL advisory lock / MariaDB row lock), insert the events."""
-        if self.backend == "postgresql":
-            self.run("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOCK_KEY,))
-        elif self.backend == "mysql":
-            self.run("SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE")
+        """Insert the events; the schema's trigger takes the append lock (migration 0004)."""
         now = datetime.now(UTC)
         values = [
             (
@@ -269,7 +274,9 @@ def _saga_state(c: Client, saga_id: str) -> tuple[int, dict[str, Any]]:
     return len(rows), (json.loads(data) if isinstance(data, str) else data)
 
 
-def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None:
+def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str | None:
+    """Run one job in its transaction; the kind of the saga's next job (chained), or None."""
+    following: str | None = None
     cause = f"job:{job_id}"
     stream = f"saga-{saga_id}"
     now = c.stamp(datetime.now(UTC))
@@ -291,8 +298,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
             "VALUES (%s, %s, 'dr-bench', 'Ada Lovelace', %s, 'active', %s, %s)",
             (pid, saga_id, started["prescription"]["expires_on"], now, now),
         )
-        c.finish(job_id, token)
-        c.enqueue(saga_id, "reserve_inventory")
+        c.advance(job_id, token, following := "reserve_inventory")
         c.append(
             [
                 (
@@ -319,8 +325,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
             f" updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
             (rid, saga_id, json.dumps([line]), now, now),
         )
-        c.finish(job_id, token)
-        c.enqueue(saga_id, "initiate_shipment")
+        c.advance(job_id, token, following := "initiate_shipment")
         c.append(
             [
                 (
@@ -341,8 +346,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
             "VALUES (%s, %s, 'simulated-post', %s, %s, 'initiated', %s, %s)",
             (sid, saga_id, "SP" + sid[:12], started["shipping_address"]["country"], now, now),
         )
-        c.finish(job_id, token)
-        c.enqueue(saga_id, "complete")
+        c.advance(job_id, token, following := "complete")
         c.append(
             [
                 (
@@ -387,8 +391,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
             ]
         )
     elif kind == "record_step_failure":
-        c.finish(job_id, token)
-        c.enqueue(saga_id, "release_inventory")
+        c.advance(job_id, token, following := "release_inventory")
         c.append(
             [
                 (
@@ -418,8 +421,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
         )
     elif kind == "release_inventory":
         _settle(c, saga_id, "released", now)
-        c.finish(job_id, token)
-        c.enqueue(saga_id, "cancel_prescription")
+        c.advance(job_id, token, following := "cancel_prescription")
         c.append([(stream, version + 1, "InventoryReleased", {"saga_id": saga_id}, cause)])
     elif kind == "cancel_prescription":
         c.run(
@@ -444,6 +446,7 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> None
     else:
         raise ValueError(kind)
     c.commit()
+    return following
 
 
 def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
@@ -516,9 +519,11 @@ def _drain_worker(url: str, backend: str, batch: int, start_at: float, out: Any)
                 break
             time.sleep(0.002)
             continue
-        for job in jobs:
-            _with_retries(c, lambda j=job: run_job(c, *j))  # type: ignore[misc]
-            done += 1
+        for job_id, saga_id, first_kind, token in jobs:
+            kind: str | None = first_kind
+            while kind is not None:  # the product's continuation: the same thread goes on
+                kind = _with_retries(c, lambda k=kind: run_job(c, job_id, saga_id, k, token))  # type: ignore[misc]
+                done += 1
     c.close()
     out.put({"jobs": done, "peak_rss_mib": self_peak_rss_mib()})
 

@@ -104,11 +104,17 @@ class Prescription(Aggregate):
         self.status = "active"
 
     # Later events carry the order id, so followers need not look the prescription up.
-    @event("Dispensed")
+    class Dispensed(Aggregate.Event):
+        order_id: str
+
+    class Cancelled(Aggregate.Event):
+        order_id: str
+
+    @event(Dispensed)
     def dispense(self, order_id: str) -> None:
         self.status = "dispensed"
 
-    @event("Cancelled")
+    @event(Cancelled)
     def cancel(self, order_id: str) -> None:
         self.status = "cancelled"
 
@@ -155,11 +161,17 @@ class Reservation(Aggregate):
         self.quantity = quantity
         self.status = "reserved" if reserved else "rejected"
 
-    @event("Consumed")
+    class Consumed(Aggregate.Event):
+        order_id: str
+
+    class Released(Aggregate.Event):
+        order_id: str
+
+    @event(Consumed)
     def consume(self, order_id: str) -> None:
         self.status = "consumed"
 
-    @event("Released")
+    @event(Released)
     def release(self, order_id: str) -> None:
         self.status = "released"
 
@@ -189,70 +201,80 @@ class ShipmentFailure(Aggregate):
 # --- process applications ------------------------------------------------------------
 
 
-class Orders(ProcessApplication):
+class Orders(ProcessApplication[UUID]):
     def place_order(self, spec: OrderSpec) -> None:
         self.save(
             Order(spec.order_id, spec.sku, spec.quantity, spec.country, spec.expires_on.isoformat())
         )
 
     @singledispatchmethod
-    def policy(self, domain_event: Any, processing_event: ProcessingEvent) -> None:
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
         """Other events: nothing to do."""
 
     @policy.register
-    def _(self, domain_event: Prescription.Dispensed, processing_event: ProcessingEvent) -> None:
-        order: Order = self.repository.get(Order.create_id(domain_event.order_id))  # type: ignore[attr-defined]
+    def _(
+        self, domain_event: Prescription.Dispensed, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        order: Order = self.repository.get(Order.create_id(domain_event.order_id))
         order.fulfil()
         processing_event.collect_events(order)
 
     @policy.register
-    def _(self, domain_event: Prescription.Cancelled, processing_event: ProcessingEvent) -> None:
-        order: Order = self.repository.get(Order.create_id(domain_event.order_id))  # type: ignore[attr-defined]
+    def _(
+        self, domain_event: Prescription.Cancelled, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        order: Order = self.repository.get(Order.create_id(domain_event.order_id))
         order.cancel()
         processing_event.collect_events(order)
 
 
-class Prescriptions(ProcessApplication):
+class Prescriptions(ProcessApplication[UUID]):
     @singledispatchmethod
-    def policy(self, domain_event: Any, processing_event: ProcessingEvent) -> None:
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
         """Other events: nothing to do."""
 
     @policy.register
-    def _(self, domain_event: Order.Created, processing_event: ProcessingEvent) -> None:
+    def _(self, domain_event: Order.Created, processing_event: ProcessingEvent[UUID]) -> None:
         e = domain_event
         prescription = Prescription(e.order_id, e.sku, e.quantity, e.country)  # type: ignore[attr-defined]
         processing_event.collect_events(prescription)
 
     @policy.register
-    def _(self, domain_event: Reservation.Created, processing_event: ProcessingEvent) -> None:
+    def _(self, domain_event: Reservation.Created, processing_event: ProcessingEvent[UUID]) -> None:
         if not domain_event.reserved:  # type: ignore[attr-defined]
             self._move(domain_event.order_id, "cancel", processing_event)  # type: ignore[attr-defined]
 
     @policy.register
-    def _(self, domain_event: Reservation.Consumed, processing_event: ProcessingEvent) -> None:
-        self._move(domain_event.order_id, "dispense", processing_event)  # type: ignore[attr-defined]
+    def _(
+        self, domain_event: Reservation.Consumed, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        self._move(domain_event.order_id, "dispense", processing_event)
 
     @policy.register
-    def _(self, domain_event: Reservation.Released, processing_event: ProcessingEvent) -> None:
-        self._move(domain_event.order_id, "cancel", processing_event)  # type: ignore[attr-defined]
+    def _(
+        self, domain_event: Reservation.Released, processing_event: ProcessingEvent[UUID]
+    ) -> None:
+        self._move(domain_event.order_id, "cancel", processing_event)
 
-    def _move(self, order_id: str, action: str, processing_event: ProcessingEvent) -> None:
+    def _move(self, order_id: str, action: str, processing_event: ProcessingEvent[UUID]) -> None:
         prescription: Prescription = self.repository.get(Prescription.create_id(order_id))
         if prescription.status == "active":
             getattr(prescription, action)(order_id)
             processing_event.collect_events(prescription)
 
 
-class Inventory(ProcessApplication):
+class Inventory(ProcessApplication[UUID]):
     def seed(self) -> None:
         self.save(*[Stock(sku, STOCK_ON_HAND) for sku in SKUS])
 
     @singledispatchmethod
-    def policy(self, domain_event: Any, processing_event: ProcessingEvent) -> None:
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
         """Other events: nothing to do."""
 
     @policy.register
-    def _(self, domain_event: Prescription.Created, processing_event: ProcessingEvent) -> None:
+    def _(
+        self, domain_event: Prescription.Created, processing_event: ProcessingEvent[UUID]
+    ) -> None:
         e: Any = domain_event
         stock: Stock = self.repository.get(Stock.create_id(e.sku))
         reserved = stock.can_reserve(e.quantity)
@@ -263,14 +285,16 @@ class Inventory(ProcessApplication):
         processing_event.collect_events(reservation)
 
     @policy.register
-    def _(self, domain_event: Shipment.Created, processing_event: ProcessingEvent) -> None:
+    def _(self, domain_event: Shipment.Created, processing_event: ProcessingEvent[UUID]) -> None:
         self._settle(domain_event.order_id, "consume", processing_event)  # type: ignore[attr-defined]
 
     @policy.register
-    def _(self, domain_event: ShipmentFailure.Created, processing_event: ProcessingEvent) -> None:
+    def _(
+        self, domain_event: ShipmentFailure.Created, processing_event: ProcessingEvent[UUID]
+    ) -> None:
         self._settle(domain_event.order_id, "release", processing_event)  # type: ignore[attr-defined]
 
-    def _settle(self, order_id: str, action: str, processing_event: ProcessingEvent) -> None:
+    def _settle(self, order_id: str, action: str, processing_event: ProcessingEvent[UUID]) -> None:
         reservation: Reservation = self.repository.get(Reservation.create_id(order_id))
         if reservation.status != "reserved":
             return
@@ -280,13 +304,13 @@ class Inventory(ProcessApplication):
         processing_event.collect_events(reservation, stock)
 
 
-class Shipping(ProcessApplication):
+class Shipping(ProcessApplication[UUID]):
     @singledispatchmethod
-    def policy(self, domain_event: Any, processing_event: ProcessingEvent) -> None:
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
         """Other events: nothing to do."""
 
     @policy.register
-    def _(self, domain_event: Reservation.Created, processing_event: ProcessingEvent) -> None:
+    def _(self, domain_event: Reservation.Created, processing_event: ProcessingEvent[UUID]) -> None:
         e: Any = domain_event
         if not e.reserved:
             return
@@ -330,7 +354,7 @@ def persistence_env(url: str) -> dict[str, str]:
     raise SystemExit(f"the eventsourcing library has no persistence module for {backend}")
 
 
-def _prompt(runner: MultiThreadedRunner, leader: str, follower: str) -> None:
+def _prompt(runner: MultiThreadedRunner[UUID], leader: str, follower: str) -> None:
     """Make a follower pull what its leader recorded before the runner started."""
     runner.threads[follower].receive_recording_event(RecordingEvent(leader, [], None))
 
@@ -339,7 +363,7 @@ def run(args: argparse.Namespace) -> RunMetrics:
     CARRIER["latency_ms"] = args.carrier_latency_ms
     env = persistence_env(args.url) | {"AGGREGATE_CACHE_MAXSIZE": "100000"}
     specs = specs_for(args)
-    runner = MultiThreadedRunner(SYSTEM, env=env)
+    runner: MultiThreadedRunner[UUID] = MultiThreadedRunner(SYSTEM, env=env)
     orders = runner.get(Orders)
     runner.get(Inventory).seed()
     placed: dict[str, float] = {}
@@ -386,7 +410,7 @@ def _events(app: Any) -> list[Any]:
 
 
 def _metrics(
-    runner: MultiThreadedRunner,
+    runner: MultiThreadedRunner[UUID],
     specs: list[OrderSpec],
     args: argparse.Namespace,
     placed: dict[str, float],

@@ -133,7 +133,7 @@ def create_api(
         description="Order fulfillment for an online pharmacy. Every error is "
         '`{"error": {"code", "message", "details"?}}`.',
         lifespan=lifespan,
-        responses=_errors(401, 405, 413),
+        responses=_errors(401, 405, 413, 503),
     )
     install_error_handlers(api)
     api.add_middleware(BodySizeLimit)
