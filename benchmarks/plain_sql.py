@@ -1,23 +1,28 @@
 """The physical limit: our saga's transactions, issued by plain drivers, with no framework.
 
-Per order it performs exactly the transactions our design performs (see
-`fulfillment.adapters`), on the product's own schema:
+Per order it performs the transactions our design performs (it mirrors
+`fulfillment.adapters` and `entrypoints/worker.py` as of the "job row advance,
+continuation, append trigger" design; when the product's transactions change, change this
+script with them), on the product's own schema:
 
-* place: read the order stream, insert the first job, lock the event append, insert
-  `OrderCreated` + `OrderFulfillmentSagaStarted`; one commit;
-* per job (create_prescription, reserve_inventory, initiate_shipment, complete, and on the
-  compensation path the step failure, release_inventory, cancel_prescription): a claim
-  transaction (`SELECT ... FOR UPDATE SKIP LOCKED` + `UPDATE jobs`, batched over up to
-  `--batch` jobs, with a deferred peek first on SQLite), then one step transaction (read the
-  saga stream, the service-table change, delete the job with its token, insert the next
-  job, lock the append, insert the events); initiate_shipment also reads the saga stream in
-  a short transaction before the (here instantaneous) carrier call.
+* place: read the order stream, insert the saga's job row, insert `OrderCreated` +
+  `OrderFulfillmentSagaStarted` (the schema's trigger takes the append lock on PostgreSQL
+  and MariaDB); one commit;
+* claim: `SELECT ... FOR UPDATE SKIP LOCKED` + `UPDATE jobs`, batched over up to `--batch`
+  sagas (a deferred peek first on SQLite); once per saga, since the claiming client then
+  runs the saga's next jobs itself (the product's continuation);
+* per step (create_prescription, reserve_inventory, initiate_shipment, complete; on the
+  compensation path the step failure, release_inventory, cancel_prescription): one
+  transaction that reads the saga stream, changes the service tables, turns the job row
+  into the next job (`UPDATE jobs`, token-checked; `DELETE` after the last) and inserts the
+  events; initiate_shipment first reads the saga stream in a short read-only transaction
+  before the (here instantaneous) carrier call.
 
 Durability is the product's: SQLite in WAL with `synchronous` from
 `FULFILLMENT_SQLITE_SYNCHRONOUS` (default FULL, as the product), `BEGIN IMMEDIATE` writers
 and the same busy timeout; MariaDB at READ COMMITTED (the product's isolation level: at
 REPEATABLE READ the `SKIP LOCKED` claims take gap locks and deadlock); PostgreSQL with the
-server's defaults (READ COMMITTED, synchronous_commit on), the advisory lock for appends.
+server's defaults (READ COMMITTED, synchronous_commit on).
 
 K client processes share the work; the best of a few K is reported.
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -281,8 +287,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
     stream = f"saga-{saga_id}"
     now = c.stamp(datetime.now(UTC))
     if kind == "initiate_shipment":
-        c.begin()
-        _, started = _saga_state(c, saga_id)  # the short read before the carrier call
+        c.begin("DEFERRED")
+        _, started = _saga_state(c, saga_id)  # the short read-only look before the carrier
         c.rollback()
         if started["shipping_address"]["country"] not in COUNTRIES:
             kind = "record_step_failure"
@@ -298,7 +304,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
             "VALUES (%s, %s, 'dr-bench', 'Ada Lovelace', %s, 'active', %s, %s)",
             (pid, saga_id, started["prescription"]["expires_on"], now, now),
         )
-        c.advance(job_id, token, following := "reserve_inventory")
+        following = "reserve_inventory"
+        c.advance(job_id, token, following)
         c.append(
             [
                 (
@@ -325,7 +332,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
             f" updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
             (rid, saga_id, json.dumps([line]), now, now),
         )
-        c.advance(job_id, token, following := "initiate_shipment")
+        following = "initiate_shipment"
+        c.advance(job_id, token, following)
         c.append(
             [
                 (
@@ -346,7 +354,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
             "VALUES (%s, %s, 'simulated-post', %s, %s, 'initiated', %s, %s)",
             (sid, saga_id, "SP" + sid[:12], started["shipping_address"]["country"], now, now),
         )
-        c.advance(job_id, token, following := "complete")
+        following = "complete"
+        c.advance(job_id, token, following)
         c.append(
             [
                 (
@@ -391,7 +400,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
             ]
         )
     elif kind == "record_step_failure":
-        c.advance(job_id, token, following := "release_inventory")
+        following = "release_inventory"
+        c.advance(job_id, token, following)
         c.append(
             [
                 (
@@ -421,7 +431,8 @@ def run_job(c: Client, job_id: int, saga_id: str, kind: str, token: str) -> str 
         )
     elif kind == "release_inventory":
         _settle(c, saga_id, "released", now)
-        c.advance(job_id, token, following := "cancel_prescription")
+        following = "cancel_prescription"
+        c.advance(job_id, token, following)
         c.append([(stream, version + 1, "InventoryReleased", {"saga_id": saga_id}, cause)])
     elif kind == "cancel_prescription":
         c.run(
@@ -498,7 +509,7 @@ def _with_retries(c: Client, fn: Callable[[], T]) -> T:
 def _place_worker(url: str, backend: str, specs: list[OrderSpec]) -> None:
     c = Client(url, backend)
     for spec in specs:
-        _with_retries(c, lambda s=spec: place(c, s))  # type: ignore[misc]
+        _with_retries(c, functools.partial(place, c, spec))
     c.close()
 
 
@@ -522,7 +533,8 @@ def _drain_worker(url: str, backend: str, batch: int, start_at: float, out: Any)
         for job_id, saga_id, first_kind, token in jobs:
             kind: str | None = first_kind
             while kind is not None:  # the product's continuation: the same thread goes on
-                kind = _with_retries(c, lambda k=kind: run_job(c, job_id, saga_id, k, token))  # type: ignore[misc]
+                step = functools.partial(run_job, c, job_id, saga_id, kind, token)
+                kind = _with_retries(c, step)
                 done += 1
     c.close()
     out.put({"jobs": done, "peak_rss_mib": self_peak_rss_mib()})
