@@ -41,6 +41,23 @@ def _package(name: str) -> str | None:
         return None
 
 
+def _git_revision() -> str | None:
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}{' (src modified)' if dirty else ''}" if head else None
+
+
 def describe(backends: list[str], argv: list[str], started: float) -> dict[str, Any]:
     servers = {}
     for backend in backends:
@@ -51,6 +68,7 @@ def describe(backends: list[str], argv: list[str], started: float) -> dict[str, 
                 servers[backend] = f"unknown ({exc})"
     return {
         "command": " ".join([".venv/bin/python -m benchmarks.harness", *argv]),
+        "git_revision": _git_revision(),
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "duration_seconds": round(time.time() - started, 1),
         "machine": {

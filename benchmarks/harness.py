@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     p.add_argument("--peers", default=",".join(PEERS), help="dbos, eventsourcing, or none")
     p.add_argument("--concurrency", type=int, default=32, help="per worker, carrier latency 0")
     p.add_argument("--latency-concurrency", type=int, default=100, help="per worker, latency > 0")
-    p.add_argument("--plain-clients", default="1,2,4")
+    p.add_argument("--plain-clients", default="1,2,4,8")
     p.add_argument(
         "--dbos-trials",
         default="queue:8,queue:32,thread:8,thread:32",
