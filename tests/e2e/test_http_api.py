@@ -459,12 +459,11 @@ def test_without_api_keys_the_server_listens_on_loopback_only(server: Server) ->
 
 @pytest.fixture(scope="module")
 def keyed_server(
-    server_database_url: str, tmp_path_factory: pytest.TempPathFactory
+    _migrated_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    if not server_database_url.startswith("sqlite"):
-        pytest.skip("authentication does not depend on the database: checked on SQLite")
+    """Authentication does not depend on the database: one server, on SQLite."""
     with start_server(
-        server_database_url,
+        _migrated_urls["sqlite"],
         api_key="s3cret",
         env={"FULFILLMENT_API_KEYS": "other-key, s3cret"},
         args=["--workers", "0"],

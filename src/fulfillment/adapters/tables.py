@@ -177,3 +177,18 @@ projection_checkpoints = Table(
     Column("name", String(100), primary_key=True),
     Column("position", BigInteger, nullable=False),
 )
+
+# Counters of the Prometheus metrics (fulfillment.observability), one row per series:
+# `labels` is the series' label set as canonical JSON ("" for none). Written only by the
+# projector, in the transaction that advances its checkpoint, so every process that reads
+# them reports the same numbers and none is counted twice. Compared byte for byte.
+_BinaryString = String(200).with_variant(
+    mysql.VARCHAR(200, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+metric_counters = Table(
+    "metric_counters",
+    metadata,
+    Column("name", _BinaryString, primary_key=True),
+    Column("labels", _BinaryString, primary_key=True),
+    Column("value", Double, nullable=False),
+)

@@ -34,12 +34,14 @@ from fulfillment.entrypoints.api_errors import (
     install_error_handlers,
 )
 from fulfillment.entrypoints.api_metrics import SagaMetrics
+from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
 from fulfillment.service_layer.commands import CreateOrder, SetInventory
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 
 log = logging.getLogger("fulfillment.api")
 
-OPEN_PATHS = ("/health",)
+# The dashboard's static shell holds no data; everything it shows needs a key.
+OPEN_PATHS = ("/health", *SHELL_PATHS)
 MAX_LIMIT = 1000
 MAX_POSITION = 2**63 - 1
 
@@ -327,6 +329,7 @@ def create_api(
             return error_response(503, "unavailable", "the database does not answer")
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    api.include_router(dashboard_router(app))
     _document_security(api, bool(app.settings.api_keys))
     return api
 

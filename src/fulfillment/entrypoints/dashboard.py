@@ -1,0 +1,111 @@
+"""The dashboard: a small hand-written front end at `/`, and the JSON it reads.
+
+The shell (`/`, `/dashboard/app.js`, `/dashboard/app.css`) holds no data, loads nothing
+from another origin (its Content-Security-Policy says so) and is served without a key:
+`SHELL_PATHS` are the only paths the bearer-key guard lets through for it. Every bit of
+data comes from key-protected JSON: the public API and the `/api/dashboard/...` routes
+below. When the server has `FULFILLMENT_API_KEYS`, the page asks for a key once, keeps
+it in the tab's sessionStorage and sends it as `Authorization: Bearer`.
+
+Pages are hash routes of the one shell: `#/` (overview and orders), `#/orders/<id>` (one
+order's saga timeline), so no dashboard path collides with the API's.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse, Response
+
+from fulfillment import views
+from fulfillment.bootstrap import App
+from fulfillment.domain.status import OrderStatus
+from fulfillment.entrypoints import api_schemas as s
+from fulfillment.entrypoints.api_errors import ApiError
+from fulfillment.entrypoints.dashboard_data import dashboard_orders, order_timeline, overview
+
+#: file name in `static/` -> (path it is served at, media type)
+_SHELL = {
+    "index.html": ("/", "text/html; charset=utf-8"),
+    "app.js": ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+    "app.css": ("/dashboard/app.css", "text/css; charset=utf-8"),
+}
+#: The paths the bearer-key guard leaves open: the static shell, never data.
+SHELL_PATHS: tuple[str, ...] = tuple(path for path, _ in _SHELL.values())
+
+_SHELL_HEADERS = {
+    # Nothing from another origin: no CDN, no fonts, no analytics.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+_DATA_HEADERS = {"Cache-Control": "no-store"}
+DEFAULT_PAGE = 25
+MAX_PAGE = 200
+
+OrderId = Annotated[
+    str, Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)
+]
+
+
+def _load_shell() -> dict[str, tuple[bytes, str]]:
+    static = resources.files("fulfillment.entrypoints").joinpath("static")
+    return {
+        path: (static.joinpath(name).read_bytes(), media_type)
+        for name, (path, media_type) in _SHELL.items()
+    }
+
+
+def dashboard_router(app: App) -> APIRouter:
+    """The dashboard's shell and JSON routes over `app` (none of them in the OpenAPI schema)."""
+    router = APIRouter(include_in_schema=False)
+    shell = _load_shell()
+
+    def serve(path: str) -> None:
+        body, media_type = shell[path]
+
+        def static_file() -> Response:
+            return Response(body, media_type=media_type, headers=_SHELL_HEADERS)
+
+        router.add_api_route(path, static_file, methods=["GET"], name=f"dashboard:{path}")
+
+    for path in shell:
+        serve(path)
+
+    @router.get("/api/dashboard/overview")
+    def dashboard_overview() -> JSONResponse:
+        """Outcome counts, throughput per minute, queue depth, stuck sagas, projection lag."""
+        return JSONResponse(overview(app), headers=_DATA_HEADERS)
+
+    @router.get("/api/dashboard/orders")
+    def dashboard_order_list(
+        status: OrderStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+        cursor: Annotated[
+            str | None, Query(max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)
+        ] = None,
+    ) -> JSONResponse:
+        """A page of orders, newest first, with the times the list shows."""
+        try:
+            items, next_cursor = dashboard_orders(
+                app, status.value if status else None, limit, cursor
+            )
+        except views.InvalidQuery as exc:
+            raise ApiError(422, "invalid_cursor", str(exc)) from exc
+        return JSONResponse({"items": items, "next_cursor": next_cursor}, headers=_DATA_HEADERS)
+
+    @router.get("/api/dashboard/orders/{order_id}/timeline")
+    def dashboard_timeline(order_id: OrderId) -> JSONResponse:
+        """One order's saga: steps, compensations in the order they ran, and its events."""
+        timeline = order_timeline(app, order_id)
+        if timeline is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        return JSONResponse(timeline, headers=_DATA_HEADERS)
+
+    return router
