@@ -17,6 +17,8 @@ from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
 from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.config import Settings
+from fulfillment.observability.telemetry import JobTelemetry
+from fulfillment.observability.tracing import NO_TRACING, Tracing, setup_tracing
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer import handlers as h
 from fulfillment.service_layer.job_runner import JobRunner
@@ -41,11 +43,14 @@ class App:
     queue: SqlAlchemyJobQueue
     runner: JobRunner
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Spans of saga jobs (off unless configured: docs/observability.md).
+    tracing: Tracing = NO_TRACING
 
     def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(self.engine, self.mapper, job, cache=self.cache)
 
     def close(self) -> None:
+        self.tracing.shutdown()
         self.engine.dispose()
 
 
@@ -80,7 +85,13 @@ def bootstrap(
     retry: RetryPolicy | None = None,
     run_migrations: bool = False,
     pool_size: int = 10,
+    tracing: Tracing | None = None,
 ) -> App:
+    """Wire an App from `settings` (default: the environment).
+
+    `tracing`: default from the environment (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+    ``FULFILLMENT_TRACING``), off when neither is set.
+    """
     settings = settings or Settings.from_env()
     engine = create_db_engine(
         settings.database_url, pool_size=pool_size, sqlite_synchronous=settings.sqlite_synchronous
@@ -103,5 +114,10 @@ def bootstrap(
 
     bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
-    runner = JobRunner(bus, queue, retry, settings.max_job_failures)
-    return App(settings, engine, mapper, cache, clock, carrier, retry, bus, queue, runner)
+    tracing = tracing or setup_tracing()
+    # Every job runs with its log fields bound (and in a span when tracing is on).
+    telemetry = JobTelemetry(uow_factory, tracing)
+    runner = JobRunner(bus, queue, retry, settings.max_job_failures, observer=telemetry)
+    return App(
+        settings, engine, mapper, cache, clock, carrier, retry, bus, queue, runner, tracing=tracing
+    )

@@ -7,7 +7,9 @@ through the domain (``Order`` and ``OrderFulfillmentSaga``: the saga's rules liv
 place) and replaces their ``order_summaries`` rows. The rows and the new checkpoint are
 written in ONE transaction, and the checkpoint only moves if it still holds the position
 the batch was read after (a tracking record, as in eventsourcing): a batch applied twice,
-or by two projectors at once, changes nothing the second time.
+or by two projectors at once, changes nothing the second time. The metric counters of
+``/metrics`` (``observability/counters.py``) ride along: each batch's counts are added in
+the same transaction, so they too are counted exactly once.
 
 * PostgreSQL and MariaDB: ``run_once`` locks the checkpoint row (``SELECT ... FOR UPDATE``)
   before reading, so concurrent projectors in other processes wait rather than redo work.
@@ -26,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,6 +42,13 @@ from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import DEFINITION, OrderFulfillmentSaga
 from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, Step, StepStatus
+from fulfillment.observability.counters import (
+    EVENT_COLUMNS,
+    Counts,
+    add_counts,
+    count_events,
+    reset_counts,
+)
 
 log = logging.getLogger("fulfillment.projections")
 
@@ -166,13 +175,14 @@ class Lag:
 
 @dataclass(frozen=True)
 class Batch:
-    """Events read after `checkpoint` up to `end`, and the rows they lead to."""
+    """Events read after `checkpoint` up to `end`, the rows and metric counts they lead to."""
 
     checkpoint: int
     end: int
     events: int
     order_ids: tuple[str, ...]
     rows: tuple[Row, ...]
+    counts: Counts = field(default_factory=Counts, compare=False)
 
 
 class _StaleBatch(Exception):
@@ -220,14 +230,16 @@ class Projector:
 
     def _read(self, conn: Connection, checkpoint: int) -> Batch | None:
         heads = conn.execute(
-            select(t.events.c.position, t.events.c.stream_id)
+            select(*EVENT_COLUMNS)
             .where(t.events.c.position > checkpoint)
             .order_by(t.events.c.position)
             .limit(self.batch_size)
         ).all()
         if not heads:
             return None
-        order_ids = sorted({oid for _, s in heads if (oid := order_id_of(s)) is not None})
+        order_ids = sorted(
+            {oid for head in heads if (oid := order_id_of(head.stream_id)) is not None}
+        )
         rows: list[Row] = []
         if order_ids:
             streams = [
@@ -254,6 +266,7 @@ class Projector:
             events=len(heads),
             order_ids=tuple(order_ids),
             rows=tuple(rows),
+            counts=count_events(conn, self.mapper, heads),
         )
 
     def read_batch(self) -> Batch | None:
@@ -284,6 +297,8 @@ class Projector:
             conn.execute(delete(s).where(s.c.order_id.in_(list(batch.order_ids))))
         if batch.rows:
             conn.execute(insert(s), list(batch.rows))
+        # The metric counters (fulfillment.observability) follow the log with this checkpoint.
+        add_counts(conn, batch.counts)
 
     def commit_batch(self, batch: Batch) -> bool:
         """Apply a batch read earlier; False (and nothing written) if it is stale."""
@@ -345,6 +360,7 @@ class Projector:
         with self.engine.begin() as conn:
             self._checkpoint(conn, lock=True)
             conn.execute(delete(t.order_summaries))
+            reset_counts(conn)
             reset = conn.execute(update(cp).where(cp.c.name == self.name).values(position=0))
             if reset.rowcount != 1:
                 conn.execute(insert(cp).values(name=self.name, position=0))

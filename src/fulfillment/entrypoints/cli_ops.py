@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -25,6 +26,7 @@ from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.errors import DomainError, InvalidInventory
 from fulfillment.domain.status import SagaStatus
+from fulfillment.entrypoints.dashboard_data import order_timeline
 from fulfillment.service_layer import commands as c
 
 console = Console(highlight=False)
@@ -305,6 +307,164 @@ def sagas_list(
         )
     console.print(table if sagas else "no sagas")
     _next_page(next_cursor)
+
+
+_ICON = {
+    "succeeded": "\u2713",
+    "failed": "\u2715",
+    "compensated": "\u21ba",
+    "compensation_failed": "!",
+    "running": "\u25cf",
+    "pending": "\u2026",
+    "skipped": "\u2013",
+}
+_UNDO = {
+    "done": ("\u21ba compensated", "yellow"),
+    "running": ("\u25cf undoing", "cyan"),
+    "pending": ("\u2026 to undo", "cyan"),
+    "failed": ("! undo failed", "bold red"),
+}
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+    return f"{ms / 1000:.2f} s" if ms < 60_000 else f"{ms / 60_000:.1f} min"
+
+
+def _offset(start: str | None, at: str | None) -> str:
+    """`+12 ms`: how long after the saga started."""
+    if start is None or at is None:
+        return "-"
+    delta = datetime.fromisoformat(at) - datetime.fromisoformat(start)
+    return "+" + _duration(delta.total_seconds() * 1000)
+
+
+def _step_status(step: dict[str, Any]) -> Text:
+    """`✓ succeeded → ↺ compensated`, `✕ failed`, ... in status colours."""
+    undo = step["compensation"]
+    if undo is None:
+        status = step["status"]
+        return Text(f"{_ICON.get(status, '')} {status}", style=_STATUS_STYLE.get(status, "dim"))
+    label, style = _UNDO[undo["status"]]
+    text = Text("\u2713 succeeded", style="green")
+    text.append(" \u2192 ", style="dim")
+    text.append(label, style=style)
+    return text
+
+
+def _step_notes(step: dict[str, Any], start: str | None) -> Text:
+    notes = Text()
+    undo = step["compensation"]
+    if undo is not None:
+        verb = "undone by" if undo["status"] == "done" else "to undo:"
+        notes.append(f"{verb} ")
+        notes.append(undo["event"], style="yellow")
+        if undo["at"]:
+            notes.append(f" at {_offset(start, undo['at'])}", style="dim")
+    for attempt in step["attempt_log"] + (undo["attempts"] if undo else []):
+        if attempt.get("error"):
+            if notes:
+                notes.append("\n")
+            retried = attempt["outcome"] == "retried"
+            notes.append(f"attempt {attempt['attempt']}: ", style="bold red")
+            notes.append(attempt["error"], style="red")
+            if retried:
+                notes.append(f" (retried in {_duration(attempt['retry_in_seconds'] * 1000)})")
+    if step["job"]:
+        if notes:
+            notes.append("\n")
+        notes.append("job ", style="dim")
+        notes.append_text(_job(step["job"]))
+    return notes
+
+
+@sagas_app.command("show")
+def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
+    """One saga as a timeline: steps, compensations in the order they ran, then events."""
+    with operator_app(catch_up=False) as app:
+        timeline = order_timeline(app, saga_id)
+    if timeline is None:
+        raise fail(f"unknown saga {saga_id!r}")
+    order, saga = timeline["order"], timeline["saga"]
+    start = saga["started_at"]
+
+    title = Text("Saga ", style="bold")
+    title.append(saga["saga_id"], style="bold")
+    title.append("  ")
+    title.append_text(styled(saga["status"]))
+    if saga["reason"]:
+        title.append(f"  ({saga['reason']})", style="dim")
+    if saga["stuck"]:
+        title.append("  stuck: `fulfillment sagas retry` may help", style="bold red")
+    console.print(title)
+    took = f"took {_duration(saga['duration_ms'])}" if saga["finished_at"] else "still running"
+    summary = Text(f"order {order['status']} \u00b7 customer {order['customer_id']} \u00b7 ")
+    summary.append(f"{_items(order['items'])} \u00b7 started {start or '-'} \u00b7 {took}")
+    console.print(summary, style="dim")
+    if saga["parked_error"]:
+        console.print(Text(f"parked on: {saga['parked_error']}", style="red"))
+
+    steps = Table(title="Steps", title_justify="left", title_style="bold")
+    steps.add_column("#", justify="right")
+    steps.add_column("step", no_wrap=True)
+    steps.add_column("status", no_wrap=True)
+    steps.add_column("attempts", justify="right")
+    steps.add_column("started", justify="right", no_wrap=True)
+    steps.add_column("duration", justify="right", no_wrap=True)
+    steps.add_column("compensation, errors", overflow="fold")
+    for n, step in enumerate(timeline["steps"], 1):
+        steps.add_row(
+            str(n),
+            step["name"],
+            _step_status(step),
+            str(step["attempts"]),
+            _offset(start, step["started_at"]),
+            _duration(step["duration_ms"]),
+            _step_notes(step, start),
+        )
+    console.print(steps)
+
+    compensation = timeline["compensation"]
+    if compensation["started_at"] is None:
+        console.print(Text("Compensations: none", style="bold"), Text("(no step failed)"))
+    else:
+        table = Table(
+            title="Compensations (last in, first out, in the order they ran)",
+            title_justify="left",
+            title_style="bold",
+        )
+        table.add_column("#", justify="right")
+        table.add_column("event", no_wrap=True)
+        table.add_column("compensation", no_wrap=True)
+        table.add_column("undoes", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("at", justify="right", no_wrap=True)
+        table.add_column("took", justify="right", no_wrap=True)
+        table.add_column("attempts", justify="right")
+        ran, pending = compensation["ran"], compensation["pending"]
+        for n, c in enumerate(ran, 1):
+            table.add_row(
+                str(n),
+                Text(c["event"], style="yellow"),
+                c["name"],
+                c["undoes"],
+                Text("done", style="green"),
+                _offset(start, c["finished_at"]),
+                _duration(c["duration_ms"]),
+                str(sum(1 for a in c["attempts"] if a["attempt"])),
+            )
+        for n, c in enumerate(pending, len(ran) + 1):
+            label, style = _UNDO[c["status"]]
+            table.add_row(
+                str(n), c["event"], c["name"], c["undoes"], Text(label, style=style), "-", "-", "-"
+            )
+        if not ran and not pending:
+            table.add_row("", Text("nothing to undo: the first step failed", style="dim"))
+        console.print(table)
+    console.print(_events_table(timeline["events"], title="Events"))
 
 
 @sagas_app.command("retry")

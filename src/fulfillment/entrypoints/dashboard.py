@@ -49,9 +49,7 @@ _DATA_HEADERS = {"Cache-Control": "no-store"}
 DEFAULT_PAGE = 25
 MAX_PAGE = 200
 
-OrderId = Annotated[
-    str, Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)
-]
+OrderId = Annotated[str, Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)]
 
 
 def _load_shell() -> dict[str, tuple[bytes, str]]:

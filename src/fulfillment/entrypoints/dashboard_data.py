@@ -263,13 +263,15 @@ def _step_view(
     state = saga.steps[step]
     compensation = dict(DEFINITION)[step]
     ran = next((c for c in walk.compensations if c["name"] == compensation.value), None)
-    in_stack = compensation in saga.compensation_stack
+    compensating = saga.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED)
     undo: dict[str, Any] | None = None
-    if ran is not None or (in_stack and saga.status is not SagaStatus.RUNNING):
+    if ran is not None or (compensating and compensation in saga.compensation_stack):
         if ran is not None:
             undo_status = "done"
         elif state.status is StepStatus.COMPENSATION_FAILED:
             undo_status = "failed"
+        elif saga.next_compensation is compensation:
+            undo_status = RUNNING
         else:
             undo_status = "pending"
         undo = {
@@ -330,12 +332,13 @@ def _pending_compensations(saga: OrderFulfillmentSaga) -> list[dict[str, Any]]:
     pending = []
     for n, compensation in enumerate(reversed(saga.compensation_stack)):
         parked = n == 0 and saga.status is SagaStatus.COMPENSATION_FAILED
+        status = "failed" if parked else RUNNING if n == 0 else "pending"
         pending.append(
             {
                 "name": compensation.value,
                 "undoes": STEP_OF[compensation].value,
                 "event": _EVENT_OF_COMPENSATION[compensation],
-                "status": "failed" if parked else "pending",
+                "status": status,
                 "error": saga.parked_error if parked else None,
             }
         )

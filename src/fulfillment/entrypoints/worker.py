@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from fulfillment.bootstrap import App
+from fulfillment.observability.logging import job_context
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
 
@@ -110,6 +111,12 @@ class Worker:
         return jobs or []
 
     def _execute(self, job: ClaimedJob) -> None:
+        # The saga's fields on every line of this thread; the runner adds step and attempt.
+        saga = {"order_id": job.saga_id, "saga_id": job.saga_id, "correlation_id": job.saga_id}
+        with job_context(**saga, job_id=job.id):
+            self._execute_chain(job)
+
+    def _execute_chain(self, job: ClaimedJob) -> None:
         try:
             current: ClaimedJob | None = job
             while current is not None:

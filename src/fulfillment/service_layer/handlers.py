@@ -6,6 +6,7 @@ harmless: it finds nothing to do and only consumes its job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -259,33 +260,41 @@ def cancel_shipment(
     if due is not None:
         assert due.tracking_number is not None
         carrier.cancel(f"{due.id}:shipment-cancel", due.tracking_number)
+    # Recorded only if this job made the carrier call (a late duplicate records nothing).
+    _record_compensation(
+        uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT, clock, carrier_called=due is not None
+    )
+
+
+def _record_compensation(
+    uow: AbstractUnitOfWork,
+    saga_id: str,
+    compensation: Compensation,
+    clock: Clock,
+    *,
+    carrier_called: bool = True,
+) -> None:
+    """In one transaction: undo the step in the service tables, record it, settle the order."""
     with uow:
-        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_SHIPMENT)
-        if due is not None and saga is not None:
-            uow.shipments.cancel(saga.id)
-            saga.record_compensated(Compensation.CANCEL_SHIPMENT, at=clock.now())
+        effects: dict[Compensation, Callable[[str], None]] = {
+            Compensation.CANCEL_SHIPMENT: uow.shipments.cancel,
+            Compensation.RELEASE_INVENTORY: uow.inventory.release,
+            Compensation.CANCEL_PRESCRIPTION: uow.prescriptions.cancel,
+        }
+        saga = _compensate(uow, saga_id, compensation)
+        if saga is not None and carrier_called:
+            effects[compensation](saga.id)
+            saga.record_compensated(compensation, at=clock.now())
             _finish_order_if_saga_ended(uow, saga, clock)
         uow.commit()
 
 
 def release_inventory(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork, clock: Clock) -> None:
-    with uow:
-        saga = _compensate(uow, cmd.saga_id, Compensation.RELEASE_INVENTORY)
-        if saga is not None:
-            uow.inventory.release(saga.id)
-            saga.record_compensated(Compensation.RELEASE_INVENTORY, at=clock.now())
-            _finish_order_if_saga_ended(uow, saga, clock)
-        uow.commit()
+    _record_compensation(uow, cmd.saga_id, Compensation.RELEASE_INVENTORY, clock)
 
 
 def cancel_prescription(cmd: c.CancelPrescription, uow: AbstractUnitOfWork, clock: Clock) -> None:
-    with uow:
-        saga = _compensate(uow, cmd.saga_id, Compensation.CANCEL_PRESCRIPTION)
-        if saga is not None:
-            uow.prescriptions.cancel(saga.id)
-            saga.record_compensated(Compensation.CANCEL_PRESCRIPTION, at=clock.now())
-            _finish_order_if_saga_ended(uow, saga, clock)
-        uow.commit()
+    _record_compensation(uow, cmd.saga_id, Compensation.CANCEL_PRESCRIPTION, clock)
 
 
 def record_compensation_failure(

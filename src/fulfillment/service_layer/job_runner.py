@@ -7,13 +7,19 @@
   with backoff until its attempts run out;
 * anything else (a bug, the database away): the job itself backs off, and after
   `max_job_failures` it is parked as `dead` for an operator to inspect.
+
+An optional `JobObserver` watches each run (bootstrap wires the log context and tracing
+span of ``fulfillment.observability.telemetry``); by default nothing watches.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
+from typing import Protocol
 
 from fulfillment.domain.errors import BusinessRuleViolation, TransientFailure
 from fulfillment.domain.status import Compensation, Step
@@ -34,6 +40,31 @@ class JobOutcome(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     JOB_FAILED = "job_failed"
     LEASE_LOST = "lease_lost"
+
+
+class JobWatch(Protocol):
+    """Told how the watched job ended."""
+
+    def finished(self, outcome: JobOutcome, error: str | None) -> None: ...
+
+
+class JobObserver(Protocol):
+    """Wraps each job run (log context, tracing span): `with observer.watch(job) as w:`."""
+
+    def watch(self, job: ClaimedJob) -> AbstractContextManager[JobWatch]: ...
+
+
+class _Unwatched:
+    def finished(self, outcome: JobOutcome, error: str | None) -> None:
+        pass
+
+
+class NullObserver:
+    """Watches nothing."""
+
+    @contextmanager
+    def watch(self, job: ClaimedJob) -> Iterator[JobWatch]:
+        yield _Unwatched()
 
 
 class AbstractJobQueue(abc.ABC):
@@ -63,27 +94,38 @@ class JobRunner:
         queue: AbstractJobQueue,
         retry: RetryPolicy,
         max_job_failures: int = 10,
+        observer: JobObserver | None = None,
     ) -> None:
         self.bus = bus
         self.queue = queue
         self.retry = retry
         self.max_job_failures = max_job_failures
+        self.observer: JobObserver = observer or NullObserver()
 
     def run(self, job: ClaimedJob) -> JobOutcome:
+        with self.observer.watch(job) as watch:
+            outcome, error = self._run(job)
+            watch.finished(outcome, error)
+        return outcome
+
+    def _run(self, job: ClaimedJob) -> tuple[JobOutcome, str | None]:
+        """The job's outcome, and the error that led to it, if any."""
         command = c.JOB_COMMANDS[job.kind](saga_id=job.saga_id)
         try:
             try:
                 self.bus.handle(command, job=job)
-                return JobOutcome.DONE
+                return JobOutcome.DONE, None
             except BusinessRuleViolation as exc:
-                return self._record_failure(job, str(exc), exc.reason.value)
+                reason = exc.reason.value
+                return self._record_failure(job, str(exc), reason), f"{reason}: {exc}"
             except TransientFailure as exc:
-                return self._record_failure(job, str(exc) or type(exc).__name__, None)
+                error = str(exc) or type(exc).__name__
+                return self._record_failure(job, error, None), error
         except LeaseLost:
             log.warning("lease lost on job %s (%s %s)", job.id, job.kind, job.saga_id)
-            return JobOutcome.LEASE_LOST
+            return JobOutcome.LEASE_LOST, None
         except Exception as exc:
-            return self._fail_job(job, exc)
+            return self._fail_job(job, exc), f"{type(exc).__name__}: {exc}"
 
     def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobOutcome:
         if job.kind in STEPS:
@@ -94,7 +136,12 @@ class JobRunner:
                 ),
                 job=job,
             )
-            return JobOutcome.STEP_FAILED if failed else JobOutcome.RETRY_SCHEDULED
+            if failed:
+                why = reason or "retries_exhausted"
+                log.warning("step %s failed (%s): %s; compensating", job.kind, why, error)
+                return JobOutcome.STEP_FAILED
+            log.info("step %s attempt failed, retrying after a backoff: %s", job.kind, error)
+            return JobOutcome.RETRY_SCHEDULED
         if job.kind in COMPENSATIONS:
             self.bus.handle(
                 c.RecordCompensationFailure(
@@ -102,6 +149,7 @@ class JobRunner:
                 ),
                 job=job,
             )
+            log.warning("compensation %s failed: %s", job.kind, error)
             return JobOutcome.RETRY_SCHEDULED
         raise RuntimeError(f"job {job.kind} failed: {error}")
 

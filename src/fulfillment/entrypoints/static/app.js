@@ -1,0 +1,705 @@
+// Fulfillment Saga dashboard: plain JavaScript, no build step, nothing from other origins.
+//
+// Pages are hash routes: `#/` (overview and orders, `#/?status=cancelled` filtered) and
+// `#/orders/<id>` (one order's saga timeline). Data comes from the key-protected JSON
+// API; with FULFILLMENT_API_KEYS set the page asks for a key once and keeps it in this
+// tab's sessionStorage. Every value is written with textContent, never as HTML.
+"use strict";
+
+(() => {
+  const REFRESH_MS = 2000;
+  const PAGE_SIZE = 25;
+  const KEY_STORAGE = "fulfillment.apiKey";
+
+  const STEP_LABELS = {
+    create_prescription: "Create prescription",
+    reserve_inventory: "Reserve inventory",
+    initiate_shipment: "Initiate shipment",
+    complete: "Complete",
+  };
+  const STEP_HINTS = {
+    create_prescription: "prescription checked and registered",
+    reserve_inventory: "stock held for every line",
+    initiate_shipment: "carrier booked, tracking number issued",
+    complete: "stock consumed, prescription dispensed",
+  };
+  const STATUS_ICONS = {
+    succeeded: "\u2713",
+    failed: "\u2715",
+    compensated: "\u21ba",
+    compensation_failed: "!",
+    running: "\u25cf",
+    pending: "\u2026",
+    skipped: "\u2013",
+  };
+  const ORDER_FILTERS = [
+    [null, "All"],
+    ["pending", "Pending"],
+    ["fulfilled", "Fulfilled"],
+    ["cancelled", "Cancelled"],
+    ["needs_attention", "Needs attention"],
+  ];
+  const SUCCESS_EVENTS = new Set([
+    "OrderCreated", "OrderFulfillmentSagaStarted", "PrescriptionCreated", "InventoryReserved",
+    "ShipmentInitiated", "OrderFulfillmentSagaCompleted", "OrderFulfilled",
+  ]);
+  const FAILURE_EVENTS = new Set([
+    "PrescriptionCreationFailed", "InventoryReservationFailed", "ShipmentInitiationFailed",
+    "SagaStepAttemptFailed", "CompensationAttemptFailed", "SagaCompensationFailed",
+  ]);
+  const COMPENSATION_EVENTS = new Set([
+    "SagaCompensationStarted", "ShipmentCancelled", "InventoryReleased",
+    "PrescriptionCancelled", "SagaCompensationRetried", "OrderCancelled",
+  ]);
+
+  // --- tiny DOM helper ------------------------------------------------------------------
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") el.className = value;
+      else if (name === "dataset") Object.assign(el.dataset, value);
+      else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+      else if (name === "style") Object.assign(el.style, value); // CSSOM: allowed by the CSP
+      else el.setAttribute(name, value === true ? "" : String(value));
+    }
+    append(el, children);
+    return el;
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [name, value] of Object.entries(attrs || {})) el.setAttribute(name, String(value));
+    for (const child of children.flat()) if (child) el.append(child);
+    return el;
+  }
+
+  const $ = (id) => document.getElementById(id);
+
+  // replaceChildren, skipping null/false children (the DOM would print them as text).
+  function fill(el, ...children) {
+    el.replaceChildren();
+    return append(el, children);
+  }
+
+  // --- formatting -----------------------------------------------------------------------
+
+  let clockSkewMs = 0; // server time minus this browser's time
+
+  function pretty(word) {
+    return String(word).replace(/_/g, " ");
+  }
+
+  function formatMs(ms) {
+    if (ms === null || ms === undefined) return "\u2013";
+    if (ms < 1) return `${ms.toFixed(2)} ms`;
+    if (ms < 1000) return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
+    const s = ms / 1000;
+    if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+    return `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function offsetMs(from, to) {
+    if (!from || !to) return null;
+    return Date.parse(to) - Date.parse(from) + microExtra(to) - microExtra(from);
+  }
+
+  // Date.parse keeps milliseconds only; sagas on a fast machine take a few of them.
+  function microExtra(iso) {
+    const match = /\.(\d{3})(\d{1,3})/.exec(iso);
+    return match ? Number(`0.${match[2].padEnd(3, "0")}`) : 0;
+  }
+
+  function ago(iso) {
+    if (!iso) return "\u2013";
+    const s = Math.max(0, (Date.now() + clockSkewMs - Date.parse(iso)) / 1000);
+    if (s < 5) return "just now";
+    if (s < 60) return `${Math.floor(s)} s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return `${Math.floor(s / 86400)} d ago`;
+  }
+
+  function clockTime(iso) {
+    if (!iso) return "\u2013";
+    const d = new Date(iso);
+    const ms = String(d.getMilliseconds()).padStart(3, "0");
+    return `${d.toLocaleTimeString([], { hour12: false })}.${ms}`;
+  }
+
+  function fullTime(iso) {
+    return iso ? new Date(iso).toLocaleString([], { hour12: false }) : "";
+  }
+
+  function shortId(id) {
+    return id.length > 13 ? `${id.slice(0, 8)}\u2026${id.slice(-4)}` : id;
+  }
+
+  function items(lines) {
+    return lines.map((l) => `${l.sku} \u00d7${l.quantity}`).join(", ");
+  }
+
+  function plural(n, word) {
+    return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
+  function pill(status, text) {
+    return h("span", { class: `pill st-${status}`, dataset: { status } }, text || pretty(status));
+  }
+
+  // --- API access and the key gate ------------------------------------------------------
+
+  class Unauthorized extends Error {}
+
+  function storedKey() {
+    return sessionStorage.getItem(KEY_STORAGE);
+  }
+
+  async function api(path) {
+    const headers = { Accept: "application/json" };
+    const key = storedKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const response = await fetch(path, { headers, cache: "no-store" });
+    if (response.status === 401) throw new Unauthorized();
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    return body;
+  }
+
+  function showGate(rejected) {
+    $("app").hidden = true;
+    $("key-gate").hidden = false;
+    $("key-error").hidden = !rejected;
+    $("forget-key").hidden = true;
+    setLive("locked", "locked");
+    $("key-input").focus();
+  }
+
+  function hideGate() {
+    $("key-gate").hidden = true;
+    $("app").hidden = false;
+    $("forget-key").hidden = !storedKey();
+  }
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key-input").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("key-input").value = "";
+    gateRejected = true; // if this key fails too, say so
+    route();
+  });
+
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    gateRejected = false;
+    route();
+  });
+
+  let gateRejected = false;
+
+  function setLive(state, text) {
+    $("live").dataset.state = state;
+    $("live-text").textContent = text;
+  }
+
+  // --- routing and live refresh ---------------------------------------------------------
+
+  let view = null; // {refresh(): Promise, dispose?()}
+  let timer = null;
+  let busy = false;
+  let generation = 0;
+
+  function parseHash() {
+    const raw = location.hash.replace(/^#/, "") || "/";
+    const [path, query] = raw.split("?");
+    const params = new URLSearchParams(query || "");
+    const order = /^\/orders\/(.+)$/.exec(path);
+    if (order) return { page: "order", id: decodeURIComponent(order[1]) };
+    return { page: "overview", status: params.get("status") };
+  }
+
+  function route() {
+    generation += 1;
+    clearTimeout(timer);
+    const target = parseHash();
+    view = target.page === "order" ? orderView(target.id) : overviewView(target.status);
+    tick(generation, true);
+  }
+
+  async function tick(gen, first) {
+    if (gen !== generation) return;
+    if (busy) {
+      timer = setTimeout(() => tick(gen, false), 250);
+      return;
+    }
+    busy = true;
+    try {
+      if (!document.hidden || first) {
+        await view.refresh(first);
+        if (gen !== generation) return;
+        hideGate();
+        gateRejected = false;
+        setLive("live", `live \u00b7 ${new Date().toLocaleTimeString([], { hour12: false })}`);
+      }
+    } catch (error) {
+      if (gen !== generation) return;
+      if (error instanceof Unauthorized) {
+        if (!storedKey()) gateRejected = false;
+        showGate(gateRejected);
+        return; // no polling until a key is entered
+      }
+      setLive("error", `offline \u00b7 retrying (${error.message})`);
+      if (error.status === 404 && view.notFound) view.notFound(error);
+    } finally {
+      busy = false;
+    }
+    if (gen === generation) timer = setTimeout(() => tick(gen, false), REFRESH_MS);
+  }
+
+  window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      clearTimeout(timer);
+      tick(generation, false);
+    }
+  });
+
+  function mount(...children) {
+    const app = $("app");
+    fill(app, ...children);
+    window.scrollTo(0, 0);
+  }
+
+  function crumbs(...parts) {
+    fill($("crumbs"), ...parts);
+  }
+
+  // --- overview: KPIs, throughput, queue, stuck sagas, orders ------------------------------
+
+  function overviewView(status) {
+    const filter = ORDER_FILTERS.some(([value]) => value === status) ? status : null;
+    const cursors = [null]; // cursor of each page seen; the last is the current page's
+    let nextCursor = null;
+
+    const kpis = h("section", { class: "kpis", id: "kpis" });
+    const chart = h("div", { class: "chart", id: "throughput-chart" });
+    const chartNote = h("span", { class: "muted" });
+    const queue = h("div", { class: "queue", id: "queue" });
+    const stuck = h("div", { class: "stuck", id: "stuck" });
+    const stuckNote = h("span", { class: "muted" }, "parked, job dead, or no progress for a whole step timeout");
+    const tabs = h("div", { class: "tabs", role: "tablist", id: "status-filter" });
+    const table = h("div", { class: "table-wrap" });
+    const pager = h("div", { class: "pager" });
+
+    crumbs(h("span", {}, "Overview"));
+    mount(
+      h("div", { class: "page-head" },
+        h("h1", {}, "Overview"),
+        h("p", { class: "muted" }, "Orders and their fulfillment sagas, refreshed every 2 seconds.")),
+      kpis,
+      h("section", { class: "grid-2" },
+        h("div", { class: "panel" },
+          h("div", { class: "panel-head" }, h("h2", {}, "Throughput"), chartNote),
+          chart),
+        h("div", { class: "panel" },
+          h("div", { class: "panel-head" }, h("h2", {}, "Queue"), h("span", { class: "muted" }, "durable jobs, one per saga")),
+          queue)),
+      h("section", { class: "panel" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Stuck sagas"), stuckNote),
+        stuck),
+      h("section", { class: "panel", id: "orders" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Orders"), tabs),
+        table,
+        pager),
+    );
+
+    async function refresh() {
+      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (filter) query.set("status", filter);
+      const cursor = cursors[cursors.length - 1];
+      if (cursor) query.set("cursor", cursor);
+      const [summary, page] = await Promise.all([
+        api("/api/dashboard/overview"),
+        api(`/api/dashboard/orders?${query}`),
+      ]);
+      clockSkewMs = Date.parse(summary.now) - Date.now();
+      renderKpis(kpis, summary);
+      renderChart(chart, chartNote, summary.throughput);
+      renderQueue(queue, summary.queue, summary.projections);
+      renderStuck(stuck, summary.stuck);
+      renderTabs(tabs, filter, summary.orders);
+      nextCursor = page.next_cursor;
+      renderOrders(table, page.items, filter);
+      renderPager();
+    }
+
+    function renderPager() {
+      const page = cursors.length;
+      fill(pager,
+        h("button", {
+          type: "button", class: "ghost", disabled: page === 1,
+          onclick: () => { cursors.pop(); tick(generation, true); },
+        }, "\u2190 Newer"),
+        h("span", { class: "muted" }, `page ${page}`),
+        h("button", {
+          type: "button", class: "ghost", id: "older", disabled: !nextCursor,
+          onclick: () => { cursors.push(nextCursor); tick(generation, true); },
+        }, "Older \u2192"),
+      );
+    }
+
+    return { refresh };
+  }
+
+  function kpi(label, value, sub, tone, id) {
+    return h("div", { class: `kpi ${tone || ""}`, id },
+      h("div", { class: "kpi-label" }, label),
+      h("div", { class: "kpi-value" }, value),
+      h("div", { class: "kpi-sub" }, sub));
+  }
+
+  function renderKpis(el, s) {
+    const o = s.orders;
+    const finished = o.fulfilled + o.cancelled;
+    const rate = finished ? Math.round((o.fulfilled / finished) * 100) : null;
+    fill(el,
+      kpi("Orders", o.total, `${o.pending} in flight`, "", "kpi-total"),
+      kpi("Fulfilled", o.fulfilled, rate === null ? "no order finished yet" : `${rate}% of finished`, "tone-ok", "kpi-fulfilled"),
+      kpi("Cancelled", o.cancelled, "compensated", "tone-warn", "kpi-cancelled"),
+      kpi("Needs attention", o.needs_attention, "compensation failed", o.needs_attention ? "tone-bad" : "", "kpi-attention"),
+      kpi("Throughput", s.throughput.finished_per_minute_5m, "finished / min, last 5 min", "", "kpi-throughput"),
+      kpi("Queue depth", s.queue.depth, `${s.queue.ready} ready \u00b7 ${s.queue.running} running`, "", "kpi-queue"),
+      kpi("Stuck sagas", s.stuck.count + (s.stuck.more ? "+" : ""), s.stuck.count ? "need an operator" : "all moving", s.stuck.count ? "tone-bad" : "tone-ok", "kpi-stuck"),
+    );
+  }
+
+  function renderChart(el, note, t) {
+    const buckets = t.buckets;
+    const W = 600, H = 150, pad = { l: 28, r: 8, t: 10, b: 22 };
+    const max = Math.max(1, ...buckets.map((b) => Math.max(b.placed, b.fulfilled + b.cancelled + b.needs_attention)));
+    const bw = (W - pad.l - pad.r) / buckets.length;
+    const y = (v) => pad.t + (H - pad.t - pad.b) * (1 - v / max);
+    const parts = [];
+    for (const frac of [0, 0.5, 1]) {
+      const v = Math.round(max * frac);
+      parts.push(svg("line", { x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v), class: "grid" }));
+      parts.push(svg("text", { x: pad.l - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, document.createTextNode(v)));
+    }
+    buckets.forEach((b, i) => {
+      const x = pad.l + i * bw + 1.5;
+      let base = 0;
+      for (const [key, cls] of [["fulfilled", "bar-ok"], ["cancelled", "bar-warn"], ["needs_attention", "bar-bad"]]) {
+        if (!b[key]) continue;
+        const rect = svg("rect", { x, width: Math.max(1, bw - 3), y: y(base + b[key]), height: y(base) - y(base + b[key]), rx: 2, class: cls });
+        rect.append(svg("title", {}, document.createTextNode(`${b[key]} ${pretty(key)} at ${clockTime(b.minute).slice(0, 5)}`)));
+        parts.push(rect);
+        base += b[key];
+      }
+    });
+    const points = buckets.map((b, i) => `${pad.l + (i + 0.5) * bw},${y(b.placed)}`).join(" ");
+    parts.push(svg("polyline", { points, class: "line-placed" }));
+    parts.push(svg("text", { x: pad.l, y: H - 6, class: "axis" }, document.createTextNode(`\u2212${t.minutes} min`)));
+    parts.push(svg("text", { x: W - pad.r, y: H - 6, class: "axis", "text-anchor": "end" }, document.createTextNode("now")));
+    fill(el,
+      svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "orders finished per minute" }, parts),
+      h("div", { class: "legend" },
+        h("span", { class: "key key-ok" }, "fulfilled"),
+        h("span", { class: "key key-warn" }, "cancelled"),
+        h("span", { class: "key key-bad" }, "needs attention"),
+        h("span", { class: "key key-line" }, "placed")),
+    );
+    note.textContent = `${t.placed_per_minute_5m} placed / min \u00b7 per minute, last ${t.minutes} min`;
+  }
+
+  function renderQueue(el, q, projections) {
+    const row = (label, value, tone, hint) =>
+      h("div", { class: `qrow ${tone || ""}` },
+        h("span", { class: "qlabel" }, label, h("small", {}, hint)),
+        h("span", { class: "qvalue" }, value));
+    const lag = Object.values(projections || {}).map((p) => p.behind).reduce((a, b) => a + b, 0);
+    fill(el,
+      row("ready", q.ready, "", "due now"),
+      row("scheduled", q.scheduled, "", "waiting to retry"),
+      row("running", q.running, "", "claimed by a worker"),
+      row("dead", q.dead, q.dead ? "tone-bad" : "", "gave up; operator retry"),
+      row("projection lag", lag, lag > 100 ? "tone-warn" : "", "events not yet in the read model"),
+    );
+  }
+
+  function renderStuck(el, stuck) {
+    if (!stuck.sagas.length) {
+      fill(el, h("p", { class: "empty ok" }, "\u2713 No stuck sagas: everything is moving."));
+      return;
+    }
+    fill(el, h("table", { class: "stuck-list" }, h("tbody", {}, stuck.sagas.map((s) =>
+      h("tr", {},
+        h("td", {}, h("a", { href: `#/orders/${encodeURIComponent(s.saga_id)}`, class: "mono order-link", title: s.saga_id }, shortId(s.saga_id))),
+        h("td", {}, pill(s.status)),
+        h("td", {}, miniSteps(s.steps)),
+        h("td", { class: "reason" }, s.reason ? pretty(s.reason) : ""),
+        h("td", { class: "muted" }, s.job ? `job ${s.job.kind}: ${s.job.status}${s.job.last_error ? ` \u2014 ${s.job.last_error}` : ""}` : "no job"),
+        h("td", { class: "muted num" }, ago(s.updated_at)))))),
+      stuck.more ? h("p", { class: "muted" }, "More: fulfillment sagas list --status stuck") : null);
+  }
+
+  function renderTabs(el, active, counts) {
+    fill(el, ...ORDER_FILTERS.map(([value, label]) => {
+      const count = value ? counts[value] : counts.total;
+      const href = value ? `#/?status=${value}` : "#/";
+      return h("a", {
+        href, role: "tab", class: `tab${value === active ? " active" : ""}`,
+        "aria-selected": value === active ? "true" : "false", dataset: { filter: value || "all" },
+      }, label, h("span", { class: "count" }, count));
+    }));
+  }
+
+  function miniSteps(steps) {
+    return h("span", { class: "mini-steps" }, steps.map((s) =>
+      h("span", { class: `mini st-${s.status}`, title: `${pretty(s.name)}: ${pretty(s.status)}${s.attempts > 1 ? ` (${s.attempts} attempts)` : ""}` })));
+  }
+
+  function renderOrders(el, orders, filter) {
+    if (!orders.length) {
+      fill(el, h("p", { class: "empty" }, filter ? `No ${pretty(filter)} orders.` : "No orders yet. Place one with POST /orders."));
+      return;
+    }
+    const rows = orders.map((o) => {
+      const href = `#/orders/${encodeURIComponent(o.order_id)}`;
+      return h("tr", { dataset: { orderId: o.order_id, status: o.status }, onclick: (e) => { if (e.target.tagName !== "A") location.hash = href; } },
+        h("td", {}, h("a", { href, class: "mono order-link", title: o.order_id }, shortId(o.order_id))),
+        h("td", {}, pill(o.status)),
+        h("td", {}, miniSteps(o.saga.steps), h("span", { class: "saga-status" }, pretty(o.saga.status))),
+        h("td", { class: "reason" }, o.reason ? pretty(o.reason) : ""),
+        h("td", { class: "items" }, items(o.items)),
+        h("td", { class: "muted", title: fullTime(o.placed_at) }, ago(o.placed_at)),
+        h("td", { class: "num" }, formatMs(o.duration_ms)));
+    });
+    fill(el, h("table", { class: "orders" },
+      h("thead", {}, h("tr", {}, ["Order", "Status", "Saga", "Reason", "Items", "Placed", "Took"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)));
+  }
+
+  // --- one order: the saga timeline --------------------------------------------------------
+
+  function orderView(orderId) {
+    const head = h("div", { class: "order-head" });
+    const flow = h("div", { class: "flow", id: "steps" });
+    const gantt = h("div", { class: "gantt", id: "gantt" });
+    const comps = h("div", { id: "compensations" });
+    const compNote = h("span", { class: "muted" });
+    const events = h("div", { class: "table-wrap", id: "events" });
+    const eventsNote = h("span", { class: "muted" });
+    const openDetails = new Set(); // event positions whose data the user expanded
+
+    crumbs(h("a", { href: "#/" }, "Overview"), h("span", { class: "sep" }, "/"), h("span", { class: "mono" }, shortId(orderId)));
+    mount(
+      h("a", { class: "back", href: "#/" }, "\u2190 All orders"),
+      head,
+      h("section", { class: "panel" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Saga steps"), h("span", { class: "muted" }, "create_prescription \u2192 reserve_inventory \u2192 initiate_shipment \u2192 complete")),
+        flow,
+        gantt),
+      h("section", { class: "panel" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Compensations"), compNote),
+        comps),
+      h("section", { class: "panel" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Event history"), eventsNote),
+        events),
+    );
+
+    async function refresh() {
+      const t = await api(`/api/dashboard/orders/${encodeURIComponent(orderId)}/timeline`);
+      renderHead(head, t);
+      renderFlow(flow, t);
+      renderGantt(gantt, t);
+      renderCompensations(comps, compNote, t);
+      renderEvents(events, eventsNote, t, openDetails);
+    }
+
+    function notFound() {
+      mount(
+        h("a", { class: "back", href: "#/" }, "\u2190 All orders"),
+        h("div", { class: "panel" }, h("p", { class: "empty" }, `No order with id ${orderId}.`)));
+      setLive("live", "not found");
+      generation += 1; // stop polling
+    }
+
+    return { refresh, notFound };
+  }
+
+  function renderHead(el, t) {
+    const o = t.order, s = t.saga;
+    const facts = [
+      ["Saga", pill(s.status)],
+      ["Reason", s.reason ? pretty(s.reason) : "\u2013"],
+      ["Customer", o.customer_id],
+      ["Items", items(o.items)],
+      ["Placed", h("span", { title: fullTime(o.placed_at) }, `${clockTime(o.placed_at)} (${ago(o.placed_at)})`)],
+      ["Duration", s.duration_ms === null ? `running for ${formatMs(offsetMs(s.started_at, new Date(Date.now() + clockSkewMs).toISOString()))}` : formatMs(s.duration_ms)],
+      ["Shipment", o.shipment ? `${o.shipment.tracking_number} (${o.shipment.status})` : "\u2013"],
+    ];
+    if (t.job) facts.push(["Job", `${t.job.kind}: ${t.job.status}${t.job.failures ? `, ${plural(t.job.failures, "failure")}` : ""}`]);
+    fill(el,
+      h("div", { class: "title-row" },
+        h("h1", {}, "Order ", h("span", { class: "mono", id: "order-id" }, o.order_id)),
+        pill(o.status),
+        s.stuck ? h("span", { class: "pill st-failed" }, "stuck") : null),
+      s.parked_error ? h("div", { class: "alert" }, h("b", {}, "Parked: "), s.parked_error, h("span", { class: "muted" }, "  \u2014 retry with "), h("code", {}, `fulfillment sagas retry ${o.order_id}`)) : null,
+      h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
+    );
+  }
+
+  function renderFlow(el, t) {
+    const start = t.saga.started_at;
+    const cards = [];
+    t.steps.forEach((step, i) => {
+      if (i) cards.push(h("div", { class: `arrow ${step.status === "pending" || step.status === "skipped" ? "dim" : ""}`, "aria-hidden": "true" }));
+      cards.push(stepCard(step, i + 1, start));
+    });
+    fill(el, ...cards);
+  }
+
+  function stepCard(step, n, start) {
+    const compensated = step.compensation;
+    const states = [];
+    if (compensated || step.status === "compensated") {
+      states.push(pill("succeeded", "\u2713 succeeded"), h("span", { class: "then" }, "\u2192"));
+      const undo = {
+        done: ["compensated", "\u21ba compensated"],
+        running: ["running", "\u25cf undoing"],
+        pending: ["pending", "\u2026 to undo"],
+        failed: ["compensation_failed", "! undo failed"],
+      }[compensated ? compensated.status : "done"];
+      states.push(pill(undo[0], undo[1]));
+    } else {
+      states.push(pill(step.status, `${STATUS_ICONS[step.status] || ""} ${pretty(step.status)}`));
+    }
+    const stats = h("dl", { class: "stats" },
+      h("div", {}, h("dt", {}, "attempts"), h("dd", { class: "attempts" }, step.attempts)),
+      h("div", {}, h("dt", {}, "duration"), h("dd", {}, formatMs(step.duration_ms))),
+      h("div", {}, h("dt", {}, "started"), h("dd", { title: fullTime(step.started_at) }, step.started_at ? `+${formatMs(offsetMs(start, step.started_at))}` : "\u2013")));
+    const errors = step.attempt_log.filter((a) => a.error).map((a) =>
+      h("li", {}, h("b", {}, `attempt ${a.attempt}`), a.outcome === "retried" ? ` (retried in ${formatMs(a.retry_in_seconds * 1000)})` : "", ": ", a.error));
+    const undoErrors = compensated ? compensated.attempts.filter((a) => a.error).map((a) =>
+      h("li", {}, h("b", {}, `undo ${a.attempt}`), ": ", a.error)) : [];
+    const undo = compensated ? h("div", { class: `undo undo-${compensated.status}` },
+      h("span", { class: "undo-icon" }, "\u21ba"),
+      h("span", {}, { done: "undone by ", failed: "undo failing: ", running: "undoing: " }[compensated.status] || "to undo: ",
+        h("code", {}, compensated.event)),
+      compensated.at ? h("span", { class: "muted" }, ` +${formatMs(offsetMs(start, compensated.at))}`) : null) : null;
+    const job = step.job ? h("div", { class: "job" }, `job ${step.job.status}`, step.job.failures ? ` \u00b7 ${plural(step.job.failures, "failure")}` : "", step.job.last_error ? ` \u00b7 ${step.job.last_error}` : "") : null;
+    return h("article", { class: `step st-${step.status}`, dataset: { step: step.name, status: step.status } },
+      h("div", { class: "step-top" },
+        h("span", { class: "step-num" }, n),
+        h("span", { class: "step-icon" }, STATUS_ICONS[step.status] || "")),
+      h("h3", {}, STEP_LABELS[step.name] || pretty(step.name)),
+      h("code", { class: "step-id" }, step.name),
+      h("p", { class: "hint" }, STEP_HINTS[step.name] || ""),
+      h("div", { class: "states" }, states),
+      stats,
+      undo,
+      errors.length || undoErrors.length ? h("ul", { class: "errors" }, errors, undoErrors) : null,
+      job);
+  }
+
+  function renderGantt(el, t) {
+    const start = t.saga.started_at;
+    if (!start) { fill(el); return; }
+    const end = t.saga.finished_at || t.saga.updated_at;
+    const total = Math.max(offsetMs(start, end) || 0, 0.001);
+    const rows = [];
+    const bar = (label, from, to, cls, title) => {
+      if (!from) return;
+      const left = (offsetMs(start, from) / total) * 100;
+      const width = to ? Math.max(((offsetMs(from, to)) / total) * 100, 0.6) : Math.max(100 - left, 0.6);
+      rows.push(h("div", { class: "g-row" },
+        h("span", { class: "g-label" }, label),
+        h("span", { class: "g-track" },
+          h("span", { class: `g-bar ${cls}`, style: { left: `${left.toFixed(2)}%`, width: `${Math.min(width, 100 - left).toFixed(2)}%` }, title }))));
+    };
+    for (const step of t.steps) {
+      if (step.status === "pending" || step.status === "skipped") continue;
+      const cls = step.status === "failed" ? "st-failed" : step.status === "running" ? "st-running" : "st-succeeded";
+      bar(step.name, step.started_at, step.finished_at, cls, `${step.name}: ${formatMs(step.duration_ms)}`);
+    }
+    for (const c of t.compensation.ran) bar(`\u21ba ${c.name}`, c.started_at, c.finished_at, "st-compensated", `${c.name}: ${formatMs(c.duration_ms)}`);
+    fill(el,
+      h("div", { class: "g-head" }, h("span", {}, "timeline"), h("span", { class: "muted" }, `0 \u2192 ${formatMs(total)}`)),
+      ...rows);
+  }
+
+  function renderCompensations(el, note, t) {
+    const c = t.compensation;
+    const start = t.saga.started_at;
+    if (!c.started_at) {
+      note.textContent = "";
+      const text = t.saga.status === "completed" ? "\u2713 None needed: every step succeeded." : "None so far: no step has failed.";
+      fill(el, h("p", { class: "empty ok" }, text));
+      return;
+    }
+    note.textContent = `last in, first out \u00b7 started +${formatMs(offsetMs(start, c.started_at))} after ${pretty(t.saga.failed_step || "a step")} failed`;
+    const ran = c.ran.map((x) => h("li", { class: "comp done", dataset: { compensation: x.name, event: x.event } },
+      h("span", { class: "comp-num" }, x.order),
+      h("span", { class: "comp-main" },
+        h("code", { class: "comp-event" }, x.event),
+        h("span", { class: "muted" }, ` ${pretty(x.name)} \u00b7 undoes `), h("code", {}, x.undoes)),
+      h("span", { class: "comp-meta" },
+        `+${formatMs(offsetMs(start, x.finished_at))}`, h("span", { class: "muted" }, ` \u00b7 took ${formatMs(x.duration_ms)} \u00b7 ${plural(x.attempts.filter((a) => a.attempt).length, "attempt")}`))));
+    const pending = c.pending.map((x, i) => h("li", { class: `comp ${x.status}`, dataset: { compensation: x.name, event: x.event } },
+      h("span", { class: "comp-num" }, c.ran.length + i + 1),
+      h("span", { class: "comp-main" },
+        h("code", { class: "comp-event" }, x.event),
+        h("span", { class: "muted" }, ` ${pretty(x.name)} \u00b7 undoes `), h("code", {}, x.undoes)),
+      h("span", { class: "comp-meta" }, x.status === "failed" ? h("span", { class: "bad" }, `failing: ${x.error || "error"}`) : h("span", { class: "muted" }, x.status === "running" ? "next" : "waiting"))));
+    const nothing = !ran.length && !pending.length ? h("p", { class: "empty" }, "Nothing to undo: the first step failed.") : null;
+    fill(el, nothing || h("ol", { class: "comp-list" }, ran, pending));
+  }
+
+  function eventTone(type) {
+    if (FAILURE_EVENTS.has(type)) return "ev-bad";
+    if (COMPENSATION_EVENTS.has(type)) return "ev-warn";
+    if (SUCCESS_EVENTS.has(type)) return "ev-ok";
+    return "";
+  }
+
+  function renderEvents(el, note, t, openDetails) {
+    const start = t.events.length ? t.events[0].recorded_at : null;
+    note.textContent = `${plural(t.events.length, "event")} on order-\u2026 and saga-\u2026 streams, in commit order`;
+    const rows = t.events.map((e) => {
+      const json = JSON.stringify(e.data);
+      const details = h("details", { open: openDetails.has(e.position) },
+        h("summary", {}, json.length > 110 ? `${json.slice(0, 110)}\u2026` : json),
+        h("pre", {}, JSON.stringify(e.data, null, 2)));
+      details.addEventListener("toggle", () => { if (details.open) openDetails.add(e.position); else openDetails.delete(e.position); });
+      return h("tr", { dataset: { type: e.type } },
+        h("td", { class: "num mono" }, e.position),
+        h("td", { class: "mono nowrap", title: fullTime(e.recorded_at) }, clockTime(e.recorded_at), h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, e.recorded_at))}`)),
+        h("td", { class: "mono nowrap muted" }, `${e.stream_id.split("-")[0]} #${e.version}`),
+        h("td", {}, h("span", { class: `ev ${eventTone(e.type)}` }, e.type)),
+        h("td", { class: "data" }, details));
+    });
+    fill(el, h("table", { class: "events" },
+      h("thead", {}, h("tr", {}, ["#", "Time", "Stream", "Type", "Data"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)));
+  }
+
+  route();
+})();

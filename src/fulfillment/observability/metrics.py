@@ -1,0 +1,316 @@
+"""Prometheus metrics, read from the database at each scrape: `render_metrics(app)`.
+
+Aggregated through the database, not in process memory (nor prometheus-client's
+multiprocess mode): every API process reports the same numbers whichever worker ran the
+sagas, however many processes there are, and across restarts.
+
+* Counters (sagas started and finished, step attempts, compensations, events appended,
+  the saga duration histogram) are derived from the event log: the stored counters the
+  projector keeps (``counters.py``) plus the events after its checkpoint, counted on the
+  fly, read in ONE snapshot, so a scrape is exact even while the projector lags.
+* Gauges (jobs ready and the age of the oldest, jobs by status, projection lag, the head
+  of the log, orders and sagas by status) are read live.
+
+Each app gets its own `CollectorRegistry`: no global state, tests can build many apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+from sqlalchemy import Connection, Engine, func, select
+
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.mapper import EventMapper
+from fulfillment.domain.events import EVENT_TYPES
+from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step
+from fulfillment.observability import counters as c
+
+if TYPE_CHECKING:
+    from fulfillment.bootstrap import App
+
+#: The projection whose checkpoint the counters follow (adapters.projections.ORDER_SUMMARIES).
+PROJECTION = "order_summaries"
+#: At most this many not-yet-projected events are counted at a scrape. Beyond, counters
+#: show the log up to that point (still never going down) and the lag gauge says why.
+TAIL_LIMIT = 5000
+JOB_STATUSES = ("ready", "running", "dead")
+_REGISTRY = "metrics_registry"
+
+
+@dataclass
+class Snapshot:
+    """Everything one scrape reports, read in one database snapshot."""
+
+    counts: c.Counts = field(default_factory=c.Counts)
+    checkpoint: int = 0
+    head: int = 0
+    behind: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)
+    jobs_ready: int = 0
+    oldest_ready_age: float = 0.0
+    sagas: dict[str, int] = field(default_factory=dict)
+    orders: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def _snapshot_connection(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction that sees one snapshot across all its statements."""
+    if backend_of(engine) == "sqlite":
+        options: dict[str, Any] = {"sqlite_begin": "DEFERRED"}  # WAL: one snapshot
+    else:
+        options = {"isolation_level": "REPEATABLE READ"}
+    with engine.connect().execution_options(**options) as conn:
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LIMIT) -> Snapshot:
+    """Counters and gauges as of now (raises if the database does not answer)."""
+    e, jobs, s = t.events, t.jobs, t.order_summaries
+    cp = t.projection_checkpoints
+    with _snapshot_connection(engine) as conn:
+        checkpoint = int(
+            conn.execute(select(cp.c.position).where(cp.c.name == PROJECTION)).scalar() or 0
+        )
+        stored = c.read_counts(conn)
+        tail = conn.execute(
+            select(*c.EVENT_COLUMNS)
+            .where(e.c.position > checkpoint)
+            .order_by(e.c.position)
+            .limit(tail_limit)
+        ).all()
+        counts = stored.merge(c.count_events(conn, mapper, tail))
+        head = int(conn.execute(select(func.max(e.c.position))).scalar() or 0)
+        behind = len(tail)
+        if behind >= tail_limit:
+            behind = int(
+                conn.execute(select(func.count()).where(e.c.position > checkpoint)).scalar_one()
+            )
+        by_status = {
+            str(status): int(n)
+            for status, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+        }
+        now = db_now_epoch(backend_of(conn))
+        ready, oldest, db_now = conn.execute(
+            select(func.count(), func.min(jobs.c.run_at), now).where(
+                jobs.c.status == "ready", jobs.c.run_at <= now
+            )
+        ).one()
+        sagas = {
+            str(k): int(n)
+            for k, n in conn.execute(select(s.c.saga_status, func.count()).group_by(s.c.saga_status))
+        }
+        orders = {
+            str(k): int(n)
+            for k, n in conn.execute(select(s.c.status, func.count()).group_by(s.c.status))
+        }
+    return Snapshot(
+        counts=counts,
+        checkpoint=checkpoint,
+        head=head,
+        behind=behind,
+        jobs=by_status,
+        jobs_ready=int(ready or 0),
+        oldest_ready_age=max(0.0, float(db_now) - float(oldest)) if oldest is not None else 0.0,
+        sagas=sagas,
+        orders=orders,
+    )
+
+
+def _counter(
+    name: str, documentation: str, counts: c.Counts, labels: list[str], known: list[list[str]]
+) -> CounterMetricFamily:
+    """A counter family with a series for each of `known` (0 until counted) and any other."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    values = {tuple(lbl[k] for k in labels): v for lbl, v in counts.series(name)}
+    for label_values in known:
+        values.setdefault(tuple(label_values), 0.0)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def _duration_histogram(counts: c.Counts) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        c.SAGA_DURATION,
+        "Time from a saga's start to its end (order fulfilled or cancelled), in seconds.",
+        labels=["outcome"],
+    )
+    bounds = [*c.DURATION_BUCKETS, float("inf")]
+    for outcome in c.FINISHED_OUTCOMES:
+        per_bucket = [0.0] * len(bounds)
+        for labels, value in counts.series(c.SAGA_DURATION + "_bucket"):
+            if labels.get("outcome") != outcome:
+                continue
+            le = float(labels["le"])
+            # A bound no longer configured counts in the next bucket up (never lost).
+            index = next(i for i, bound in enumerate(bounds) if le <= bound)
+            per_bucket[index] += value
+        cumulative, buckets = 0.0, []
+        for bound, n in zip(bounds, per_bucket, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric(
+            [outcome],
+            buckets,
+            sum_value=counts.get(c.SAGA_DURATION + "_sum", outcome=outcome),
+        )
+    return family
+
+
+def _gauge(
+    name: str, documentation: str, label: str, values: dict[str, int], known: tuple[str, ...]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key in sorted({*known, *values}):
+        family.add_metric([key], values.get(key, 0))
+    return family
+
+
+def metric_families(snap: Snapshot) -> Iterator[Metric]:
+    """The Prometheus families of one snapshot (names, types and labels: docs/observability.md)."""
+    counts = snap.counts
+    steps = [s.value for s in Step]
+    compensations = [x.value for x in Compensation]
+    yield _counter(
+        c.SAGAS_STARTED, "Sagas started (one per order).", counts, [], [[]]
+    )
+    yield _counter(
+        c.SAGAS_FINISHED,
+        "Sagas that ended, by outcome: completed (order fulfilled) or compensated "
+        "(order cancelled after undoing what had succeeded).",
+        counts,
+        ["outcome"],
+        [[o] for o in c.FINISHED_OUTCOMES],
+    )
+    yield _counter(
+        c.ORDERS_CANCELLED,
+        "Orders cancelled, by the reason their saga failed.",
+        counts,
+        ["reason"],
+        [[r] for r in c.CANCEL_REASONS],
+    )
+    yield _duration_histogram(counts)
+    yield _counter(
+        c.STEP_ATTEMPTS,
+        "Attempts of saga steps, by step and outcome: succeeded; retried (a transient "
+        "failure, tried again after a backoff); failed (for good: compensation follows).",
+        counts,
+        ["step", "outcome"],
+        [[s, o] for s in steps for o in c.STEP_OUTCOMES],
+    )
+    yield _counter(
+        c.COMPENSATIONS,
+        "Compensations run, each undoing one step that had succeeded.",
+        counts,
+        ["compensation"],
+        [[x] for x in compensations],
+    )
+    yield _counter(
+        c.COMPENSATION_FAILURES,
+        "Failed compensation attempts: retried after a backoff, or parked "
+        "(the saga waits in compensation_failed for an operator).",
+        counts,
+        ["compensation", "outcome"],
+        [[x, o] for x in compensations for o in c.COMPENSATION_FAILURE_OUTCOMES],
+    )
+    yield _counter(
+        c.EVENTS_APPENDED,
+        "Events appended to the event store, by type.",
+        counts,
+        ["type"],
+        [[name] for name in EVENT_TYPES],
+    )
+    yield _gauge(
+        "fulfillment_jobs",
+        "Jobs in the durable queue, by status (ready includes jobs waiting for a backoff).",
+        "status",
+        snap.jobs,
+        JOB_STATUSES,
+    )
+    yield GaugeMetricFamily(
+        "fulfillment_jobs_ready", "Jobs due now and waiting for a worker.", value=snap.jobs_ready
+    )
+    yield GaugeMetricFamily(
+        "fulfillment_jobs_oldest_ready_age_seconds",
+        "How long the oldest due job has been waiting for a worker (database clock); 0 if none.",
+        value=snap.oldest_ready_age,
+    )
+    lag = GaugeMetricFamily(
+        "fulfillment_projection_lag_events",
+        "Events the projection has not applied yet.",
+        labels=["projection"],
+    )
+    lag.add_metric([PROJECTION], snap.behind)
+    yield lag
+    checkpoint = GaugeMetricFamily(
+        "fulfillment_projection_checkpoint_position",
+        "Position of the last event the projection has applied.",
+        labels=["projection"],
+    )
+    checkpoint.add_metric([PROJECTION], snap.checkpoint)
+    yield checkpoint
+    yield GaugeMetricFamily(
+        "fulfillment_events_head_position",
+        "Position of the newest event in the log.",
+        value=snap.head,
+    )
+    yield _gauge(
+        "fulfillment_sagas",
+        "Sagas by status, as projected.",
+        "status",
+        snap.sagas,
+        tuple(x.value for x in SagaStatus),
+    )
+    yield _gauge(
+        "fulfillment_orders",
+        "Orders by status, as projected (needs_attention: its saga is parked).",
+        "status",
+        snap.orders,
+        tuple(x.value for x in OrderStatus),
+    )
+
+
+class FulfillmentCollector(Collector):
+    """Reads the database at each scrape (see the module docstring)."""
+
+    def __init__(self, engine: Engine, mapper: EventMapper) -> None:
+        self.engine = engine
+        self.mapper = mapper
+
+    def collect(self) -> Iterator[Metric]:
+        yield from metric_families(read_snapshot(self.engine, self.mapper))
+
+
+def metrics_registry(app: App) -> CollectorRegistry:
+    """The app's own registry (made on first use), holding the fulfillment collector."""
+    registry = app.extras.get(_REGISTRY)
+    if not isinstance(registry, CollectorRegistry):
+        registry = CollectorRegistry()
+        registry.register(FulfillmentCollector(app.engine, app.mapper))
+        app.extras[_REGISTRY] = registry
+    return registry
+
+
+def render_metrics(app: App) -> tuple[bytes, str]:
+    """`GET /metrics`: the Prometheus text exposition and its content type.
+
+    Raises (SQLAlchemy errors) when the database does not answer: answer 503 then.
+    """
+    return generate_latest(metrics_registry(app)), CONTENT_TYPE_LATEST

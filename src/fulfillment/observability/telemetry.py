@@ -1,0 +1,104 @@
+"""What watches each saga job: its log fields, its tracing span, how it ended.
+
+`JobTelemetry` is the `JobObserver` that bootstrap gives the `JobRunner`. While a job
+runs, every log line on its thread carries order_id, saga_id, job_id, step (the job's
+kind: a step, a compensation, or `complete`), attempt and correlation_id, plus trace_id
+and span_id when tracing is on; and the job runs inside a span of the saga's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fulfillment.domain.status import Compensation, Step
+from fulfillment.observability.logging import job_context
+from fulfillment.observability.tracing import NO_TRACING, SpanHandle, Tracing
+from fulfillment.service_layer.job_runner import JobOutcome, JobWatch
+from fulfillment.service_layer.jobs import ClaimedJob
+from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
+
+log = logging.getLogger("fulfillment.jobs")
+
+UnitOfWorkFactory = Callable[[ClaimedJob | None], AbstractUnitOfWork]
+_STEPS = {s.value: s for s in Step}
+_COMPENSATIONS = {x.value: x for x in Compensation}
+#: Outcomes that mark the span as failed (a retry is not a failure of the saga yet).
+_FAILED = (JobOutcome.STEP_FAILED, JobOutcome.JOB_FAILED)
+
+
+def job_type(kind: str) -> str:
+    """step, compensation, or completion (the job that settles a fulfilled order)."""
+    if kind in _STEPS:
+        return "step"
+    if kind in _COMPENSATIONS:
+        return "compensation"
+    return "completion"
+
+
+class _Watch:
+    def __init__(self, job: ClaimedJob, span: SpanHandle) -> None:
+        self.job = job
+        self.span = span
+        self.started = time.perf_counter()
+
+    def finished(self, outcome: JobOutcome, error: str | None) -> None:
+        self.span.set("outcome", outcome.value)
+        if error is not None:
+            self.span.set("error", error[:500])
+        if outcome in _FAILED:
+            self.span.fail(error or outcome.value)
+        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        log.debug("job %s %s in %.1f ms", self.job.kind, outcome.value, elapsed_ms)
+
+
+class JobTelemetry:
+    """Binds a job's log fields and opens its span (see the module docstring)."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory, tracing: Tracing = NO_TRACING) -> None:
+        self.uow_factory = uow_factory
+        self.tracing = tracing
+
+    def attempt_of(self, job: ClaimedJob) -> int:
+        """Which try of its step (or compensation) this job is, 1 for the first.
+
+        Read from the saga's events (through the stream cache: usually a one-row look);
+        `complete`, which is retried by the queue alone, counts the job's own failures.
+        """
+        step, compensation = _STEPS.get(job.kind), _COMPENSATIONS.get(job.kind)
+        if step is None and compensation is None:
+            return job.failures + 1
+        try:
+            uow = self.uow_factory(None)
+            with uow.read_only():
+                saga = uow.sagas.get(job.saga_id)
+        except Exception:  # the job itself meets the same error and reports it
+            log.debug("attempt of job %s unknown", job.id, exc_info=True)
+            saga = None
+        if saga is None:
+            return job.failures + 1
+        if step is not None:
+            return saga.attempts(step) + 1
+        assert compensation is not None
+        return saga.compensation_attempts(compensation) + 1
+
+    @contextmanager
+    def watch(self, job: ClaimedJob) -> Iterator[JobWatch]:
+        """Run the block with the job's log fields bound and inside its span."""
+        fields: dict[str, Any] = {
+            "order_id": job.saga_id,  # saga id == order id
+            "saga_id": job.saga_id,
+            "job_id": job.id,
+            "step": job.kind,
+            "attempt": self.attempt_of(job),
+            "correlation_id": job.saga_id,
+        }
+        attributes = {**fields, "job_type": job_type(job.kind)}
+        with (
+            self.tracing.span(job.kind, job.saga_id, attributes) as span,
+            job_context(**fields, **self.tracing.current_ids()),
+        ):
+            yield _Watch(job, span)
