@@ -76,6 +76,7 @@ class Plan:
     ours: bool = True
     plain: bool = True
     json_path: Path = Path("benchmark-results.json")
+    doc_path: str | None = None
     runs: list[RunMetrics] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
+    p.add_argument("--doc", help="also rewrite the results section of this markdown file")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -153,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         ours=not args.skip_ours,
         plain=not args.skip_plain,
         json_path=args.json,
+        doc_path=args.doc,
     )
 
 
@@ -317,6 +320,7 @@ def _dbos_best(plan: Plan, backend: str, mix: str, latency: float) -> None:
             keep=False,
         )
         if r is not None:
+            console.print(f"    trial: {r.orders_per_second:8.1f} orders/s")
             scores.append((r.orders_per_second, mode, conc))
             plan.trials.append(
                 {
@@ -485,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     document["targets"] = report.targets(document["runs"], plan.backends)
     plan.json_path.write_text(json.dumps(document, indent=2))
     report.print_tables(console, document)
+    if plan.doc_path:
+        report.update_doc(plan.doc_path, document)
+        console.print(f"results section of [bold]{plan.doc_path}[/bold] rewritten")
     shutil.rmtree(log_root, ignore_errors=True)  # kept only when a run failed (raised)
     console.print(f"JSON written to [bold]{plan.json_path}[/bold]")
     return 0

@@ -334,3 +334,192 @@ def print_tables(console: Console, doc: dict[str, Any]) -> None:
     console.print(goals)
     for s in doc["skipped"]:
         console.print(f"[yellow]skipped[/yellow] {s['system']} on {s['backend']}: {s['reason']}")
+
+
+# --- markdown (docs/performance.md) --------------------------------------------------
+
+DOC_START = "<!-- results:start (written by benchmarks.harness --doc) -->"
+DOC_END = "<!-- results:end -->"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _setup(r: Run) -> str:
+    c = r["config"]
+    keys = ("role", "workers", "concurrency", "mode", "clients", "offered_per_second")
+    return ", ".join(f"{k}={c[k]}" for k in keys if c.get(k) is not None)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results section of docs/performance.md, from one harness run."""
+    meta = doc["meta"]
+    m = meta["machine"]
+    out = [
+        DOC_START,
+        "",
+        f"Run of {meta['started_at']} ({meta['duration_seconds']:.0f} s), product at "
+        f"`{meta.get('git_revision')}`:",
+        "",
+        f"    {meta['command']}",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}; load average at the end {m['load_average_at_end']}. "
+        "Servers: " + "; ".join(f"{k}: {v}" for k, v in meta["servers"].items()) + ". "
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v) + ".",
+        "",
+        "### Targets",
+        "",
+        _md_table(
+            ["target", "backend", "mix", "measured", "threshold", "met", "detail"],
+            [
+                [
+                    t["target"],
+                    t["backend"],
+                    t["mix"],
+                    _fmt(t["measured"]),
+                    t["threshold"],
+                    "-" if t["met"] is None else ("yes" if t["met"] else "**no**"),
+                    t["detail"],
+                ]
+                for t in doc["targets"]
+            ],
+        ),
+        "",
+        "### Our best throughput against each (ratio = ours / theirs)",
+        "",
+        _md_table(
+            [
+                "backend",
+                "mix",
+                "carrier ms",
+                "against",
+                "ours/s",
+                "theirs/s",
+                "ratio",
+                "our p99 ms",
+                "their p99 ms",
+            ],
+            [
+                [
+                    c["backend"],
+                    c["mix"],
+                    _fmt(c["carrier_latency_ms"]),
+                    c["against"],
+                    _fmt(c["ours_orders_per_second"]),
+                    _fmt(c["their_orders_per_second"]),
+                    _fmt(c["ratio"]),
+                    _fmt(c["ours_p99_ms"]),
+                    _fmt(c["their_p99_ms"]),
+                ]
+                for c in doc["comparisons"]
+            ],
+        ),
+        "",
+        "### Every run",
+        "",
+        _md_table(
+            [
+                "backend",
+                "system",
+                "mix",
+                "carrier ms",
+                "setup",
+                "orders/s",
+                "events/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "peak RSS MiB",
+                "done",
+            ],
+            [
+                [
+                    r["backend"],
+                    r["system"],
+                    r["mix"],
+                    _fmt(r["carrier_latency_ms"]),
+                    _setup(r),
+                    _fmt(r["orders_per_second"]),
+                    _fmt(r["events_per_second"]),
+                    _fmt(r["latency_ms"]["p50"]),
+                    _fmt(r["latency_ms"]["p95"]),
+                    _fmt(r["latency_ms"]["p99"]),
+                    ", ".join(f"{k} {v:g}" for k, v in r["peak_rss_mib"].items()),
+                    f"{r['terminal']}/{r['orders']}",
+                ]
+                for r in doc["runs"]
+            ],
+        ),
+    ]
+    if doc.get("dbos_trials"):
+        out += [
+            "",
+            "DBOS trials (the best mode and concurrency is re-run with all the orders):",
+            "",
+        ]
+        out.append(
+            _md_table(
+                ["backend", "mix", "carrier ms", "mode", "concurrency", "orders", "orders/s"],
+                [
+                    [
+                        t["backend"],
+                        t["mix"],
+                        _fmt(t["carrier_latency_ms"]),
+                        t["mode"],
+                        str(t["concurrency"]),
+                        str(t["orders"]),
+                        _fmt(t["orders_per_second"]),
+                    ]
+                    for t in doc["dbos_trials"]
+                ],
+            )
+        )
+    if doc["skipped"]:
+        out += ["", "Not measured:", ""]
+        out += [
+            f"- {s['system']} on {s['backend']}: {s['reason'].splitlines()[0][:300]}"
+            for s in doc["skipped"]
+        ]
+    out += ["", DOC_END]
+    return "\n".join(out)
+
+
+def update_doc(path: str, doc: dict[str, Any]) -> None:
+    """Replace the results section of a markdown file (between the markers), or append it."""
+    from pathlib import Path
+
+    file = Path(path)
+    text = file.read_text() if file.exists() else ""
+    section = markdown(doc)
+    if DOC_START in text and DOC_END in text:
+        head, rest = text.split(DOC_START, 1)
+        tail = rest.split(DOC_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    file.write_text(text)
+
+
+def main() -> None:
+    """`python -m benchmarks.report RESULTS.json [--doc docs/performance.md]`: print, or write."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--doc", help="rewrite the results section of this markdown file")
+    args = parser.parse_args()
+    doc = json.loads(args.results.read_text())
+    if args.doc:
+        update_doc(args.doc, doc)
+    else:
+        print_tables(Console(width=200), doc)
+
+
+if __name__ == "__main__":
+    main()

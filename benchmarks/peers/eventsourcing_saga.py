@@ -394,8 +394,26 @@ def run(args: argparse.Namespace) -> RunMetrics:
     result = _metrics(runner, specs, args, placed)
     if not args.rate:
         result.config["placed_per_second"] = round(placed_rate, 1)
+    _wait_caught_up(runner, deadline)
     runner.stop()
     return result
+
+
+def _wait_caught_up(runner: MultiThreadedRunner[UUID], deadline: float) -> None:
+    """Let every follower finish what its leaders recorded (the last events are only tracked),
+    so stopping the runner does not close a pool under a transaction."""
+    while time.monotonic() < deadline:
+        behind = [
+            (leader, follower)
+            for leader, follower in SYSTEM.edges
+            if (runner.apps[follower].recorder.max_tracking_id(leader) or 0)  # type: ignore[attr-defined]
+            < (runner.apps[leader].recorder.max_notification_id() or 0)
+        ]
+        if not behind:
+            return
+        for leader, follower in behind:
+            _prompt(runner, leader, follower)
+        time.sleep(0.05)
 
 
 def _events(app: Any) -> list[Any]:

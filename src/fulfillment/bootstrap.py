@@ -17,6 +17,7 @@ from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
 from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.config import Settings
+from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.observability.telemetry import JobTelemetry
 from fulfillment.observability.tracing import NO_TRACING, Tracing, setup_tracing
 from fulfillment.service_layer import commands as c
@@ -116,7 +117,11 @@ def bootstrap(
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
     tracing = tracing or setup_tracing()
     # Every job runs with its log fields bound (and in a span when tracing is on).
-    telemetry = JobTelemetry(uow_factory, tracing)
+    telemetry = JobTelemetry(
+        uow_factory,
+        tracing,
+        cached_saga=lambda saga_id: cache.get(OrderFulfillmentSaga.stream_id_for(saga_id)),
+    )
     runner = JobRunner(bus, queue, retry, settings.max_job_failures, observer=telemetry)
     return App(
         settings, engine, mapper, cache, clock, carrier, retry, bus, queue, runner, tracing=tracing

@@ -20,6 +20,7 @@ from fulfillment.adapters import tables as t
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
+from fulfillment.domain.errors import TransientFailure
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.observability.metrics import render_metrics
@@ -93,7 +94,8 @@ def run_known_orders(make_app: MakeApp, workers: int = 1) -> list[App]:
 
     Run by `workers` worker processes' worth of apps (own engines and caches) at once.
     """
-    apps = [make_app(carrier=carrier_failing_once("retry:shipment")) for _ in range(workers)]
+    carrier = carrier_failing_once("retry:shipment")  # one carrier, as in the real world
+    apps = [make_app(carrier=carrier) for _ in range(workers)]
     first = apps[0]
     first.bus.handle(c.SetInventory(SKU, 100))
     for order_id in ("ok-1", "ok-2", "ok-3"):
@@ -219,7 +221,9 @@ def test_jobs_ready_and_the_age_of_the_oldest_come_from_the_queue(make_app: Make
     with app.engine.begin() as conn:
         # One job has been due for ten minutes; another waits for a backoff.
         conn.execute(
-            update(t.jobs).where(t.jobs.c.saga_id == "waiting-1").values(run_at=t.jobs.c.run_at - 600)
+            update(t.jobs)
+            .where(t.jobs.c.saga_id == "waiting-1")
+            .values(run_at=t.jobs.c.run_at - 600)
         )
         job_queue.enqueue(conn, [JobSpec("later", "create_prescription", 3600)])
 
@@ -244,3 +248,28 @@ def test_an_empty_database_reports_zeros(make_app: MakeApp) -> None:
     assert value(samples, "fulfillment_sagas_finished_total", outcome="compensated") == 0
     assert value(samples, "fulfillment_saga_duration_seconds_count", outcome="completed") == 0
     assert value(samples, "fulfillment_jobs_oldest_ready_age_seconds") == 0
+
+
+def test_a_compensation_that_keeps_failing_parks_the_saga_and_is_counted(
+    make_app: MakeApp,
+) -> None:
+    app = make_app(carrier=SimulatedCarrier(("US",)))
+
+    def stock_system_down(command: c.ReleaseInventory, uow: object) -> None:
+        raise TransientFailure("inventory service unavailable")
+
+    app.bus.handlers[c.ReleaseInventory] = stock_system_down
+    app.bus.handle(c.SetInventory(SKU, 5))
+    place(app, "stuck", country="JP")  # shipment fails, releasing the stock keeps failing
+    Worker(app, 2).run(until_idle=True, timeout=60)
+    Projector(app.engine, app.mapper).catch_up()
+
+    samples = scrape(app)
+    failures = "fulfillment_compensation_failures_total"
+    assert value(samples, failures, compensation="release_inventory", outcome="retried") == 2
+    assert value(samples, failures, compensation="release_inventory", outcome="parked") == 1
+    assert value(samples, "fulfillment_compensations_total", compensation="release_inventory") == 0
+    # Parked is not finished: an operator may still let it end as compensated.
+    assert value(samples, "fulfillment_sagas_finished_total", outcome="compensated") == 0
+    assert value(samples, "fulfillment_sagas", status="compensation_failed") == 1
+    assert value(samples, "fulfillment_orders", status="needs_attention") == 1

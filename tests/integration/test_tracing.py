@@ -75,7 +75,6 @@ def spans_of(exporter: InMemorySpanExporter, order_id: str) -> list[ReadableSpan
     )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_each_step_of_a_saga_runs_in_a_span_of_the_sagas_trace(
     traced_app: App, exporter: InMemorySpanExporter
 ) -> None:
@@ -115,7 +114,10 @@ def test_a_retried_step_gets_a_span_per_attempt(
     Worker(traced_app, 2).run(until_idle=True, timeout=30)
 
     shipments = [s for s in spans_of(exporter, "bumpy") if s.name == "initiate_shipment"]
-    assert [(dict(s.attributes or {})["attempt"], dict(s.attributes or {})["outcome"]) for s in shipments] == [
+    assert [
+        (dict(s.attributes or {})["attempt"], dict(s.attributes or {})["outcome"])
+        for s in shipments
+    ] == [
         (1, "retry_scheduled"),
         (2, "done"),
     ]

@@ -120,7 +120,7 @@ def run_server(
     signal.signal(signal.SIGINT, _after_stop)
     announce(
         f"serving on http://{host}:{port} with {workers} in-process worker(s) "
-        f"on {settings.database_url.split('://', 1)[0]}"
+        f"on {settings.database_url.split('://', 1)[0]}; dashboard at http://{host}:{port}/"
     )
     server.run()
     announce("server stopped")

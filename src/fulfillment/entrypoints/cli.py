@@ -15,6 +15,7 @@ from fulfillment.adapters.migrate import current_revision, migrate
 from fulfillment.bootstrap import bootstrap
 from fulfillment.config import Settings
 from fulfillment.entrypoints import cli_ops
+from fulfillment.observability.logging import configure_logging, level_from_env
 
 app = typer.Typer(
     help="Fulfillment Saga: event-sourced order fulfillment for an online pharmacy.",
@@ -27,6 +28,15 @@ console = Console()
 def _settings() -> Settings:
     try:
         return Settings.from_env()
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging(settings: Settings, *, json: bool | None = None, level: str = "INFO") -> None:
+    """Structured logs (docs/observability.md): JSON unless on a terminal or told otherwise."""
+    try:
+        configure_logging(json, level_from_env(level), secrets=settings.api_keys)
     except ValueError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -58,8 +68,8 @@ def worker_command(
     from fulfillment.adapters.projections import ProjectorThread
     from fulfillment.entrypoints.worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
+    _logging(settings)
     fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
     projector = ProjectorThread(fapp)
@@ -96,7 +106,10 @@ def demo_command(
     from fulfillment.entrypoints.demo import DemoOptions, run_demo
 
     options = DemoOptions(orders, concurrency, seed, Path(database), keep)
-    raise typer.Exit(run_demo(options, console, _settings()))
+    settings = _settings()
+    # People watch the demo: readable lines, and only what needs attention.
+    _logging(settings, json=False, level="WARNING")
+    raise typer.Exit(run_demo(options, console, settings))
 
 
 @app.command("serve")
@@ -113,8 +126,8 @@ def serve_command(
     """Serve the HTTP API (migrations applied first), with workers and the projector."""
     from fulfillment.entrypoints.api_server import bind_host, run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
+    _logging(settings)
     bound = bind_host(host, settings)
     if not settings.api_keys:
         console.print(

@@ -18,11 +18,11 @@ Series are keyed by name (without `_total`) and their label set, stored as canon
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from prometheus_client.utils import floatToGoString
 from sqlalchemy import Connection, Executable, Row, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
@@ -134,10 +134,15 @@ class Counts:
         return f"Counts({self.values!r})"
 
 
+def bucket_label(bound: float) -> str:
+    """The `le` label of a bucket bound, as Prometheus writes it: "0.5", "60.0", "+Inf"."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
 def _bucket_of(seconds: float) -> str:
     for bound in DURATION_BUCKETS:
         if seconds <= bound:
-            return floatToGoString(bound)
+            return bucket_label(bound)
     return "+Inf"
 
 

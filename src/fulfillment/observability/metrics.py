@@ -29,7 +29,6 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
 from sqlalchemy import Connection, Engine, func, select
 
 from fulfillment.adapters import tables as t
@@ -104,7 +103,9 @@ def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LI
             )
         by_status = {
             str(status): int(n)
-            for status, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            for status, n in conn.execute(
+                select(jobs.c.status, func.count()).group_by(jobs.c.status)
+            )
         }
         now = db_now_epoch(backend_of(conn))
         ready, oldest, db_now = conn.execute(
@@ -114,7 +115,9 @@ def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LI
         ).one()
         sagas = {
             str(k): int(n)
-            for k, n in conn.execute(select(s.c.saga_status, func.count()).group_by(s.c.saga_status))
+            for k, n in conn.execute(
+                select(s.c.saga_status, func.count()).group_by(s.c.saga_status)
+            )
         }
         orders = {
             str(k): int(n)
@@ -138,9 +141,11 @@ def _counter(
 ) -> CounterMetricFamily:
     """A counter family with a series for each of `known` (0 until counted) and any other."""
     family = CounterMetricFamily(name, documentation, labels=labels)
-    values = {tuple(lbl[k] for k in labels): v for lbl, v in counts.series(name)}
-    for label_values in known:
-        values.setdefault(tuple(label_values), 0.0)
+    values: dict[tuple[str, ...], float] = {
+        tuple(lbl[k] for k in labels): v for lbl, v in counts.series(name)
+    }
+    for known_values in known:
+        values.setdefault(tuple(known_values), 0.0)
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)
     return family
@@ -165,7 +170,7 @@ def _duration_histogram(counts: c.Counts) -> HistogramMetricFamily:
         cumulative, buckets = 0.0, []
         for bound, n in zip(bounds, per_bucket, strict=True):
             cumulative += n
-            buckets.append((floatToGoString(bound), cumulative))
+            buckets.append((c.bucket_label(bound), cumulative))
         family.add_metric(
             [outcome],
             buckets,
@@ -188,9 +193,7 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     counts = snap.counts
     steps = [s.value for s in Step]
     compensations = [x.value for x in Compensation]
-    yield _counter(
-        c.SAGAS_STARTED, "Sagas started (one per order).", counts, [], [[]]
-    )
+    yield _counter(c.SAGAS_STARTED, "Sagas started (one per order).", counts, [], [[]])
     yield _counter(
         c.SAGAS_FINISHED,
         "Sagas that ended, by outcome: completed (order fulfilled) or compensated "

@@ -9,11 +9,14 @@ and span_id when tracing is on; and the job runs inside a span of the saga's tra
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from fulfillment.domain.events import DomainEvent
+from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.observability.logging import job_context
 from fulfillment.observability.tracing import NO_TRACING, SpanHandle, Tracing
@@ -24,6 +27,8 @@ from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 log = logging.getLogger("fulfillment.jobs")
 
 UnitOfWorkFactory = Callable[[ClaimedJob | None], AbstractUnitOfWork]
+#: The events of a saga this process knows, by saga id (its stream cache), or ().
+CachedSaga = Callable[[str], Sequence[DomainEvent]]
 _STEPS = {s.value: s for s in Step}
 _COMPENSATIONS = {x.value: x for x in Compensation}
 #: Outcomes that mark the span as failed (a retry is not a failure of the saga yet).
@@ -40,12 +45,14 @@ def job_type(kind: str) -> str:
 
 
 class _Watch:
-    def __init__(self, job: ClaimedJob, span: SpanHandle) -> None:
+    def __init__(self, job: ClaimedJob, span: SpanHandle, on_finish: Callable[[], None]) -> None:
         self.job = job
         self.span = span
+        self.on_finish = on_finish
         self.started = time.perf_counter()
 
     def finished(self, outcome: JobOutcome, error: str | None) -> None:
+        self.on_finish()
         self.span.set("outcome", outcome.value)
         if error is not None:
             self.span.set("error", error[:500])
@@ -56,28 +63,47 @@ class _Watch:
 
 
 class JobTelemetry:
-    """Binds a job's log fields and opens its span (see the module docstring)."""
+    """Binds a job's log fields and opens its span (see the module docstring).
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, tracing: Tracing = NO_TRACING) -> None:
+    `cached_saga` (the process's stream cache) spares a database read for the attempt of
+    a chained job: one that follows, on the same thread and under the same claim, a job
+    of its saga that has just committed, so the cache holds the saga as it stands.
+    """
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        tracing: Tracing = NO_TRACING,
+        cached_saga: CachedSaga | None = None,
+    ) -> None:
         self.uow_factory = uow_factory
         self.tracing = tracing
+        self.cached_saga = cached_saga
+        self._thread = threading.local()
+
+    def _saga(self, job: ClaimedJob) -> OrderFulfillmentSaga | None:
+        # Same row, same claim token: a continuation, whose saga only this thread touched.
+        chained = getattr(self._thread, "last", None) == (job.id, job.claim_token)
+        if chained and self.cached_saga is not None:
+            events = self.cached_saga(job.saga_id)
+            if events:
+                return OrderFulfillmentSaga.replay(job.saga_id, events)
+        try:
+            uow = self.uow_factory(None)
+            with uow.read_only():
+                return uow.sagas.get(job.saga_id)
+        except Exception:  # the job itself meets the same error and reports it
+            log.debug("attempt of job %s unknown", job.id, exc_info=True)
+            return None
 
     def attempt_of(self, job: ClaimedJob) -> int:
         """Which try of its step (or compensation) this job is, 1 for the first.
 
-        Read from the saga's events (through the stream cache: usually a one-row look);
-        `complete`, which is retried by the queue alone, counts the job's own failures.
+        From the saga's events; `complete`, which only the queue retries, counts the
+        job's own failures.
         """
         step, compensation = _STEPS.get(job.kind), _COMPENSATIONS.get(job.kind)
-        if step is None and compensation is None:
-            return job.failures + 1
-        try:
-            uow = self.uow_factory(None)
-            with uow.read_only():
-                saga = uow.sagas.get(job.saga_id)
-        except Exception:  # the job itself meets the same error and reports it
-            log.debug("attempt of job %s unknown", job.id, exc_info=True)
-            saga = None
+        saga = self._saga(job) if step is not None or compensation is not None else None
         if saga is None:
             return job.failures + 1
         if step is not None:
@@ -97,8 +123,12 @@ class JobTelemetry:
             "correlation_id": job.saga_id,
         }
         attributes = {**fields, "job_type": job_type(job.kind)}
+
+        def remember() -> None:
+            self._thread.last = (job.id, job.claim_token)
+
         with (
             self.tracing.span(job.kind, job.saga_id, attributes) as span,
             job_context(**fields, **self.tracing.current_ids()),
         ):
-            yield _Watch(job, span)
+            yield _Watch(job, span, remember)

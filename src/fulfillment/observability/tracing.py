@@ -133,15 +133,17 @@ NO_TRACING = Tracing()
 
 
 def tracing_mode(environ: Mapping[str, str] | None = None) -> str | None:
-    """"console", "otlp" or None (off), from the environment."""
+    """The tracing mode from the environment: "console", "otlp", or None (off)."""
     env = os.environ if environ is None else environ
     chosen = env.get("FULFILLMENT_TRACING", "").strip().lower()
     if chosen in _OFF:
         return None
     if chosen == "console":
         return "console"
-    if chosen == "otlp" or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    if (
+        chosen == "otlp"
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
         return "otlp"
     if chosen:
@@ -149,9 +151,7 @@ def tracing_mode(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-def setup_tracing(
-    environ: Mapping[str, str] | None = None, *, exporter: Any = None
-) -> Tracing:
+def setup_tracing(environ: Mapping[str, str] | None = None, *, exporter: Any = None) -> Tracing:
     """A `Tracing` from the environment, or with `exporter` (tests: an in-memory one).
 
     Returns `NO_TRACING` when tracing is off, or when OpenTelemetry's SDK is missing

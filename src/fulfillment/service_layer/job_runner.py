@@ -137,8 +137,9 @@ class JobRunner:
                 job=job,
             )
             if failed:
+                # A business outcome, not a fault of the system: info, with the reason.
                 why = reason or "retries_exhausted"
-                log.warning("step %s failed (%s): %s; compensating", job.kind, why, error)
+                log.info("step %s failed (%s): %s; compensating", job.kind, why, error)
                 return JobOutcome.STEP_FAILED
             log.info("step %s attempt failed, retrying after a backoff: %s", job.kind, error)
             return JobOutcome.RETRY_SCHEDULED

@@ -203,17 +203,13 @@
     if (!key) return;
     sessionStorage.setItem(KEY_STORAGE, key);
     $("key-input").value = "";
-    gateRejected = true; // if this key fails too, say so
     route();
   });
 
   $("forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
-    gateRejected = false;
     route();
   });
-
-  let gateRejected = false;
 
   function setLive(state, text) {
     $("live").dataset.state = state;
@@ -233,14 +229,15 @@
     const params = new URLSearchParams(query || "");
     const order = /^\/orders\/(.+)$/.exec(path);
     if (order) return { page: "order", id: decodeURIComponent(order[1]) };
-    return { page: "overview", status: params.get("status") };
+    const limit = Number(params.get("limit"));
+    return { page: "overview", status: params.get("status"), limit: limit >= 1 && limit <= 200 ? limit : PAGE_SIZE };
   }
 
   function route() {
     generation += 1;
     clearTimeout(timer);
     const target = parseHash();
-    view = target.page === "order" ? orderView(target.id) : overviewView(target.status);
+    view = target.page === "order" ? orderView(target.id) : overviewView(target.status, target.limit);
     tick(generation, true);
   }
 
@@ -256,14 +253,15 @@
         await view.refresh(first);
         if (gen !== generation) return;
         hideGate();
-        gateRejected = false;
         setLive("live", `live \u00b7 ${new Date().toLocaleTimeString([], { hour12: false })}`);
       }
     } catch (error) {
       if (gen !== generation) return;
       if (error instanceof Unauthorized) {
-        if (!storedKey()) gateRejected = false;
-        showGate(gateRejected);
+        // A stored key that the server refuses (mistyped, or rotated) is dropped.
+        const rejected = Boolean(storedKey());
+        sessionStorage.removeItem(KEY_STORAGE);
+        showGate(rejected);
         return; // no polling until a key is entered
       }
       setLive("error", `offline \u00b7 retrying (${error.message})`);
@@ -294,7 +292,7 @@
 
   // --- overview: KPIs, throughput, queue, stuck sagas, orders ------------------------------
 
-  function overviewView(status) {
+  function overviewView(status, pageSize) {
     const filter = ORDER_FILTERS.some(([value]) => value === status) ? status : null;
     const cursors = [null]; // cursor of each page seen; the last is the current page's
     let nextCursor = null;
@@ -332,7 +330,7 @@
     );
 
     async function refresh() {
-      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      const query = new URLSearchParams({ limit: String(pageSize) });
       if (filter) query.set("status", filter);
       const cursor = cursors[cursors.length - 1];
       if (cursor) query.set("cursor", cursor);
@@ -385,7 +383,7 @@
       kpi("Fulfilled", o.fulfilled, rate === null ? "no order finished yet" : `${rate}% of finished`, "tone-ok", "kpi-fulfilled"),
       kpi("Cancelled", o.cancelled, "compensated", "tone-warn", "kpi-cancelled"),
       kpi("Needs attention", o.needs_attention, "compensation failed", o.needs_attention ? "tone-bad" : "", "kpi-attention"),
-      kpi("Throughput", s.throughput.finished_per_minute_5m, "finished / min, last 5 min", "", "kpi-throughput"),
+      kpi("Throughput", s.throughput.finished_per_minute_5m, "finished per minute, last 5 min", "", "kpi-throughput"),
       kpi("Queue depth", s.queue.depth, `${s.queue.ready} ready \u00b7 ${s.queue.running} running`, "", "kpi-queue"),
       kpi("Stuck sagas", s.stuck.count + (s.stuck.more ? "+" : ""), s.stuck.count ? "need an operator" : "all moving", s.stuck.count ? "tone-bad" : "tone-ok", "kpi-stuck"),
     );
@@ -393,7 +391,7 @@
 
   function renderChart(el, note, t) {
     const buckets = t.buckets;
-    const W = 600, H = 150, pad = { l: 28, r: 8, t: 10, b: 22 };
+    const W = 600, H = 190, pad = { l: 28, r: 8, t: 10, b: 22 };
     const max = Math.max(1, ...buckets.map((b) => Math.max(b.placed, b.fulfilled + b.cancelled + b.needs_attention)));
     const bw = (W - pad.l - pad.r) / buckets.length;
     const y = (v) => pad.t + (H - pad.t - pad.b) * (1 - v / max);
@@ -600,11 +598,12 @@
       h("li", {}, h("b", {}, `attempt ${a.attempt}`), a.outcome === "retried" ? ` (retried in ${formatMs(a.retry_in_seconds * 1000)})` : "", ": ", a.error));
     const undoErrors = compensated ? compensated.attempts.filter((a) => a.error).map((a) =>
       h("li", {}, h("b", {}, `undo ${a.attempt}`), ": ", a.error)) : [];
+    const undoWhen = compensated && compensated.at ? ` \u00b7 +${formatMs(offsetMs(start, compensated.at))}` : "";
     const undo = compensated ? h("div", { class: `undo undo-${compensated.status}` },
       h("span", { class: "undo-icon" }, "\u21ba"),
-      h("span", {}, { done: "undone by ", failed: "undo failing: ", running: "undoing: " }[compensated.status] || "to undo: ",
-        h("code", {}, compensated.event)),
-      compensated.at ? h("span", { class: "muted" }, ` +${formatMs(offsetMs(start, compensated.at))}`) : null) : null;
+      h("span", { class: "undo-label" },
+        h("small", {}, ({ done: "undone by", failed: "undo failing", running: "undoing now" }[compensated.status] || "to undo") + undoWhen),
+        h("code", {}, compensated.event))) : null;
     const job = step.job ? h("div", { class: "job" }, `job ${step.job.status}`, step.job.failures ? ` \u00b7 ${plural(step.job.failures, "failure")}` : "", step.job.last_error ? ` \u00b7 ${step.job.last_error}` : "") : null;
     return h("article", { class: `step st-${step.status}`, dataset: { step: step.name, status: step.status } },
       h("div", { class: "step-top" },

@@ -40,9 +40,7 @@ def upgrade() -> None:
         sa.Column("value", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("name", "labels", name=op.f("pk_metric_counters")),
     )
-    op.execute(
-        "UPDATE projection_checkpoints SET position = 0 WHERE name = 'order_summaries'"
-    )
+    op.execute("UPDATE projection_checkpoints SET position = 0 WHERE name = 'order_summaries'")
 
 
 def downgrade() -> None:
