@@ -17,7 +17,6 @@ import anyio
 from fastapi import FastAPI, Header, Path, Query
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from fulfillment import __version__, views
@@ -33,8 +32,8 @@ from fulfillment.entrypoints.api_errors import (
     error_response,
     install_error_handlers,
 )
-from fulfillment.entrypoints.api_metrics import SagaMetrics
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
+from fulfillment.observability.metrics import render_metrics
 from fulfillment.service_layer.commands import CreateOrder, SetInventory
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 
@@ -130,6 +129,10 @@ def create_api(
                 app.close()
 
     api = FastAPI(
+        # No Swagger/ReDoc pages: they load their scripts from a CDN, and this service
+        # works offline. The schema itself is at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
         title="Fulfillment Saga",
         version=__version__,
         description="Order fulfillment for an online pharmacy. Every error is "
@@ -141,10 +144,7 @@ def create_api(
     api.add_middleware(BodySizeLimit)
     if app.settings.api_keys:
         api.add_middleware(BearerAuth, keys=app.settings.api_keys, open_paths=OPEN_PATHS)
-    registry = CollectorRegistry()
-    registry.register(SagaMetrics(app.engine))
     api.state.fulfillment = app
-    api.state.metrics_registry = registry
 
     @api.put(
         "/inventory/{sku}",
@@ -321,13 +321,13 @@ def create_api(
         tags=["operations"],
     )
     def metrics() -> Response:
-        """Prometheus metrics, counted from the database."""
+        """Prometheus metrics, aggregated through the database (see docs/observability.md)."""
         try:
-            payload = generate_latest(registry)
+            payload, content_type = render_metrics(app)
         except Exception as exc:
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             return error_response(503, "unavailable", "the database does not answer")
-        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+        return Response(payload, media_type=content_type)
 
     api.include_router(dashboard_router(app))
     _document_security(api, bool(app.settings.api_keys))

@@ -107,7 +107,13 @@ def run_server(
 
     api = create_app(settings, workers=workers, worker_concurrency=worker_concurrency)
     config = uvicorn.Config(
-        api, host=host, port=port, log_level="info", timeout_graceful_shutdown=10, lifespan="on"
+        api,
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=None,  # uvicorn logs through our structlog set-up (JSON in production)
+        timeout_graceful_shutdown=10,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
 
