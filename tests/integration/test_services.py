@@ -120,6 +120,18 @@ def test_setting_stock_creates_and_updates_the_level(app: App) -> None:
     assert level == StockLevel("A", 3, 0) and level.available == 3
 
 
+def test_skus_differing_in_case_or_trailing_space_are_different_products(app: App) -> None:
+    with app.uow() as uow:
+        for sku, on_hand in (("abc", 1), ("ABC", 2), ("abc ", 3)):
+            uow.inventory.set_on_hand(sku, on_hand)
+        uow.commit()
+    assert [stock(app, sku) for sku in ("abc", "ABC", "abc ")] == [
+        StockLevel("abc", 1, 0),
+        StockLevel("ABC", 2, 0),
+        StockLevel("abc ", 3, 0),
+    ]
+
+
 def test_stock_cannot_be_set_below_what_is_reserved(app: App) -> None:
     set_stock(app, A=10)
     reserve(app, "o1", ("A", 6))

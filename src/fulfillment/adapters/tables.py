@@ -36,6 +36,12 @@ Position = BigInteger().with_variant(Integer, "sqlite")
 Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 # Long free text (errors); MySQL TEXT is 64 KiB, plenty.
 Id = String(64)
+# Keys that clients choose (SKUs, idempotency keys) compare byte for byte on every backend;
+# MariaDB's default collation would make "abc", "ABC" and "abc " the same key, and even
+# utf8mb4_bin ignores trailing spaces (PAD SPACE): hence MariaDB's NO PAD binary collation.
+ExactKey = String(200).with_variant(
+    mysql.VARCHAR(200, collation="utf8mb4_nopad_bin"), "mysql", "mariadb"
+)
 
 events = Table(
     "events",
@@ -97,7 +103,7 @@ prescriptions = Table(
 inventory = Table(
     "inventory",
     metadata,
-    Column("sku", String(200), primary_key=True),
+    Column("sku", ExactKey, primary_key=True),
     Column("on_hand", Integer, nullable=False),
     Column("reserved", Integer, nullable=False, default=0),
     Column("updated_at", Timestamp, nullable=False),
@@ -136,7 +142,7 @@ idempotency_keys = Table(
     metadata,
     Column(
         "key",
-        String(200).with_variant(mysql.VARCHAR(200, collation="utf8mb4_bin"), "mysql", "mariadb"),
+        ExactKey,
         primary_key=True,
     ),
     Column("request_hash", String(64), nullable=False),
@@ -182,13 +188,10 @@ projection_checkpoints = Table(
 # `labels` is the series' label set as canonical JSON ("" for none). Written only by the
 # projector, in the transaction that advances its checkpoint, so every process that reads
 # them reports the same numbers and none is counted twice. Compared byte for byte.
-_BinaryString = String(200).with_variant(
-    mysql.VARCHAR(200, collation="utf8mb4_bin"), "mysql", "mariadb"
-)
 metric_counters = Table(
     "metric_counters",
     metadata,
-    Column("name", _BinaryString, primary_key=True),
-    Column("labels", _BinaryString, primary_key=True),
+    Column("name", ExactKey, primary_key=True),
+    Column("labels", ExactKey, primary_key=True),
     Column("value", Double, nullable=False),
 )
