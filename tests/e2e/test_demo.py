@@ -10,7 +10,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from fulfillment.entrypoints.demo import Scenario, plan_orders
+from fulfillment.entrypoints.demo_mix import Scenario, plan_orders
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FULFILLMENT = Path(sys.executable).parent / "fulfillment"

@@ -261,6 +261,51 @@ def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> No
     assert "fulfilled" in line_of(cli("orders", "list"), "o-dead")
 
 
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def test_jobs_list_shows_a_dead_job_with_its_error_and_jobs_retry_revives_it(
+    cli: Cli, app: App
+) -> None:
+    real_prescription = app.bus.handlers[c.CreatePrescription]
+
+    def broken(cmd: c.CreatePrescription, uow: AbstractUnitOfWork) -> None:
+        raise RuntimeError("prescription registry bug")
+
+    app.bus.handlers[c.CreatePrescription] = broken
+    app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
+    place_order(app, "o-dead")
+    run_jobs(app)
+    place_order(app, "o-waiting")  # its first job waits in the queue: no worker runs now
+
+    dead = cli("jobs", "list", "--status", "dead")
+    row = line_of(dead, "o-dead")
+    assert "create_prescription" in row and "dead" in row
+    assert "RuntimeError: prescription registry bug" in row
+    assert "o-waiting" not in dead
+    assert "queue: 1 ready, 0 running, 1 dead (2 in all)" in dead
+    waiting = line_of(cli("jobs", "list"), "o-waiting")
+    assert "create_prescription" in waiting and "ready" in waiting
+    assert " ago " in waiting or " now " in waiting  # run_at, relative to the DB clock
+    oldest = cli("jobs", "list", "--limit", "1")
+    assert "o-dead" in oldest and "o-waiting" not in oldest
+    assert "showing the oldest 1 of 2" in oldest
+    assert "unknown job status 'lost'" in cli("jobs", "list", "--status", "lost", expect=2)
+
+    refused = cli("jobs", "retry", "o-waiting", expect=1)
+    assert "no dead job for saga 'o-waiting' (its job is ready)" in refused
+    out = cli("jobs", "retry", "o-dead")
+    assert "saga o-dead: dead job create_prescription is back in the queue" in out
+    assert "no dead jobs" in cli("jobs", "list", "--status", "dead")
+
+    app.bus.handlers[c.CreatePrescription] = real_prescription
+    run_jobs(app)
+    assert "fulfilled" in line_of(cli("orders", "list"), "o-dead")
+    assert "no dead job for saga 'o-dead' (it has no job)" in cli(
+        "jobs", "retry", "o-dead", expect=1
+    )
+
+
 # --- events and projections -----------------------------------------------------------------
 
 

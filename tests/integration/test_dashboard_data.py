@@ -22,10 +22,11 @@ from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints import cli_ops
+from fulfillment.entrypoints import cli_common, cli_sagas
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.dashboard import SHELL_PATHS
-from fulfillment.entrypoints.dashboard_data import dashboard_orders, order_timeline, overview
+from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
+from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
@@ -411,8 +412,8 @@ def terminal(monkeypatch: pytest.MonkeyPatch, database_url: str) -> io.StringIO:
     """The operator CLI's consoles, writing plain text 200 columns wide into a buffer."""
     out = io.StringIO()
     console = Console(file=out, width=200, color_system=None, highlight=False)
-    monkeypatch.setattr(cli_ops, "console", console)
-    monkeypatch.setattr(cli_ops, "errors", console)
+    monkeypatch.setattr(cli_common, "console", console)
+    monkeypatch.setattr(cli_common, "errors", console)
     monkeypatch.setenv("FULFILLMENT_DATABASE_URL", database_url)
     return out
 
@@ -423,7 +424,7 @@ def test_sagas_show_prints_the_steps_then_the_compensations_in_lifo_order_then_t
     place_order(stocked, "o-br", country="BR")
     run_jobs(stocked)
 
-    cli_ops.sagas_show("o-br")
+    cli_sagas.sagas_show("o-br")
     text = terminal.getvalue()
     assert "Saga o-br  compensated  (unsupported_destination)" in text
     lines = text.splitlines()
@@ -449,7 +450,7 @@ def test_sagas_show_prints_the_steps_then_the_compensations_in_lifo_order_then_t
 
 
 def test_sagas_show_of_an_unknown_saga_says_so_and_exits_1(app: App, terminal: io.StringIO) -> None:
-    with pytest.raises(cli_ops.typer.Exit) as exit_info:
-        cli_ops.sagas_show("o-nobody")
+    with pytest.raises(cli_sagas.typer.Exit) as exit_info:
+        cli_sagas.sagas_show("o-nobody")
     assert exit_info.value.exit_code == 1
     assert "unknown saga 'o-nobody'" in terminal.getvalue()

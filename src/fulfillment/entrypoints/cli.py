@@ -146,7 +146,7 @@ def serve_command(
     )
 
 
-# Operator commands: orders, sagas, events, inventory, projections.
+# Operator commands: orders, sagas, jobs, events, inventory, projections.
 for _group, _name in cli_ops.GROUPS:
     app.add_typer(_group, name=_name)
 

@@ -24,7 +24,8 @@ from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
 from fulfillment.entrypoints.api_errors import ApiError
-from fulfillment.entrypoints.dashboard_data import dashboard_orders, order_timeline, overview
+from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
+from fulfillment.entrypoints.dashboard_timeline import order_timeline
 
 #: file name in `static/` -> (path it is served at, media type)
 _SHELL = {

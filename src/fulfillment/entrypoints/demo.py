@@ -17,106 +17,34 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
-from fulfillment.domain.events import (
-    DomainEvent,
-    OrderCancelled,
-    OrderCreated,
-    OrderFulfilled,
-    SagaStepAttemptFailed,
+from fulfillment.entrypoints.demo_mix import CATALOGUE, PlannedOrder, Scenario, plan_orders
+from fulfillment.entrypoints.demo_report import (
+    FULFILLED,
+    EventTally,
+    check_inventory,
+    print_compensated_example,
+    print_outcomes,
+    print_timings,
 )
-from fulfillment.domain.status import FailureReason
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
-from fulfillment.service_layer.commands import CreateOrder, SetInventory
+from fulfillment.service_layer.commands import SetInventory
 
 DEFAULT_DATABASE = Path("fulfillment-demo.db")
-FULFILLED = "fulfilled"
-STUCK = "stuck (not finished)"
-REASONS = (
-    FailureReason.PRESCRIPTION_EXPIRED.value,
-    FailureReason.INSUFFICIENT_STOCK.value,
-    FailureReason.UNSUPPORTED_DESTINATION.value,
-    FailureReason.RETRIES_EXHAUSTED.value,
-)
 # Demo defaults, each overridden by the user's own FULFILLMENT_* variable when set.
 DEMO_DEFAULTS = {
     "FULFILLMENT_RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", 0.05),
     "FULFILLMENT_CARRIER_LATENCY_MS": ("carrier_latency_ms", 20.0),
     "FULFILLMENT_CARRIER_FAILURE_RATE": ("carrier_failure_rate", 0.1),
-}
-
-
-@dataclass(frozen=True)
-class Product:
-    sku: str
-    name: str
-    stock: int
-    popularity: float = 1.0
-
-
-CATALOGUE: tuple[Product, ...] = (
-    Product("AMOX-500-21", "Amoxicillin 500 mg capsules (21)", 400),
-    Product("ATOR-20-28", "Atorvastatin 20 mg tablets (28)", 350),
-    Product("METF-850-56", "Metformin 850 mg tablets (56)", 320),
-    Product("LISI-10-28", "Lisinopril 10 mg tablets (28)", 300),
-    Product("LEVO-50-28", "Levothyroxine 50 mcg tablets (28)", 280),
-    Product("OMEP-20-28", "Omeprazole 20 mg capsules (28)", 300),
-    Product("SERT-50-28", "Sertraline 50 mg tablets (28)", 260),
-    Product("AMLO-5-28", "Amlodipine 5 mg tablets (28)", 240),
-    Product("SALB-100-200", "Salbutamol 100 mcg inhaler (200 doses)", 180),
-    Product("PRED-5-28", "Prednisolone 5 mg tablets (28)", 150),
-    # Scarce: a few orders empty the shelf and the next ones run out of stock.
-    Product("INSG-100-5", "Insulin glargine 100 U/ml pens (5)", 6, popularity=0.25),
-    Product("ADRE-300-2", "Adrenaline 300 mcg auto-injectors (2)", 4, popularity=0.25),
-)
-
-CITIES = {
-    "US": ("Springfield", "62701"),
-    "CA": ("Toronto", "M5V 2T6"),
-    "GB": ("Manchester", "M1 1AE"),
-    "DE": ("Berlin", "10115"),
-    "FR": ("Lyon", "69001"),
-    "NL": ("Utrecht", "3511 AA"),
-    "BR": ("Sao Paulo", "01310-100"),
-    "JP": ("Osaka", "530-0001"),
-    "AU": ("Perth", "6000"),
-    "MX": ("Guadalajara", "44100"),
-}
-NAMES = (
-    "Ada Lovelace", "Grace Hopper", "Alan Turing", "Katherine Johnson", "Edsger Dijkstra",
-    "Barbara Liskov", "Donald Knuth", "Margaret Hamilton", "Tony Hoare", "Frances Allen",
-    "John Backus", "Radia Perlman", "Ken Thompson", "Hedy Lamarr", "Niklaus Wirth",
-)  # fmt: skip
-
-
-class Scenario(StrEnum):
-    """What a placed order is meant to exercise."""
-
-    REGULAR = "regular"
-    EXPIRED_PRESCRIPTION = "expired prescription"
-    OVER_STOCK = "more than in stock"
-    UNSUPPORTED_DESTINATION = "unsupported destination"
-    CARRIER_OUTAGE = "carrier outage"
-
-
-#: Share of each unhappy scenario in the mix; the rest are regular orders.
-MIX = {
-    Scenario.EXPIRED_PRESCRIPTION: 0.07,
-    Scenario.OVER_STOCK: 0.06,
-    Scenario.UNSUPPORTED_DESTINATION: 0.07,
-    Scenario.CARRIER_OUTAGE: 0.03,
 }
 
 
@@ -131,54 +59,6 @@ class DemoOptions:
     keep: bool = False
     rate: float = 40.0  # orders placed per second
     timeout: float = 60.0  # seconds to wait for the last sagas after the last order
-
-
-@dataclass(frozen=True)
-class PlannedOrder:
-    scenario: Scenario
-    command: CreateOrder
-
-
-def plan_orders(
-    count: int, seed: int, supported: tuple[str, ...], today: date, run_tag: str
-) -> list[PlannedOrder]:
-    """A deterministic mix for `seed`: mostly regular orders, with every unhappy path."""
-    rng = random.Random(seed)
-    scenarios: list[Scenario] = []
-    for scenario, share in MIX.items():
-        scenarios += [scenario] * (max(1, round(count * share)) if count >= 10 else 0)
-    scenarios = scenarios[:count] + [Scenario.REGULAR] * max(0, count - len(scenarios))
-    rng.shuffle(scenarios)
-    unsupported = [c for c in CITIES if c not in supported][:2] or ["AQ"]
-    plentiful = [p for p in CATALOGUE if p.popularity >= 1.0]
-    plans = []
-    for i, scenario in enumerate(scenarios):
-        # Unhappy orders stick to plentiful products, so each fails for its own reason.
-        shelf = CATALOGUE if scenario is Scenario.REGULAR else plentiful
-        products = rng.choices(shelf, [p.popularity for p in shelf], k=rng.randint(1, 3))
-        lines = {p.sku: rng.randint(1, 3) for p in products}
-        if scenario is Scenario.OVER_STOCK:
-            product = rng.choice(plentiful)
-            lines = {product.sku: product.stock + rng.randint(1, 200)}
-        country = rng.choice(supported) if supported else unsupported[0]
-        if scenario is Scenario.UNSUPPORTED_DESTINATION:
-            country = rng.choice(unsupported)
-        expires = today + timedelta(days=rng.randint(30, 365))
-        if scenario is Scenario.EXPIRED_PRESCRIPTION:
-            expires = today - timedelta(days=rng.randint(1, 90))
-        name = rng.choice(NAMES)
-        city, postal_code = CITIES.get(country, ("Capital City", "00000"))
-        command = CreateOrder(
-            order_id=f"ord-{run_tag}-{i + 1:04d}",
-            customer_id=f"cust-{rng.randint(1000, 9999)}",
-            items=tuple(OrderLine(sku, qty) for sku, qty in lines.items()),
-            prescription=PrescriptionDetails(f"GMC-{rng.randint(1000000, 9999999)}", name, expires),
-            shipping_address=ShippingAddress(
-                name, f"{rng.randint(1, 250)} High Street", city, postal_code, country
-            ),
-        )
-        plans.append(PlannedOrder(scenario, command))
-    return plans
 
 
 def demo_settings(
@@ -197,68 +77,6 @@ def fresh_database(path: Path) -> None:
     """Delete the demo database and its WAL side files, so each run starts empty."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-TALLIED = frozenset({"OrderCreated", "OrderFulfilled", "OrderCancelled", "SagaStepAttemptFailed"})
-
-
-class EventTally:
-    """Follows the global event feed and tallies the outcome of the demo's orders."""
-
-    def __init__(self, app: App, order_ids: set[str]) -> None:
-        self.app = app
-        self.order_ids = order_ids
-        self.position = 0
-        self.created_at: dict[str, datetime] = {}
-        self.ended_at: dict[str, datetime] = {}
-        self.outcome: dict[str, str] = {}
-        self.items: dict[str, tuple[OrderLine, ...]] = {}
-        self.retries: Counter[str] = Counter()
-
-    def poll(self) -> None:
-        """Read every event committed since the last poll."""
-        while True:
-            with self.app.uow() as uow:
-                batch = uow.events.read_all(after=self.position, limit=1000)
-            for stored in batch:
-                self.position = stored.position
-                if stored.type in TALLIED:
-                    event = self.app.mapper.to_event(
-                        stored.type, stored.event_version, stored.data, stored.recorded_at
-                    )
-                    self._apply(event)
-            if len(batch) < 1000:
-                return
-
-    def _apply(self, event: DomainEvent) -> None:
-        if isinstance(event, SagaStepAttemptFailed) and event.saga_id in self.order_ids:
-            self.retries[event.saga_id] += 1
-        elif isinstance(event, OrderCreated) and event.order_id in self.order_ids:
-            self.created_at[event.order_id] = event.occurred_at
-            self.items[event.order_id] = event.items
-        elif (
-            isinstance(event, OrderFulfilled | OrderCancelled) and event.order_id in self.order_ids
-        ):
-            self.ended_at[event.order_id] = event.occurred_at
-            self.outcome[event.order_id] = (
-                FULFILLED if isinstance(event, OrderFulfilled) else event.reason
-            )
-
-    @property
-    def finished(self) -> int:
-        return len(self.outcome)
-
-    def counts(self) -> Counter[str]:
-        return Counter(self.outcome.values())
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
 
 
 def run_demo(
@@ -334,10 +152,10 @@ def _run(app: App, options: DemoOptions, plans: list[PlannedOrder], console: Con
     elapsed = time.monotonic() - started
     rejected = placer.rejected
     stuck = len(plans) - len(rejected) - tally.finished
-    _print_outcomes(tally, len(plans), stuck, rejected, console)
-    _print_timings(tally, elapsed, options.rate, console)
-    invariant_ok = _check_inventory(app, tally, console)
-    _print_compensated_example(app, tally, console)
+    print_outcomes(tally, len(plans), stuck, rejected, console)
+    print_timings(tally, elapsed, options.rate, console)
+    invariant_ok = check_inventory(app, tally, console)
+    print_compensated_example(app, tally, console)
     console.print(
         f"\nThe database stays at {options.database}: inspect it with "
         f"FULFILLMENT_DATABASE_URL=sqlite:///{options.database} fulfillment ...",
@@ -408,135 +226,3 @@ def _follow(
             if now > deadline or (idle_since is not None and now - idle_since > 2.0):
                 return  # the rest is stuck: the summary says so
             time.sleep(0.2)
-
-
-def _print_outcomes(
-    tally: EventTally, total: int, stuck: int, rejected: list[str], console: Console
-) -> None:
-    counts = tally.counts()
-    table = Table(title="Outcomes", title_justify="left")
-    table.add_column("outcome")
-    table.add_column("orders", justify="right")
-    table.add_column("share", justify="right")
-    rows = [(FULFILLED, counts.pop(FULFILLED, 0), "green")]
-    rows += [(f"cancelled: {r}", counts.pop(r, 0), "yellow") for r in REASONS]
-    rows += [(f"cancelled: {r}", n, "yellow") for r, n in sorted(counts.items())]
-    rows += [(STUCK, stuck, "red" if stuck else "green")]
-    if rejected:
-        rows += [("rejected when placed", len(rejected), "red")]
-    for label, n, style in rows:
-        table.add_row(label, str(n), f"{100 * n / max(1, total):.1f}%", style=style)
-    table.add_row("total", str(total), "", style="bold")
-    console.print(table)
-    for line in rejected[:5]:
-        console.print(f"[red]rejected[/red] {line}", highlight=False)
-
-
-def _print_timings(tally: EventTally, elapsed: float, rate: float, console: Console) -> None:
-    latencies = [
-        (tally.ended_at[o] - tally.created_at[o]).total_seconds() * 1000
-        for o in tally.ended_at
-        if o in tally.created_at
-    ]
-    span = (
-        (max(tally.ended_at.values()) - min(tally.created_at.values())).total_seconds()
-        if tally.ended_at and tally.created_at
-        else 0.0
-    )
-    table = Table(title="Timings", title_justify="left", show_header=False)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    retried = sum(1 for n in tally.retries.values() if n)
-    table.add_row(
-        "transient carrier faults retried", f"{tally.retries.total()} in {retried} orders"
-    )
-    table.add_row(
-        "throughput",
-        f"{tally.finished / span:.1f} orders/s (placed at {rate:g}/s)" if span > 0 else "n/a",
-    )
-    for p in (50, 95, 99):
-        table.add_row(f"latency p{p} (placed -> ended)", f"{percentile(latencies, p):.0f} ms")
-    table.add_row("wall time", f"{elapsed:.1f} s")
-    console.print(table)
-
-
-def _check_inventory(app: App, tally: EventTally, console: Console) -> bool:
-    """0 <= reserved <= on_hand; nothing left reserved; on_hand = seeded - fulfilled."""
-    shipped: Counter[str] = Counter()
-    for order_id, outcome in tally.outcome.items():
-        if outcome == FULFILLED:
-            for line in tally.items.get(order_id, ()):
-                shipped[line.sku] += line.quantity
-    table = Table(title="Inventory", title_justify="left")
-    wide = console.width >= 100  # product names only where they fit
-    table.add_column("sku", no_wrap=True)
-    if wide:
-        table.add_column("product", no_wrap=True, overflow="ellipsis", max_width=40)
-    for column in ("seeded", "fulfilled", "on_hand", "reserved", "check"):
-        table.add_column(column, justify="right", no_wrap=True)
-    ok = True
-    with app.uow() as uow:
-        levels = {p.sku: uow.inventory.get(p.sku) for p in CATALOGUE}
-    for product in CATALOGUE:
-        level = levels[product.sku]
-        on_hand, reserved = (level.on_hand, level.reserved) if level else (-1, -1)
-        good = 0 <= reserved <= on_hand and reserved == 0
-        good = good and on_hand == product.stock - shipped[product.sku]
-        ok = ok and good
-        table.add_row(
-            product.sku,
-            *([product.name] if wide else []),
-            str(product.stock),
-            str(shipped[product.sku]),
-            str(on_hand),
-            str(reserved),
-            "[green]ok[/green]" if good else "[red]FAIL[/red]",
-        )
-    console.print(table)
-    if ok:
-        console.print(
-            "[bold green]inventory invariant holds:[/bold green] for every SKU "
-            "0 <= reserved <= on_hand, nothing left reserved, on_hand = seeded - fulfilled",
-            highlight=False,
-        )
-    else:
-        console.print(
-            "[bold red]inventory invariant VIOLATED[/bold red]: see the FAIL rows above",
-            highlight=False,
-        )
-    return ok
-
-
-def _print_compensated_example(app: App, tally: EventTally, console: Console) -> None:
-    """The history of one cancelled order that had something to undo: LIFO compensation."""
-    preference = (
-        FailureReason.RETRIES_EXHAUSTED.value,
-        FailureReason.UNSUPPORTED_DESTINATION.value,
-        FailureReason.INSUFFICIENT_STOCK.value,
-    )
-    for reason in preference:
-        order_id = next((o for o, r in sorted(tally.outcome.items()) if r == reason), None)
-        if order_id is not None:
-            break
-    else:
-        return
-    with app.uow() as uow:
-        history = uow.events.read_streams([f"order-{order_id}", f"saga-{order_id}"])
-    console.print(
-        f"\n[bold]Example: order {order_id} was cancelled ({reason}).[/bold] "
-        "Its events in commit order; the steps that had succeeded are undone last-in-first-out:",
-        highlight=False,
-    )
-    undo = {"SagaCompensationStarted", "ShipmentCancelled", "InventoryReleased"}
-    undo |= {"PrescriptionCancelled", "OrderCancelled"}
-    for n, stored in enumerate(history, start=1):
-        style = "yellow" if stored.type in undo else "cyan"
-        note = ""
-        if stored.type == "SagaStepAttemptFailed":
-            note = f"  (attempt {stored.data.get('attempt')}: {stored.data.get('error')})"
-        elif "reason" in stored.data:
-            note = f"  (reason: {stored.data['reason']})"
-        console.print(
-            f"  {n:>2}. [{style}]{stored.type}[/{style}]  [dim]{stored.stream_id}[/dim]{note}",
-            highlight=False,
-        )

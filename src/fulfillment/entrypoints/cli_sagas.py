@@ -1,0 +1,419 @@
+"""Operator commands for the saga machinery: `fulfillment sagas|jobs ...`.
+
+`sagas list|show|retry` read the sagas (a timeline of one saga, with its compensations in
+the order they ran) and resume the parked ones; `jobs list|retry` inspect the durable
+queue that drives them and put dead jobs back in line.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import select
+
+from fulfillment import views
+from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
+from fulfillment.domain.errors import DomainError
+from fulfillment.domain.status import SagaStatus
+from fulfillment.entrypoints import cli_common as ui
+from fulfillment.entrypoints.dashboard_timeline import order_timeline
+from fulfillment.service_layer import commands as c
+
+sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
+
+_SHORT_STEP = {
+    "create_prescription": "rx",
+    "reserve_inventory": "stock",
+    "initiate_shipment": "ship",
+}
+_SHORT_STATUS = {
+    "pending": "-",
+    "succeeded": "ok",
+    "failed": "failed",
+    "compensated": "undone",
+    "compensation_failed": "undo-failed",
+}
+_ICON = {
+    "succeeded": "\u2713",
+    "failed": "\u2715",
+    "compensated": "\u21ba",
+    "compensation_failed": "!",
+    "running": "\u25cf",
+    "pending": "\u2026",
+    "skipped": "\u2013",
+}
+_UNDO = {
+    "done": ("\u21ba compensated", "yellow"),
+    "running": ("\u25cf undoing", "cyan"),
+    "pending": ("\u2026 to undo", "cyan"),
+    "failed": ("! undo failed", "bold red"),
+}
+_JOB_STATUSES = (READY, RUNNING, DEAD)
+_ERROR_WIDTH, _MIN_ERROR_WIDTH = 80, 24
+
+
+def _steps(steps: list[dict[str, Any]]) -> Text:
+    """`rx:ok stock:undone ship:failed(3)`: each step, its status, attempts beyond one."""
+    text = Text()
+    for n, step in enumerate(steps):
+        if n:
+            text.append(" ")
+        text.append(f"{_SHORT_STEP.get(step['name'], step['name'])}:")
+        status = step["status"]
+        text.append(_SHORT_STATUS.get(status, status), style=ui.STATUS_STYLE.get(status, ""))
+        if step["attempts"] > 1:
+            text.append(f"({step['attempts']})")
+    return text
+
+
+# --- sagas --------------------------------------------------------------------------------
+
+
+@sagas_app.command("list")
+def sagas_list(
+    status: str | None = typer.Option(
+        None,
+        "--status",
+        "-s",
+        help="running, compensating, completed, compensated, compensation_failed or stuck.",
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
+) -> None:
+    """Sagas, newest first; `--status stuck` lists those that need an operator."""
+    with ui.operator_app() as app:
+        try:
+            sagas, next_cursor = views.list_sagas(app, status, limit, cursor)
+        except views.InvalidQuery as exc:
+            raise ui.fail(str(exc), 2) from exc
+    table = Table(title=f"Sagas{f' ({status})' if status else ''}", title_justify="left")
+    table.add_column("saga_id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("stuck")
+    table.add_column("steps", no_wrap=True)
+    table.add_column("reason")
+    table.add_column("job", no_wrap=True)
+    table.add_column("updated_at", no_wrap=True)
+    for s in sagas:
+        table.add_row(
+            s["saga_id"],
+            ui.styled(s["status"]),
+            Text("stuck", style="bold red") if s["stuck"] else Text(""),
+            _steps(s["steps"]),
+            s["reason"] or "",
+            ui.job_text(s["job"]),
+            s["updated_at"][:19].replace("T", " "),
+        )
+    ui.console.print(table if sagas else "no sagas")
+    ui.next_page(next_cursor)
+
+
+def _duration(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+    return f"{ms / 1000:.2f} s" if ms < 60_000 else f"{ms / 60_000:.1f} min"
+
+
+def _offset(start: str | None, at: str | None) -> str:
+    """`+12 ms`: how long after the saga started."""
+    if start is None or at is None:
+        return "-"
+    delta = datetime.fromisoformat(at) - datetime.fromisoformat(start)
+    return "+" + _duration(delta.total_seconds() * 1000)
+
+
+def _step_status(step: dict[str, Any]) -> Text:
+    """`✓ succeeded → ↺ compensated`, `✕ failed`, ... in status colours."""
+    undo = step["compensation"]
+    if undo is None:
+        status = step["status"]
+        return Text(f"{_ICON.get(status, '')} {status}", style=ui.STATUS_STYLE.get(status, "dim"))
+    label, style = _UNDO[undo["status"]]
+    text = Text("\u2713 succeeded", style="green")
+    text.append(" \u2192 ", style="dim")
+    text.append(label, style=style)
+    return text
+
+
+def _step_notes(step: dict[str, Any], start: str | None) -> Text:
+    notes = Text()
+    undo = step["compensation"]
+    if undo is not None:
+        verb = "undone by" if undo["status"] == "done" else "to undo:"
+        notes.append(f"{verb} ")
+        notes.append(undo["event"], style="yellow")
+        if undo["at"]:
+            notes.append(f" at {_offset(start, undo['at'])}", style="dim")
+    for attempt in step["attempt_log"] + (undo["attempts"] if undo else []):
+        if attempt.get("error"):
+            if notes:
+                notes.append("\n")
+            retried = attempt["outcome"] == "retried"
+            notes.append(f"attempt {attempt['attempt']}: ", style="bold red")
+            notes.append(attempt["error"], style="red")
+            if retried:
+                notes.append(f" (retried in {_duration(attempt['retry_in_seconds'] * 1000)})")
+    if step["job"]:
+        if notes:
+            notes.append("\n")
+        notes.append("job ", style="dim")
+        notes.append_text(ui.job_text(step["job"]))
+    return notes
+
+
+@sagas_app.command("show")
+def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
+    """One saga as a timeline: steps, compensations in the order they ran, then events."""
+    with ui.operator_app(catch_up=False) as app:
+        timeline = order_timeline(app, saga_id)
+    if timeline is None:
+        raise ui.fail(f"unknown saga {saga_id!r}")
+    order, saga = timeline["order"], timeline["saga"]
+    start = saga["started_at"]
+
+    title = Text("Saga ", style="bold")
+    title.append(saga["saga_id"], style="bold")
+    title.append("  ")
+    title.append_text(ui.styled(saga["status"]))
+    if saga["reason"]:
+        title.append(f"  ({saga['reason']})", style="dim")
+    if saga["stuck"]:
+        title.append("  stuck: `fulfillment sagas retry` may help", style="bold red")
+    ui.console.print(title)
+    took = f"took {_duration(saga['duration_ms'])}" if saga["finished_at"] else "still running"
+    summary = Text(f"order {order['status']} \u00b7 customer {order['customer_id']} \u00b7 ")
+    summary.append(f"{ui.items_text(order['items'])} \u00b7 started {start or '-'} \u00b7 {took}")
+    ui.console.print(summary, style="dim")
+    if saga["parked_error"]:
+        ui.console.print(Text(f"parked on: {saga['parked_error']}", style="red"))
+
+    steps = Table(title="Steps", title_justify="left", title_style="bold")
+    steps.add_column("#", justify="right")
+    steps.add_column("step", no_wrap=True)
+    steps.add_column("status", no_wrap=True)
+    steps.add_column("attempts", justify="right")
+    steps.add_column("started", justify="right", no_wrap=True)
+    steps.add_column("duration", justify="right", no_wrap=True)
+    steps.add_column("compensation, errors", overflow="fold")
+    for n, step in enumerate(timeline["steps"], 1):
+        steps.add_row(
+            str(n),
+            step["name"],
+            _step_status(step),
+            str(step["attempts"]),
+            _offset(start, step["started_at"]),
+            _duration(step["duration_ms"]),
+            _step_notes(step, start),
+        )
+    ui.console.print(steps)
+    _print_compensations(timeline["compensation"], start)
+    ui.console.print(ui.events_table(timeline["events"], title="Events"))
+
+
+def _print_compensations(compensation: dict[str, Any], start: str | None) -> None:
+    if compensation["started_at"] is None:
+        ui.console.print(Text("Compensations: none", style="bold"), Text("(no step failed)"))
+        return
+    table = Table(
+        title="Compensations (last in, first out, in the order they ran)",
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("event", no_wrap=True)
+    table.add_column("compensation", no_wrap=True)
+    table.add_column("undoes", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("at", justify="right", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    ran, pending = compensation["ran"], compensation["pending"]
+    for n, done in enumerate(ran, 1):
+        table.add_row(
+            str(n),
+            Text(done["event"], style="yellow"),
+            done["name"],
+            done["undoes"],
+            Text("done", style="green"),
+            _offset(start, done["finished_at"]),
+            _duration(done["duration_ms"]),
+            str(sum(1 for a in done["attempts"] if a["attempt"])),
+        )
+    for n, p in enumerate(pending, len(ran) + 1):
+        label, style = _UNDO[p["status"]]
+        table.add_row(
+            str(n), p["event"], p["name"], p["undoes"], Text(label, style=style), "-", "-", "-"
+        )
+    if not ran and not pending:
+        table.add_row("", Text("nothing to undo: the first step failed", style="dim"))
+    ui.console.print(table)
+
+
+@sagas_app.command("retry")
+def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
+    """Retry a parked saga's compensation, or put its dead job back in the queue."""
+    with ui.operator_app(catch_up=False) as app:
+        saga = views.saga_detail(app, saga_id)
+        if saga is None:
+            raise ui.fail(f"unknown saga {saga_id!r}")
+        job = saga["job"]
+        if job is not None and job["status"] == "dead":
+            if not app.queue.retry_dead(saga_id):
+                raise ui.fail(f"the dead job of saga {saga_id} changed meanwhile; look again")
+            _print_revived(saga_id, job["kind"])
+            return
+        if saga["status"] != SagaStatus.COMPENSATION_FAILED.value:
+            raise ui.fail(
+                f"saga {saga_id} is {saga['status']}"
+                f"{' with its job ' + job['status'] if job else ''}: nothing to retry"
+            )
+        pending = saga["pending_compensations"][0]["name"]
+        try:
+            app.bus.handle(c.RetrySagaCompensation(saga_id=saga_id))
+        except DomainError as exc:
+            raise ui.fail(str(exc)) from exc
+    ui.console.print(
+        f"saga {saga_id}: compensation [bold]{pending}[/bold] retried; "
+        "the saga is compensating again and a worker will run it"
+    )
+
+
+def _print_revived(saga_id: str, kind: str) -> None:
+    ui.console.print(
+        f"saga {saga_id}: dead job [bold]{kind}[/bold] is back in the queue; a worker will run it"
+    )
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def _span(seconds: float) -> str:
+    """`0.4s`, `12s`, `3m05s`, `2h10m`, `4d03h`."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _relative(at: float | None, now: float) -> str:
+    """`in 12s`, `3.0s ago` or `now`: an epoch time on the database clock, seen from `now`."""
+    if at is None:
+        return "-"
+    delta = at - now
+    if abs(delta) < 0.05:
+        return "now"
+    return f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
+
+
+def _counts_line(counts: dict[str, int]) -> Text:
+    """`queue: 3 ready, 1 running, 2 dead (6 in all)`."""
+    statuses = [*_JOB_STATUSES, *sorted(set(counts) - set(_JOB_STATUSES))]
+    line = Text("queue: ")
+    for n, status in enumerate(statuses):
+        if n:
+            line.append(", ")
+        count = counts.get(status, 0)
+        line.append(f"{count} {status}", style=ui.STATUS_STYLE.get(status, "") if count else "")
+    line.append(f" ({sum(counts.values())} in all)")
+    return line
+
+
+def _jobs_table(title: str, rows: list[list[str | Text]], errors: list[Text] | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header in ("id", "saga_id", "kind", "status", "run_at", "lease", "claimed_by"):
+        numeric = header in ("id", "run_at", "lease")
+        table.add_column(header, justify="right" if numeric else "left", no_wrap=True)
+    table.add_column("claims", justify="right")
+    table.add_column("failures", justify="right")
+    if errors is not None:
+        table.add_column("last_error", no_wrap=True)
+    for n, row in enumerate(rows):
+        table.add_row(*row, *([errors[n]] if errors is not None else []))
+    return table
+
+
+def _print_jobs(jobs: list[JobRow], now: float, title: str) -> None:
+    """One row per job, with the first line of its last error in what the terminal leaves;
+    on a terminal too narrow for that, the errors follow the table, one line per job."""
+    rows: list[list[str | Text]] = [
+        [
+            str(job.id),
+            job.saga_id,
+            job.kind,
+            ui.styled(job.status),
+            _relative(job.run_at, now),
+            _relative(job.lease_expires_at, now),
+            job.claimed_by or "-",
+            str(job.claims),
+            str(job.failures),
+        ]
+        for job in jobs
+    ]
+    errors = [(job.last_error or "").strip().partition("\n")[0] for job in jobs]
+    table = _jobs_table(title, rows, None)
+    room = ui.console.width - ui.console.measure(table).maximum - 3  # border and padding
+    if room >= _MIN_ERROR_WIDTH:
+        width = min(room, _ERROR_WIDTH)
+        ui.console.print(_jobs_table(title, rows, [_red(ui.cut(e, width)) for e in errors]))
+        return
+    ui.console.print(table)
+    for job, error in zip(jobs, errors, strict=True):
+        if error:
+            line = Text(f"job {job.id} ({job.saga_id}): ")
+            line.append_text(_red(ui.cut(error, _ERROR_WIDTH)))
+            ui.console.print(line)
+
+
+def _red(text: str) -> Text:
+    return Text(text, style="red")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: str | None = typer.Option(None, "--status", "-s", help="ready, running or dead."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+) -> None:
+    """The durable job queue, oldest job first, and how many jobs are in each status."""
+    if status is not None and status not in _JOB_STATUSES:
+        raise ui.fail(f"unknown job status {status!r}: ready, running or dead", 2)
+    with ui.operator_app(catch_up=False) as app:
+        jobs = app.queue.list(status, limit)
+        counts = app.queue.counts()
+        with app.engine.connect() as conn:
+            now = float(conn.execute(select(db_now_epoch(backend_of(conn)))).scalar_one())
+    if jobs:
+        title = f"Jobs{f' ({status})' if status else ''}"
+        _print_jobs(jobs, now, title)
+    else:
+        ui.console.print(f"no {status} jobs" if status else "no jobs")
+    total = counts.get(status, 0) if status else sum(counts.values())
+    if len(jobs) < total:
+        ui.console.print(f"showing the oldest {len(jobs)} of {total}: --limit N", style="dim")
+    ui.console.print(_counts_line(counts))
+
+
+@jobs_app.command("retry")
+def jobs_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
+    """Put the saga's dead job back in the queue, its failure count reset."""
+    with ui.operator_app(catch_up=False) as app:
+        job = app.queue.for_saga(saga_id)
+        if job is None or job.status != DEAD:
+            state = f"its job is {job.status}" if job is not None else "it has no job"
+            raise ui.fail(f"no dead job for saga {saga_id!r} ({state})")
+        if not app.queue.retry_dead(saga_id):
+            raise ui.fail(f"the dead job of saga {saga_id} changed meanwhile; look again")
+    _print_revived(saga_id, job.kind)
