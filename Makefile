@@ -2,20 +2,29 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test install lint typecheck bench serve clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# What the service needs to run.
+$(RUNTIME): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+# Plus the test and lint tools.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME)
 
 install: $(STAMP)
 
 ## Run the whole saga on the embedded SQLite database, with a summary at the end.
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/fulfillment demo
 
 ## The whole test suite (PostgreSQL and MariaDB tests skip, saying why, if no server answers;
@@ -33,7 +42,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.worker_concurrency
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/fulfillment serve
 
 clean:
