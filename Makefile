@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test install lint typecheck bench serve clean
+.PHONY: demo test install lint typecheck bench bench-all serve clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.worker_concurrency
+
+## The whole performance matrix against DBOS, eventsourcing and the plain-SQL limit
+## (docs/performance.md; about 15 min at 500 orders, an hour at the default 1,000).
+bench-all: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks.harness --json bench.json --doc docs/performance.md
 
 serve: $(RUNTIME)
 	$(BIN)/fulfillment serve

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sqlite3
-import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -70,14 +69,13 @@ def describe(backends: list[str], argv: list[str], started: float) -> dict[str, 
         "command": " ".join([".venv/bin/python -m benchmarks.harness", *argv]),
         "git_revision": _git_revision(),
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
-        "duration_seconds": round(time.time() - started, 1),
         "machine": {
             "nproc": os.cpu_count(),
             "cpu": _cpu_model(),
             "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "kernel": platform.release(),
             "python": platform.python_version(),
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "servers": servers,
         "sqlite_library": sqlite3.sqlite_version,

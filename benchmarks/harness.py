@@ -80,6 +80,8 @@ class Plan:
     runs: list[RunMetrics] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False
 
 
 def _ints(text: str) -> list[int]:
@@ -210,14 +212,30 @@ def _ours_backlog(
         f"workers={config.workers} c={config.concurrency}"
     )
     console.print(f"[cyan]run[/cyan] {label}")
-    with fresh_database(backend) as db:
-        log_dir = Path(tempfile.mkdtemp(prefix="workers_", dir=log_root))
-        result = run_backlog(db, workload(plan.orders, mix), mix, config, log_dir)
+    try:
+        with fresh_database(backend) as db:
+            log_dir = Path(tempfile.mkdtemp(prefix="workers_", dir=log_root))
+            result = run_backlog(db, workload(config_orders(plan, role), mix), mix, config, log_dir)
+    except Exception as exc:
+        _failed(plan, "ours", backend, label, exc)
+        return
     if note:
         result.notes.append(note)
     if role:
         result.config["role"] = role
     _record(plan, result)
+
+
+def config_orders(plan: Plan, role: str) -> int:
+    return int(role.removeprefix("rss_")) if role.startswith("rss_") else plan.orders
+
+
+def _failed(plan: Plan, system: str, backend: str, label: str, exc: BaseException) -> None:
+    """A run that failed is reported, and the others go on."""
+    plan.failed = True
+    plan.skipped.append({"system": system, "backend": backend, "reason": f"{label}: {exc!r}"})
+    console.print(f"[red]failed[/red] {label}: {exc!r}")
+    _save(plan)
 
 
 def run_offered(plan: Plan, backend: str, log_root: Path) -> None:
@@ -228,16 +246,15 @@ def run_offered(plan: Plan, backend: str, log_root: Path) -> None:
     rate = round(best.orders_per_second / 2, 1)
     n = max(50, int(rate * plan.offered_seconds))
     config = OursConfig(best.config["workers"], best.config["concurrency"], 0.0)
-    console.print(f"[cyan]run[/cyan] ours {backend} offered load {rate}/s x {n}")
-    with fresh_database(backend) as db:
-        result = run_offered_load(
-            db,
-            workload(n, "success"),
-            "success",
-            config,
-            rate,
-            Path(tempfile.mkdtemp(dir=log_root)),
-        )
+    label = f"ours {backend} offered load {rate}/s x {n}"
+    console.print(f"[cyan]run[/cyan] {label}")
+    try:
+        with fresh_database(backend) as db:
+            log_dir = Path(tempfile.mkdtemp(dir=log_root))
+            result = run_offered_load(db, workload(n, "success"), "success", config, rate, log_dir)
+    except Exception as exc:
+        _failed(plan, "ours", backend, label, exc)
+        return
     result.config["role"] = "offered_half_max"
     _record(plan, result)
     if "dbos" in plan.peers and backend in PEER_BACKENDS["dbos"]:
@@ -267,8 +284,13 @@ def run_rss(plan: Plan, backend: str, log_root: Path) -> None:
 
 def run_plain(plan: Plan, backend: str) -> None:
     for mix in plan.mixes:
-        console.print(f"[cyan]run[/cyan] plain_sql {backend} {mix} clients={plan.plain_clients}")
-        best, runs = best_of(backend, plan.orders, mix, plan.plain_clients)
+        label = f"plain_sql {backend} {mix} clients={plan.plain_clients}"
+        console.print(f"[cyan]run[/cyan] {label}")
+        try:
+            best, runs = best_of(backend, plan.orders, mix, plan.plain_clients)
+        except Exception as exc:
+            _failed(plan, "plain_sql", backend, label, exc)
+            continue
         best.config["all_client_counts"] = runs
         _record(plan, best)
 
@@ -292,7 +314,8 @@ def _dbos_best(plan: Plan, backend: str, mix: str, latency: float) -> None:
     trials = plan.dbos_trials
     if latency > 0:  # a slow carrier wants more workflows in flight
         trials = sorted({(m, max(c, plan.latency_concurrency)) for m, c in trials})
-    budget = CONNECTION_BUDGET[backend] - 12
+    # A DBOS workflow thread may hold a service connection and a system-database one.
+    budget = (CONNECTION_BUDGET[backend] - 12) // 2
     trials = [(m, min(c, budget)) for m, c in trials]
     trials = list(dict.fromkeys(trials))
     if len(trials) == 1:
@@ -424,6 +447,7 @@ def _run_peer(
 
 def _record(plan: Plan, result: RunMetrics) -> None:
     plan.runs.append(result)
+    _save(plan)
     console.print(
         f"    {result.orders_per_second:8.1f} orders/s  p99 {result.latency_ms.get('p99')} ms  "
         f"terminal {result.terminal}/{result.orders}  RSS {result.peak_rss_mib}"
@@ -443,9 +467,51 @@ def _best(plan: Plan, system: str, backend: str, mix: str, latency: float) -> Ru
     return max(candidates, key=lambda r: r.orders_per_second, default=None)
 
 
+def document(plan: Plan) -> dict[str, Any]:
+    """The JSON document of the runs so far (written after every run, so a crash loses none)."""
+    meta = dict(plan.meta)
+    meta["duration_seconds"] = round(time.time() - meta.pop("_started"), 1)
+    meta["machine"] = dict(
+        meta["machine"], load_average_at_end=[round(x, 2) for x in os.getloadavg()]
+    )
+    meta["harness_peak_rss_mib"] = self_peak_rss_mib()
+    runs = [r.as_dict() for r in plan.runs]
+    return {
+        "meta": meta,
+        "plan": {
+            "backends": plan.backends,
+            "orders": plan.orders,
+            "latencies_ms": plan.latencies,
+            "workers": plan.workers,
+            "mixes": plan.mixes,
+            "peers": plan.peers,
+            "concurrency": plan.concurrency,
+            "latency_concurrency": plan.latency_concurrency,
+            "plain_clients": plan.plain_clients,
+            "dbos_trials": [f"{m}:{c}" for m, c in plan.dbos_trials],
+            "offered_seconds": plan.offered_seconds,
+            "rss_orders": plan.rss_orders,
+        },
+        "runs": runs,
+        "dbos_trials": plan.trials,
+        "skipped": plan.skipped,
+        "comparisons": report.comparisons(runs),
+        "targets": report.targets(runs, plan.backends),
+    }
+
+
+def _save(plan: Plan) -> None:
+    if plan.meta:
+        plan.json_path.write_text(json.dumps(document(plan), indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     plan = parse_args(argv)
     started = time.time()
+    plan.meta = environment.describe(
+        plan.backends, argv if argv is not None else sys.argv[1:], started
+    )
+    plan.meta["_started"] = started
     log_root = Path(tempfile.mkdtemp(prefix="bench_logs_"))
     for backend in plan.backends:
         reason = server_reachable(backend)
@@ -462,39 +528,18 @@ def main(argv: list[str] | None = None) -> int:
         if plan.ours:
             run_offered(plan, backend, log_root)
             run_rss(plan, backend, log_root)
-    document: dict[str, Any] = {
-        "meta": environment.describe(
-            plan.backends, argv if argv is not None else sys.argv[1:], started
-        ),
-        "plan": {
-            "backends": plan.backends,
-            "orders": plan.orders,
-            "latencies_ms": plan.latencies,
-            "workers": plan.workers,
-            "mixes": plan.mixes,
-            "peers": plan.peers,
-            "concurrency": plan.concurrency,
-            "latency_concurrency": plan.latency_concurrency,
-            "plain_clients": plan.plain_clients,
-            "dbos_trials": [f"{m}:{c}" for m, c in plan.dbos_trials],
-            "offered_seconds": plan.offered_seconds,
-            "rss_orders": plan.rss_orders,
-        },
-        "runs": [r.as_dict() for r in plan.runs],
-        "dbos_trials": plan.trials,
-        "skipped": plan.skipped,
-    }
-    document["meta"]["harness_peak_rss_mib"] = self_peak_rss_mib()
-    document["comparisons"] = report.comparisons(document["runs"])
-    document["targets"] = report.targets(document["runs"], plan.backends)
-    plan.json_path.write_text(json.dumps(document, indent=2))
-    report.print_tables(console, document)
+    doc = document(plan)
+    plan.json_path.write_text(json.dumps(doc, indent=2))
+    report.print_tables(console, doc)
     if plan.doc_path:
-        report.update_doc(plan.doc_path, document)
+        report.update_doc(plan.doc_path, doc)
         console.print(f"results section of [bold]{plan.doc_path}[/bold] rewritten")
-    shutil.rmtree(log_root, ignore_errors=True)  # kept only when a run failed (raised)
+    if plan.failed:
+        console.print(f"[red]some runs failed[/red]; their logs are in {log_root}")
+    else:
+        shutil.rmtree(log_root, ignore_errors=True)
     console.print(f"JSON written to [bold]{plan.json_path}[/bold]")
-    return 0
+    return 1 if plan.failed else 0
 
 
 if __name__ == "__main__":

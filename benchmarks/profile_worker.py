@@ -6,7 +6,8 @@
 Places the orders (as the harness does), runs the worker under `py-spy record` (the `bench`
 extra), stops it when every order is terminal, and prints the functions with the most
 samples: inclusive (on the stack) and self (at the top of the stack), for the product's
-own code and for everything. `--idle` also counts threads waiting (I/O, locks, sleeps).
+own code and for everything. `--gil` keeps only the thread holding the GIL (where the CPU
+goes); `--idle` also counts threads waiting (I/O, locks, sleeps).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--idle", action="store_true", help="count waiting threads too")
+    parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL (CPU)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw (collapsed) stacks here")
     args = parser.parse_args()
@@ -83,6 +85,8 @@ def main() -> None:
         cmd = [py_spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(raw)]
         if args.idle:
             cmd.append("--idle")
+        if args.gil:
+            cmd.append("--gil")
         cmd += ["--", sys.executable, "-m", "fulfillment.entrypoints.cli", "worker"]
         cmd += ["--concurrency", str(args.concurrency), "--no-migrate"]
         env = product_env(db, 0.0)

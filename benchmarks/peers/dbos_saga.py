@@ -204,7 +204,8 @@ def run(args: argparse.Namespace) -> RunMetrics:
         )
     specs = specs_for(args)
     STATE.carrier_latency_ms = args.carrier_latency_ms
-    STATE.engine = service_engine(args.url, args.concurrency + 2)
+    # pool + overflow = concurrency + 2 connections for the service tables at most.
+    STATE.engine = service_engine(args.url, args.concurrency // 2 + 1)
     create_service_tables(STATE.engine)
     _launch(args.url, args.concurrency)
     schema = "dbos." if backend == "postgresql" else ""
