@@ -70,6 +70,10 @@ class Worker:
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         next_reap = 0.0
+        # After a claim that came back short, the queue had no more due jobs: a finished
+        # job (which wakes the loop) is then no reason to ask again before the next poll.
+        # Saves a claim transaction per finished job when the queue runs dry.
+        may_have_more, next_poll = True, 0.0
         try:
             while not self.stop_event.is_set():
                 if deadline and time.monotonic() > deadline:
@@ -78,7 +82,16 @@ class Worker:
                 if now >= next_reap:
                     self._safely(self.app.queue.reap_expired)
                     next_reap = now + max(0.5, min(5.0, self.lease_seconds / 2))
-                claimed = self._claim()
+                claimed: list[ClaimedJob] = []
+                free = self.concurrency - len(self._in_flight)
+                # Refill in batches (a tenth of the slots) while others run: one claim
+                # transaction per several jobs instead of one per job.
+                batch = 1 if not self._in_flight else max(1, self.concurrency // 10)
+                if free >= batch and (may_have_more or now >= next_poll):
+                    claimed = self._claim()
+                    may_have_more = len(claimed) >= free
+                    if not may_have_more:
+                        next_poll = now + self.poll_interval
                 for job in claimed:
                     threading.Thread(
                         target=self._execute, args=(job,), name=f"job-{job.id}", daemon=True
@@ -87,7 +100,11 @@ class Worker:
                     continue
                 if until_idle and not self._in_flight and self._queue_idle():
                     return
-                self._wake.wait(self.poll_interval)
+                self._wake.wait(
+                    max(0.001, next_poll - time.monotonic())
+                    if not may_have_more
+                    else self.poll_interval
+                )
                 self._wake.clear()
         finally:
             self._shutdown()
