@@ -17,10 +17,9 @@ How each backend keeps event positions in commit order (DESIGN.md section 3, rul
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
@@ -85,17 +84,11 @@ def create_nullpool_engine(url: str) -> Engine:
     return engine
 
 
-_WRITER_WAIT_SECONDS = 60.0
-
-
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    # SQLite has one writer. Threads of this process queue for it on a Python lock, handed
-    # over at once, instead of in SQLite's busy handler, which sleeps in steps of up to
-    # 100 ms and turns contention into long tails. Other processes still meet the busy
-    # handler (busy_timeout). The lock is taken at BEGIN IMMEDIATE and released when the
-    # connection goes back to the pool, i.e. after its COMMIT or ROLLBACK.
-    writer = threading.Lock()
-
+    # SQLite has one writer; every writer, thread or process, waits in SQLite's busy
+    # handler (busy_timeout). An in-process lock that handed the write lock from thread
+    # to thread was faster for one process but starved other processes (a second worker
+    # could wait over a minute to start), so fairness between processes wins.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
@@ -110,21 +103,7 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        if mode == "IMMEDIATE" and not conn.info.get("writer"):
-            if not writer.acquire(timeout=_WRITER_WAIT_SECONDS):
-                raise exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
-            conn.info["writer"] = True
         conn.exec_driver_sql(f"BEGIN {mode}")
-
-    @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        if record.info.pop("writer", False):
-            writer.release()
-
-    @event.listens_for(engine, "invalidate")
-    def _on_invalidate(_dbapi_connection: Any, record: Any, _exc: Any) -> None:
-        if record.info.pop("writer", False):
-            writer.release()
 
 
 def backend_of(conn_or_engine: Connection | Engine) -> str:
