@@ -21,8 +21,6 @@ from fulfillment.adapters import tables as t
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.bootstrap import App
 from fulfillment.domain.events import SagaCompensationStarted
-from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import (
     OrderStatus,
     PrescriptionStatus,
@@ -35,6 +33,8 @@ from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAd
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import JobSpec
+
+from .saga_helpers import history, order_of, run_jobs, saga_of
 
 COUNTRIES = ("US", "CA", "GB")
 MakeApp = Callable[..., App]
@@ -74,31 +74,6 @@ def place_order(
             ),
         )
     )
-
-
-def run_jobs(app: App) -> None:
-    Worker(app, 4).run(until_idle=True, timeout=30)
-
-
-def order_of(app: App, order_id: str) -> Order:
-    with app.uow() as uow:
-        order = uow.orders.get(order_id)
-    assert order is not None
-    return order
-
-
-def saga_of(app: App, order_id: str) -> OrderFulfillmentSaga:
-    with app.uow() as uow:
-        saga = uow.sagas.get(order_id)
-    assert saga is not None
-    return saga
-
-
-def history(app: App, order_id: str) -> list[str]:
-    """Event types of the order's and its saga's streams, in commit order."""
-    with app.uow() as uow:
-        stored = uow.events.read_streams([f"order-{order_id}", f"saga-{order_id}"])
-    return [e.type for e in stored]
 
 
 def saga_events(app: App, order_id: str) -> list[Any]:

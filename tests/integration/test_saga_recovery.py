@@ -26,14 +26,14 @@ from fulfillment.adapters.services import SqlAlchemyInventoryService
 from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import IllegalTransition, TransientFailure
-from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step, StepStatus
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
+
+from .saga_helpers import history, order_of, run_jobs, saga_of
 
 MakeApp = Callable[..., App]
 COUNTRIES = ("US", "CA", "GB")
@@ -61,34 +61,10 @@ def next_year() -> date:
     return datetime.now(UTC).date() + timedelta(days=365)
 
 
-def run_jobs(app: App, concurrency: int = 4) -> None:
-    Worker(app, concurrency).run(until_idle=True, timeout=30)
-
-
 def run_one_job(app: App) -> JobOutcome:
     """Claim and run the single ready job (the saga advances one step)."""
     (job,) = app.queue.claim(1, "test-worker", 30)
     return app.runner.run(job)
-
-
-def order_of(app: App, order_id: str) -> Order:
-    with app.uow() as uow:
-        order = uow.orders.get(order_id)
-    assert order is not None
-    return order
-
-
-def saga_of(app: App, order_id: str) -> OrderFulfillmentSaga:
-    with app.uow() as uow:
-        saga = uow.sagas.get(order_id)
-    assert saga is not None
-    return saga
-
-
-def history(app: App, order_id: str) -> list[str]:
-    with app.uow() as uow:
-        stored = uow.events.read_streams([f"order-{order_id}", f"saga-{order_id}"])
-    return [e.type for e in stored]
 
 
 def stock(app: App, sku: str) -> tuple[int, int]:
