@@ -25,9 +25,6 @@ from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
 
-# The advisory-lock key of event appends on PostgreSQL (used by migration 0004's trigger).
-EVENT_LOCK_KEY = 7_304_118_001
-
 
 def normalize_url(url: str) -> str:
     """Accept the plain URLs of DESIGN.md and pick the bundled drivers."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.domain.aggregate import Aggregate
@@ -11,37 +12,33 @@ from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.service_layer import ports
 
 Track = Callable[[Aggregate], None]
+A = TypeVar("A", bound=Aggregate)
 
 
-class SqlAlchemyOrderRepository(ports.OrderRepository):
+class _EventSourcedRepository(Generic[A]):
+    """Loads an aggregate of type `kind` from its stream; every aggregate seen is tracked."""
+
+    kind: type[A]
+
     def __init__(self, store: SqlAlchemyEventStore, track: Track) -> None:
         self.store = store
         self.track = track
 
-    def get(self, order_id: str) -> Order | None:
-        events = self.store.load(Order.stream_id_for(order_id))
+    def get(self, aggregate_id: str) -> A | None:
+        events = self.store.load(self.kind.stream_id_for(aggregate_id))
         if not events:
             return None
-        order = Order.replay(order_id, events)
-        self.track(order)
-        return order
+        aggregate = self.kind.replay(aggregate_id, events)
+        self.track(aggregate)
+        return aggregate
 
-    def add(self, order: Order) -> None:
-        self.track(order)
+    def add(self, aggregate: A) -> None:
+        self.track(aggregate)
 
 
-class SqlAlchemySagaRepository(ports.SagaRepository):
-    def __init__(self, store: SqlAlchemyEventStore, track: Track) -> None:
-        self.store = store
-        self.track = track
+class SqlAlchemyOrderRepository(_EventSourcedRepository[Order], ports.OrderRepository):
+    kind = Order
 
-    def get(self, saga_id: str) -> OrderFulfillmentSaga | None:
-        events = self.store.load(OrderFulfillmentSaga.stream_id_for(saga_id))
-        if not events:
-            return None
-        saga = OrderFulfillmentSaga.replay(saga_id, events)
-        self.track(saga)
-        return saga
 
-    def add(self, saga: OrderFulfillmentSaga) -> None:
-        self.track(saga)
+class SqlAlchemySagaRepository(_EventSourcedRepository[OrderFulfillmentSaga], ports.SagaRepository):
+    kind = OrderFulfillmentSaga

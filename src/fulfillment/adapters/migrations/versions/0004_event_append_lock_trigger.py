@@ -21,7 +21,7 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The same key as fulfillment.adapters.db.EVENT_LOCK_KEY (kept literal: migrations are frozen).
+# The advisory-lock key that serializes event appends on PostgreSQL.
 EVENT_LOCK_KEY = 7_304_118_001
 
 
