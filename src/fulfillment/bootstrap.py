@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
 from fulfillment.adapters.db import create_db_engine
-from fulfillment.adapters.event_store import StreamCache
+from fulfillment.adapters.event_store import StreamCache, insert_events
+from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
@@ -46,11 +47,17 @@ class App:
     extras: dict[str, Any] = field(default_factory=dict)
     #: Spans of saga jobs (off unless configured: docs/observability.md).
     tracing: Tracing = NO_TRACING
+    #: The job threads' shared transaction (None when group commit is off).
+    group: GroupCommitter | None = None
 
     def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(self.engine, self.mapper, job, cache=self.cache)
+        return SqlAlchemyUnitOfWork(
+            self.engine, self.mapper, job, cache=self.cache, group=self.group
+        )
 
     def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
         self.tracing.shutdown()
         self.engine.dispose()
 
@@ -110,8 +117,15 @@ def bootstrap(
     retry = retry or RetryPolicy(settings.max_attempts, settings.retry_backoff_seconds)
     timeouts = h.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
 
+    # The job threads of this process commit their steps in groups (1: each on its own).
+    group = (
+        GroupCommitter(engine, insert_events, settings.group_commit_max_steps)
+        if settings.group_commit_max_steps > 1
+        else None
+    )
+
     def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache)
+        return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache, group=group)
 
     bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
@@ -124,5 +138,16 @@ def bootstrap(
     )
     runner = JobRunner(bus, queue, retry, settings.max_job_failures, observer=telemetry)
     return App(
-        settings, engine, mapper, cache, clock, carrier, retry, bus, queue, runner, tracing=tracing
+        settings,
+        engine,
+        mapper,
+        cache,
+        clock,
+        carrier,
+        retry,
+        bus,
+        queue,
+        runner,
+        tracing=tracing,
+        group=group,
     )

@@ -47,6 +47,8 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     poll_interval_seconds: float = 0.05
     max_job_failures: int = 10
+    #: Steps a worker may commit in one transaction (adapters/group_commit.py); 1: off.
+    group_commit_max_steps: int = 64
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -72,6 +74,7 @@ class Settings:
             sqlite_synchronous=env.get("FULFILLMENT_SQLITE_SYNCHRONOUS", "FULL").upper(),
             poll_interval_seconds=_float(env, "FULFILLMENT_POLL_INTERVAL_SECONDS", 0.05),
             max_job_failures=_int(env, "FULFILLMENT_MAX_JOB_FAILURES", 10),
+            group_commit_max_steps=_int(env, "FULFILLMENT_GROUP_COMMIT_MAX_STEPS", 64),
         )
         settings.validate()
         return settings
@@ -87,5 +90,7 @@ class Settings:
             raise ValueError("FULFILLMENT_CARRIER_LATENCY_MS must be >= 0")
         if self.job_lease_seconds <= 0:
             raise ValueError("FULFILLMENT_JOB_LEASE_SECONDS must be > 0")
+        if self.group_commit_max_steps < 1:
+            raise ValueError("FULFILLMENT_GROUP_COMMIT_MAX_STEPS must be at least 1")
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")

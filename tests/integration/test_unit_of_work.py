@@ -4,7 +4,7 @@ current job in ONE transaction (DESIGN.md section 3, rule 1), or none of them.""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import date
 
 import pytest
@@ -116,18 +116,30 @@ def test_a_handler_that_raises_after_its_effects_leaves_nothing_behind(app: App)
 
 
 def _crash_before_insert(original: Callable[..., None]) -> Callable[..., None]:
-    def append(self: SqlAlchemyEventStore, appends: Sequence[StreamAppend], *args: object) -> None:
+    def insert(*args: object) -> None:
         raise Boom("the process died before the events were written")
 
-    return append
+    return insert
 
 
 def _crash_after_insert(original: Callable[..., None]) -> Callable[..., None]:
-    def append(self: SqlAlchemyEventStore, appends: Sequence[StreamAppend], *args: object) -> None:
-        original(self, appends, *args)
+    def insert(*args: object) -> None:
+        original(*args)
         raise Boom("the process died after writing the events, before the commit")
 
-    return append
+    return insert
+
+
+def _patch_event_insert(
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
+    crash: Callable[[Callable[..., None]], Callable[..., None]],
+) -> None:
+    """Crash where the events are written: the unit of work's own append, and the insert
+    of a group commit (the worker's default)."""
+    monkeypatch.setattr(SqlAlchemyEventStore, "append", crash(SqlAlchemyEventStore.append))
+    if app.group is not None:
+        monkeypatch.setattr(app.group, "insert_events", crash(app.group.insert_events))
 
 
 @pytest.mark.parametrize("crash", [_crash_before_insert, _crash_after_insert])
@@ -141,7 +153,7 @@ def test_a_crash_while_storing_the_events_rolls_back_the_reservation(
     events_before = saga_event_types(app)
     job = claim(app, "reserve_inventory")
 
-    monkeypatch.setattr(SqlAlchemyEventStore, "append", crash(SqlAlchemyEventStore.append))
+    _patch_event_insert(app, monkeypatch, crash)
     assert app.runner.run(job) is JobOutcome.JOB_FAILED
     monkeypatch.undo()
 

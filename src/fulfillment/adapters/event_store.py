@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
+from fulfillment.adapters.prepared import Prepared, execute_many, fetch_all
 from fulfillment.domain.events import DomainEvent
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.unit_of_work import StreamAppend
@@ -44,7 +46,15 @@ _READ_TAIL = (
     .where(t.events.c.stream_id == bindparam("stream_id"), t.events.c.version > bindparam("v"))
     .order_by(t.events.c.version)
 )
-_INSERT = insert(t.events)
+_EVENT_FIELDS = ("stream_id", "version", "type", "event_version", "data", "metadata", "recorded_at")
+#: The step path's statements, run on the raw cursor (adapters/prepared.py).
+INSERT_EVENTS = Prepared(insert(t.events), column_keys=_EVENT_FIELDS)
+_TAIL = Prepared(_READ_TAIL)
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `events` rows built by `SqlAlchemyEventStore.rows` (one executemany)."""
+    execute_many(conn, INSERT_EVENTS, rows)
 
 
 class StreamCache:
@@ -110,8 +120,23 @@ class SqlAlchemyEventStore:
 
     def append(self, appends: Sequence[StreamAppend], causation_id: str | None = None) -> None:
         """Append to several streams at once; ConcurrencyError if any expected version is stale."""
+        rows = self.rows(appends, causation_id)
+        if not rows:
+            return
+        # The insert takes the append lock itself (a trigger, see adapters/db.py), as the
+        # last statement before commit, so the lock is held as briefly as possible.
+        try:
+            insert_events(self.conn, rows)
+        except IntegrityError as exc:
+            raise ConcurrencyError(str(exc.orig)) from exc
+
+    def rows(
+        self, appends: Sequence[StreamAppend], causation_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The `events` rows of `appends`, for `INSERT_EVENTS` (here or by a group commit)."""
         rows = []
         for append in appends:
+            metadata = {"correlation_id": append.correlation_id, "causation_id": causation_id}
             for offset, event in enumerate(append.events, start=1):
                 rows.append(
                     {
@@ -120,26 +145,16 @@ class SqlAlchemyEventStore:
                         "type": type(event).__name__,
                         "event_version": type(event).event_version,
                         "data": self.mapper.to_data(event),
-                        "metadata": {
-                            "correlation_id": append.correlation_id,
-                            "causation_id": causation_id,
-                        },
+                        "metadata": metadata,
                         "recorded_at": to_utc(event.occurred_at),
                     }
                 )
-        if not rows:
-            return
-        # The insert takes the append lock itself (a trigger, see adapters/db.py), as the
-        # last statement before commit, so the lock is held as briefly as possible.
-        try:
-            self.conn.execute(_INSERT, rows)
-        except IntegrityError as exc:
-            raise ConcurrencyError(str(exc.orig)) from exc
+        return rows
 
     def load(self, stream_id: str) -> list[DomainEvent]:
         """The stream's events: cached ones plus whatever was committed after them."""
         known = self.cache.get(stream_id) if self.cache is not None else ()
-        rows = self.conn.execute(_READ_TAIL, {"stream_id": stream_id, "v": len(known)})
+        rows = fetch_all(self.conn, _TAIL, {"stream_id": stream_id, "v": len(known)})
         tail = tuple(
             self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
             for e in map(_stored, rows)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from sqlalchemy import (
     Connection,
     Engine,
-    Executable,
     bindparam,
     delete,
     func,
@@ -30,6 +29,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.prepared import Prepared, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
 
@@ -53,33 +53,40 @@ class JobRow:
 
 
 @functools.cache
-def _enqueue_statement(backend: str) -> Executable:
+def _enqueue_statement(backend: str) -> Prepared:
     now = db_now_epoch(backend)
-    return insert(t.jobs).values(
-        saga_id=bindparam("saga_id"),
-        kind=bindparam("kind"),
-        status=READY,
-        run_at=now + bindparam("delay", type_=t.jobs.c.run_at.type),
-        created_at=now,
-        claims=0,
-        failures=0,
+    return Prepared(
+        insert(t.jobs).values(
+            saga_id=bindparam("saga_id"),
+            kind=bindparam("kind"),
+            status=READY,
+            run_at=now + bindparam("delay", type_=t.jobs.c.run_at.type),
+            created_at=now,
+            claims=0,
+            failures=0,
+        )
     )
 
 
-_FINISH = delete(t.jobs).where(
-    t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token")
+# The step path's statements run on the raw cursor (adapters/prepared.py).
+_FINISH = Prepared(
+    delete(t.jobs).where(
+        t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token")
+    )
 )
 
 
 def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
     statement = _enqueue_statement(backend_of(conn))
     for spec in specs:
-        conn.execute(
-            statement, {"saga_id": spec.saga_id, "kind": spec.kind, "delay": spec.delay_seconds}
+        rowcount(
+            conn,
+            statement,
+            {"saga_id": spec.saga_id, "kind": spec.kind, "delay": spec.delay_seconds},
         )
 
 
-_ADVANCE_HELD = (
+_ADVANCE_HELD = Prepared(
     update(t.jobs)
     .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
     .values(kind=bindparam("next_kind"), claims=1, failures=0, last_error=None)
@@ -87,8 +94,8 @@ _ADVANCE_HELD = (
 
 
 @functools.cache
-def _advance_ready_statement(backend: str) -> Executable:
-    return (
+def _advance_ready_statement(backend: str) -> Prepared:
+    return Prepared(
         update(t.jobs)
         .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
         .values(
@@ -120,11 +127,11 @@ def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> Clai
     params = {"job_id": job.id, "token": job.claim_token, "next_kind": next_job.kind}
     chain = job.chain_lease_seconds is not None and next_job.delay_seconds <= 0
     if chain:
-        result = conn.execute(_ADVANCE_HELD, params)
+        changed = rowcount(conn, _ADVANCE_HELD, params)
     else:
         params["delay"] = next_job.delay_seconds
-        result = conn.execute(_advance_ready_statement(backend_of(conn)), params)
-    if result.rowcount != 1:
+        changed = rowcount(conn, _advance_ready_statement(backend_of(conn)), params)
+    if changed != 1:
         raise LeaseLost(f"job {job.id} is no longer held by this worker")
     if not chain:
         return None
@@ -141,8 +148,7 @@ def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> Clai
 
 def finish(conn: Connection, job: ClaimedJob) -> None:
     """Remove the job this transaction ran; LeaseLost if another worker has taken it."""
-    result = conn.execute(_FINISH, {"job_id": job.id, "token": job.claim_token})
-    if result.rowcount != 1:
+    if rowcount(conn, _FINISH, {"job_id": job.id, "token": job.claim_token}) != 1:
         raise LeaseLost(f"job {job.id} is no longer held by this worker")
 
 

@@ -1,4 +1,9 @@
-"""The SQLAlchemy unit of work: one connection, one transaction, committed only on request."""
+"""The SQLAlchemy unit of work: one connection, one transaction, committed only on request.
+
+A job's unit of work may instead be one step of a group commit (``adapters/group_commit``):
+it then runs in a savepoint of the worker's shared transaction and its commit returns once
+that transaction has committed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fulfillment.adapters import job_queue
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache
+from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.idempotency import SqlAlchemyIdempotencyKeys
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.repository import SqlAlchemyOrderRepository, SqlAlchemySagaRepository
@@ -47,18 +53,28 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         job: ClaimedJob | None = None,
         causation_id: str | None = None,
         cache: StreamCache | None = None,
+        group: GroupCommitter | None = None,
     ) -> None:
         super().__init__(job, causation_id)
         self.engine = engine
         self.mapper = mapper
         self.cache = cache
+        self.group = group
         self._conn: Connection | None = None
+        self._in_group = False
 
     def _begin(self) -> None:
-        self._conn = self.conn = self.engine.connect()
-        if self.read_only_mode:
-            self.conn.execution_options(sqlite_begin="DEFERRED")
-        self.conn.begin()
+        # A job's writing transaction joins the worker's group commit, when there is one.
+        self._in_group = self.group is not None and self.job is not None
+        if self._in_group and not self.read_only_mode:
+            assert self.group is not None
+            self._conn = self.conn = self.group.enter()
+        else:
+            self._in_group = False
+            self._conn = self.conn = self.engine.connect()
+            if self.read_only_mode:
+                self.conn.execution_options(sqlite_begin="DEFERRED")
+            self.conn.begin()
         self.events = SqlAlchemyEventStore(self.conn, self.mapper, self.cache)
         self.orders = SqlAlchemyOrderRepository(self.events, self.track)
         self.sagas = SqlAlchemySagaRepository(self.events, self.track)
@@ -75,14 +91,27 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             # The job row of the saga becomes its next job (or goes): one statement.
             continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
         job_queue.enqueue(self.conn, jobs)
-        self.events.append(appends, self.causation_id)
-        self.conn.commit()
+        if self._in_group:
+            assert self.group is not None
+            rows = self.events.rows(appends, self.causation_id)
+            self._conn, self._in_group = None, False  # the turn ends here
+            group = self.group.leave(rows)
+            assert group is not None
+            group.wait()
+        else:
+            self.events.append(appends, self.causation_id)
+            self.conn.commit()
         self.events.after_commit(appends)
         if self.job is not None and continuation is not None:
             self.job.continuation.append(continuation)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
 
     def rollback(self) -> None:
+        if self._in_group:
+            assert self.group is not None
+            self._conn, self._in_group = None, False
+            self.group.leave(None)
+            return
         if self._conn is not None:
             try:
                 self._conn.rollback()

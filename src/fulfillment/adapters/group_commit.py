@@ -1,0 +1,172 @@
+"""Group commit: the job threads of one worker take turns inside one shared transaction.
+
+A step's transaction is small, and what limits a worker is the commit: on SQLite one
+writer at a time and an fsync per commit; on PostgreSQL and MariaDB the event-append lock
+(``adapters/db.py``), held from the events INSERT through the COMMIT's flush. So the job
+threads of a worker do not commit one by one. Each runs its step inside a SAVEPOINT of a
+shared transaction, one thread at a time (a turn), and the transaction commits when no
+other thread is queued for a turn, or once it holds `max_members` steps. Under load, the
+steps that arrive while one commit is flushing form the next group: the group size tunes
+itself, and an idle worker commits every step at once, as before.
+
+DESIGN.md rule 1 still holds for every step: its service-table changes, its job advance
+and its events are in one savepoint and become durable in the same COMMIT. A thread whose
+step joined a group waits for that COMMIT before it goes on (cache, continuation,
+success), so nothing is acted on before it is durable. A step that fails (a business
+rule, a lost lease, a unique-key conflict) rolls back its own savepoint only. If the group
+itself fails (the COMMIT, a deadlock that aborted the transaction), every step in it was
+rolled back, and each one's thread gets a `RetryableDatabaseError`: the command bus runs
+the step again, as after any deadlock.
+
+The events of all steps are inserted by one statement just before the COMMIT, so the
+append lock is taken once per group and held as briefly as before for a single step;
+positions stay in commit order (rule 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from fulfillment.adapters.prepared import run_sql
+from fulfillment.service_layer.messagebus import RetryableDatabaseError
+
+log = logging.getLogger("fulfillment.group_commit")
+
+EventRow = dict[str, Any]
+
+
+@dataclass(eq=False)
+class Group:
+    """Steps that commit together; their threads wait on `wait()`."""
+
+    rows: list[EventRow] = field(default_factory=list)
+    members: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self) -> None:
+        """Block until the group's COMMIT; RetryableDatabaseError if it did not happen."""
+        self.done.wait()
+        if self.error is not None:
+            raise RetryableDatabaseError(f"group commit failed: {self.error}") from self.error
+
+
+class GroupCommitter:
+    """One worker's shared write transaction. Thread-safe; one turn at a time."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        insert_events: Callable[[Connection, list[EventRow]], None],
+        max_members: int = 64,
+    ) -> None:
+        self.engine = engine
+        self.insert_events = insert_events
+        self.max_members = max(1, max_members)
+        self._turn = threading.Lock()
+        self._counter = threading.Lock()
+        self._queued = 0
+        self._conn: Connection | None = None
+        self._in_step = False  # a savepoint "step" is open
+        self._group = Group()
+        #: Groups committed and steps in them (for tests and the benchmark's curiosity).
+        self.commits = 0
+        self.committed_steps = 0
+
+    def enter(self) -> Connection:
+        """Wait for a turn; return the shared connection, inside a fresh savepoint."""
+        with self._counter:
+            self._queued += 1
+        self._turn.acquire()
+        with self._counter:
+            self._queued -= 1
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            if not self._conn.in_transaction():
+                self._conn.begin()
+            run_sql(self._conn, "SAVEPOINT step")
+            self._in_step = True
+        except BaseException as exc:
+            self._fail_group(exc)
+            self._turn.release()
+            raise
+        return self._conn
+
+    def leave(self, rows: list[EventRow] | None) -> Group | None:
+        """End the turn. `rows` (the step's events): keep the step, and return its group to
+        wait on; None: roll the step back. Never raises: a failure fails the group."""
+        group = self._group
+        try:
+            assert self._in_step and self._conn is not None, "leave() without enter()"
+            self._in_step = False
+            try:
+                if rows is None:
+                    run_sql(self._conn, "ROLLBACK TO SAVEPOINT step")
+                    run_sql(self._conn, "RELEASE SAVEPOINT step")
+                else:
+                    run_sql(self._conn, "RELEASE SAVEPOINT step")
+                    group.members += 1
+                    group.rows.extend(rows)
+            except BaseException as exc:
+                # The transaction itself is gone (MariaDB rolls it all back on deadlock).
+                self._fail_group(exc)
+                return group if rows is not None else None
+            if self._queued == 0 or group.members >= self.max_members:
+                self._flush()
+        finally:
+            self._turn.release()
+        return group if rows is not None else None
+
+    def close(self) -> None:
+        with self._turn:
+            if self._group.members:
+                self._flush()
+            self._discard_connection()
+
+    # --- with the turn held ---------------------------------------------------------
+
+    def _flush(self) -> None:
+        group, self._group = self._group, Group()
+        conn = self._conn
+        try:
+            if conn is not None and conn.in_transaction():
+                if group.members:
+                    if group.rows:
+                        self.insert_events(conn, group.rows)
+                    conn.commit()
+                    self.commits += 1
+                    self.committed_steps += group.members
+                else:
+                    conn.rollback()
+        except BaseException as exc:
+            log.warning("group commit of %d steps failed: %s", group.members, exc)
+            group.error = exc
+            self._discard_connection()
+        finally:
+            group.done.set()
+
+    def _fail_group(self, exc: BaseException) -> None:
+        group, self._group = self._group, Group()
+        if group.members:
+            log.warning("group of %d steps rolled back: %s", group.members, exc)
+        group.error = exc
+        self._discard_connection()
+        group.done.set()
+
+    def _discard_connection(self) -> None:
+        conn, self._conn, self._in_step = self._conn, None, False
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        except Exception:  # the connection is being thrown away anyway
+            conn.invalidate()
+        finally:
+            conn.close()
