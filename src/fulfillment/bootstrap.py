@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
 from fulfillment.adapters.db import create_db_engine
-from fulfillment.adapters.event_store import StreamCache, insert_events
+from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache, insert_events
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
 from fulfillment.adapters.mapper import EventMapper
@@ -54,6 +54,15 @@ class App:
         return SqlAlchemyUnitOfWork(
             self.engine, self.mapper, job, cache=self.cache, group=self.group
         )
+
+    def prefetch_sagas(self, saga_ids: list[str]) -> None:
+        """Read the streams of freshly claimed sagas into the cache, in one query."""
+        streams = [OrderFulfillmentSaga.stream_id_for(saga_id) for saga_id in saga_ids]
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            try:
+                SqlAlchemyEventStore(conn, self.mapper, self.cache).prefetch(streams)
+            finally:
+                conn.rollback()
 
     def close(self) -> None:
         if self.group is not None:

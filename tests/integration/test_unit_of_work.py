@@ -188,3 +188,23 @@ def test_a_worker_whose_lease_was_taken_over_commits_nothing(app: App) -> None:
     assert app.runner.run(fresh) is JobOutcome.DONE
     assert count(app, t.prescriptions) == 1
     assert saga_event_types(app).count("PrescriptionCreated") == 1
+
+
+def test_a_job_run_on_a_stale_cache_runs_again_on_fresh_events(
+    make_app: Callable[..., App],
+) -> None:
+    """A job's unit of work trusts the process's stream cache; if another process moved
+    the saga on meanwhile, the job must neither skip its step nor consume its job."""
+    app, other = make_app(), make_app()
+    place_order(app)
+    assert app.runner.run(claim(app, "create_prescription")) is JobOutcome.DONE
+    # Another worker process takes the saga one step further: this process's cached
+    # saga still awaits the reservation.
+    assert other.runner.run(claim(other, "reserve_inventory", worker="w2")) is JobOutcome.DONE
+
+    assert app.runner.run(claim(app, "initiate_shipment")) is JobOutcome.DONE
+
+    assert saga_event_types(app)[-1] == "ShipmentInitiated"
+    assert count(app, t.shipments) == 1
+    left = app.queue.for_saga(ORDER)
+    assert left is not None and left.kind == "complete"

@@ -60,9 +60,14 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 class StreamCache:
     """Decoded events of recently used streams, shared by the threads of one process.
 
-    Never trusted blindly: a load still reads the stream's tail after the cached version
-    (usually no rows), so a stream changed by another process is always seen. It only
-    saves decoding what was already decoded. Bounded (LRU), so memory stays flat.
+    Readers outside the worker never trust it blindly: their load still reads the
+    stream's tail after the cached version (usually no rows), so a stream changed by
+    another process is always seen; the cache only saves decoding. A job's unit of work
+    trusts it (`trust_cache`): the job's lease makes this thread the saga's only writer,
+    the worker refreshes the cache when it claims (`prefetch`), and should another
+    writer have appended anyway, the append's expected version fails the commit, the
+    unit of work drops the stream from the cache and the command runs again on fresh
+    events (DESIGN.md rule 2). Bounded (LRU), so memory stays flat.
     """
 
     def __init__(self, max_streams: int = 10_000) -> None:
@@ -110,13 +115,21 @@ class SqlAlchemyEventStore:
     """Works inside the caller's transaction (the unit of work's connection)."""
 
     def __init__(
-        self, conn: Connection, mapper: EventMapper, cache: StreamCache | None = None
+        self,
+        conn: Connection,
+        mapper: EventMapper,
+        cache: StreamCache | None = None,
+        *,
+        trust_cache: bool = False,
     ) -> None:
         self.conn = conn
         self.mapper = mapper
         self.cache = cache
+        self.trust_cache = trust_cache and cache is not None
         #: Streams as loaded in this transaction, to refresh the cache after commit.
         self.loaded: dict[str, tuple[DomainEvent, ...]] = {}
+        #: Loaded from the cache alone, unchecked against the table (see `verify`).
+        self.trusted: set[str] = set()
 
     def append(self, appends: Sequence[StreamAppend], causation_id: str | None = None) -> None:
         """Append to several streams at once; ConcurrencyError if any expected version is stale."""
@@ -154,6 +167,10 @@ class SqlAlchemyEventStore:
     def load(self, stream_id: str) -> list[DomainEvent]:
         """The stream's events: cached ones plus whatever was committed after them."""
         known = self.cache.get(stream_id) if self.cache is not None else ()
+        if known and self.trust_cache:
+            self.loaded[stream_id] = known
+            self.trusted.add(stream_id)
+            return list(known)
         rows = fetch_all(self.conn, _TAIL, {"stream_id": stream_id, "v": len(known)})
         tail = tuple(
             self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
@@ -175,6 +192,37 @@ class SqlAlchemyEventStore:
     def read_stream(self, stream_id: str) -> list[StoredEvent]:
         rows = self.conn.execute(_READ_STREAM, {"stream_id": stream_id})
         return [_stored(r) for r in rows]
+
+    def verify(self, appended: set[str]) -> None:
+        """Check the streams taken from the cache alone and not appended to (an append
+        checks its stream by its expected version): ConcurrencyError if one has grown.
+
+        So a command that decided, on a stale cache, that it had nothing to do cannot
+        consume its job: it runs again on fresh events.
+        """
+        for stream_id in self.trusted - appended:
+            known = self.loaded[stream_id]
+            if fetch_all(self.conn, _TAIL, {"stream_id": stream_id, "v": len(known)}):
+                raise ConcurrencyError(f"stream {stream_id} changed since it was cached")
+
+    def forget(self) -> None:
+        """Drop the streams this transaction loaded from the cache (after a conflict)."""
+        if self.cache is not None:
+            for stream_id in self.loaded:
+                self.cache.discard(stream_id)
+
+    def prefetch(self, stream_ids: Sequence[str]) -> None:
+        """Load several streams into the cache with one query (the worker, on claiming)."""
+        if self.cache is None or not stream_ids:
+            return
+        streams: dict[str, list[DomainEvent]] = {s: [] for s in stream_ids}
+        for e in self.read_streams(stream_ids):
+            streams[e.stream_id].append(
+                self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+            )
+        for stream_id, events in streams.items():
+            if events:
+                self.cache.put(stream_id, tuple(events))
 
     def read_streams(self, stream_ids: Sequence[str]) -> list[StoredEvent]:
         """Events of several streams, in commit (position) order."""

@@ -64,7 +64,7 @@ class GroupCommitter:
         self,
         engine: Engine,
         insert_events: Callable[[Connection, list[EventRow]], None],
-        max_members: int = 64,
+        max_members: int = 32,
     ) -> None:
         self.engine = engine
         self.insert_events = insert_events
@@ -79,8 +79,9 @@ class GroupCommitter:
         self.commits = 0
         self.committed_steps = 0
 
-    def enter(self) -> Connection:
-        """Wait for a turn; return the shared connection, inside a fresh savepoint."""
+    def enter(self, savepoint: bool = True) -> Connection:
+        """Wait for a turn; return the shared connection, inside a fresh savepoint (or,
+        for a look that writes nothing, without one: end it with `leave_look`)."""
         with self._counter:
             self._queued += 1
         self._turn.acquire()
@@ -91,8 +92,9 @@ class GroupCommitter:
                 self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
-            run_sql(self._conn, "SAVEPOINT step")
-            self._in_step = True
+            if savepoint:
+                run_sql(self._conn, "SAVEPOINT step")
+                self._in_step = True
         except BaseException as exc:
             self._fail_group(exc)
             self._turn.release()
@@ -107,11 +109,11 @@ class GroupCommitter:
             assert self._in_step and self._conn is not None, "leave() without enter()"
             self._in_step = False
             try:
+                # A kept step's savepoint is not released (a round trip saved): the next
+                # step's SAVEPOINT of the same name supersedes it, and COMMIT ends all.
                 if rows is None:
                     run_sql(self._conn, "ROLLBACK TO SAVEPOINT step")
-                    run_sql(self._conn, "RELEASE SAVEPOINT step")
                 else:
-                    run_sql(self._conn, "RELEASE SAVEPOINT step")
                     group.members += 1
                     group.rows.extend(rows)
             except BaseException as exc:
@@ -123,6 +125,14 @@ class GroupCommitter:
         finally:
             self._turn.release()
         return group if rows is not None else None
+
+    def leave_look(self) -> None:
+        """End a turn entered with `savepoint=False`."""
+        try:
+            if self._queued == 0 and self._conn is not None:
+                self._flush()  # commits what the group holds; or ends an empty transaction
+        finally:
+            self._turn.release()
 
     def close(self) -> None:
         with self._turn:

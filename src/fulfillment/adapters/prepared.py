@@ -84,6 +84,15 @@ def _raw(conn: Connection) -> Any:
     return conn.connection.dbapi_connection
 
 
+def _cursor(conn: Connection) -> Any:
+    """The DBAPI connection's reusable cursor (kept with the pooled connection)."""
+    info = conn.connection.info
+    cursor = info.get("prepared_cursor")
+    if cursor is None:
+        cursor = info["prepared_cursor"] = _raw(conn).cursor()
+    return cursor
+
+
 def _raise_wrapped(conn: Connection, sql: str, args: Any, exc: Exception, cursor: Any) -> None:
     dialect = conn.dialect
     if dialect.is_disconnect(exc, _raw(conn), cursor):  # type: ignore[arg-type]
@@ -92,10 +101,10 @@ def _raise_wrapped(conn: Connection, sql: str, args: Any, exc: Exception, cursor
 
 
 def execute(conn: Connection, prepared: Prepared, params: Params) -> Any:
-    """Run the statement; return the open DBAPI cursor (for rowcount or rows)."""
+    """Run the statement; return the DBAPI cursor, to read rowcount or rows at once."""
     c = prepared.compiled(conn.dialect)
     args = _args(c, params)
-    cursor = _raw(conn).cursor()
+    cursor = _cursor(conn)
     try:
         cursor.execute(c.sql, args)
     except conn.dialect.loaded_dbapi.Error as exc:
@@ -108,30 +117,20 @@ def execute_many(conn: Connection, prepared: Prepared, rows: Sequence[Params]) -
         return
     c = prepared.compiled(conn.dialect)
     args = [_args(c, row) for row in rows]
-    cursor = _raw(conn).cursor()
+    cursor = _cursor(conn)
     try:
         cursor.executemany(c.sql, args)
     except conn.dialect.loaded_dbapi.Error as exc:
         _raise_wrapped(conn, c.sql, args, exc, cursor)
-    finally:
-        cursor.close()
 
 
 def rowcount(conn: Connection, prepared: Prepared, params: Params) -> int:
-    cursor = execute(conn, prepared, params)
-    try:
-        return int(cursor.rowcount)
-    finally:
-        cursor.close()
+    return int(execute(conn, prepared, params).rowcount)
 
 
 def fetch_all(conn: Connection, prepared: Prepared, params: Params) -> list[tuple[Any, ...]]:
     """The rows, each value through Core's result processor of its column."""
-    cursor = execute(conn, prepared, params)
-    try:
-        raw = cursor.fetchall()
-    finally:
-        cursor.close()
+    raw = execute(conn, prepared, params).fetchall()
     results = prepared.compiled(conn.dialect).results
     if not any(results):
         return [tuple(row) for row in raw]
@@ -149,10 +148,8 @@ def scalar(conn: Connection, prepared: Prepared, params: Params) -> Any:
 
 def run_sql(conn: Connection, sql: str) -> None:
     """A parameterless statement (SAVEPOINT, ...) on the raw cursor."""
-    cursor = _raw(conn).cursor()
+    cursor = _cursor(conn)
     try:
         cursor.execute(sql)
     except conn.dialect.loaded_dbapi.Error as exc:
         _raise_wrapped(conn, sql, (), exc, cursor)
-    finally:
-        cursor.close()

@@ -64,18 +64,20 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self._in_group = False
 
     def _begin(self) -> None:
-        # A job's writing transaction joins the worker's group commit, when there is one.
+        # A job's transaction is a turn in the worker's group commit, when there is one
+        # (a look without a savepoint when read-only).
         self._in_group = self.group is not None and self.job is not None
-        if self._in_group and not self.read_only_mode:
+        if self._in_group:
             assert self.group is not None
-            self._conn = self.conn = self.group.enter()
+            self._conn = self.conn = self.group.enter(savepoint=not self.read_only_mode)
         else:
-            self._in_group = False
             self._conn = self.conn = self.engine.connect()
             if self.read_only_mode:
                 self.conn.execution_options(sqlite_begin="DEFERRED")
             self.conn.begin()
-        self.events = SqlAlchemyEventStore(self.conn, self.mapper, self.cache)
+        self.events = SqlAlchemyEventStore(
+            self.conn, self.mapper, self.cache, trust_cache=self.job is not None
+        )
         self.orders = SqlAlchemyOrderRepository(self.events, self.track)
         self.sagas = SqlAlchemySagaRepository(self.events, self.track)
         self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
@@ -89,6 +91,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             own = [spec for spec in jobs if spec.saga_id == self.job.saga_id]
             jobs = [spec for spec in jobs if spec.saga_id != self.job.saga_id]
             # The job row of the saga becomes its next job (or goes): one statement.
+            self.events.verify({append.stream_id for append in appends})
             continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
         job_queue.enqueue(self.conn, jobs)
         if self._in_group:
@@ -97,7 +100,11 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self._conn, self._in_group = None, False  # the turn ends here
             group = self.group.leave(rows)
             assert group is not None
-            group.wait()
+            try:
+                group.wait()
+            except RetryableDatabaseError:
+                self.events.forget()  # maybe it failed on a stale cached stream
+                raise
         else:
             self.events.append(appends, self.causation_id)
             self.conn.commit()
@@ -110,7 +117,10 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         if self._in_group:
             assert self.group is not None
             self._conn, self._in_group = None, False
-            self.group.leave(None)
+            if self.read_only_mode:
+                self.group.leave_look()
+            else:
+                self.group.leave(None)
             return
         if self._conn is not None:
             try:
@@ -126,6 +136,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         tb: TracebackType | None,
     ) -> None:
         self.rollback()
+        if isinstance(exc, DBAPIError | ConcurrencyError | RetryableDatabaseError):
+            self.events.forget()  # the command runs again: on fresh events
         if isinstance(exc, IntegrityError):
             # A unique key (one prescription / reservation / shipment per order, one job
             # per saga) was taken by a concurrent transaction: re-run on fresh state.

@@ -9,7 +9,6 @@ and span_id when tracing is on; and the job runs inside a span of the saga's tra
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,14 +44,12 @@ def job_type(kind: str) -> str:
 
 
 class _Watch:
-    def __init__(self, job: ClaimedJob, span: SpanHandle, on_finish: Callable[[], None]) -> None:
+    def __init__(self, job: ClaimedJob, span: SpanHandle) -> None:
         self.job = job
         self.span = span
-        self.on_finish = on_finish
         self.started = time.perf_counter()
 
     def finished(self, outcome: JobOutcome, error: str | None) -> None:
-        self.on_finish()
         self.span.set("outcome", outcome.value)
         if error is not None:
             self.span.set("error", error[:500])
@@ -65,9 +62,9 @@ class _Watch:
 class JobTelemetry:
     """Binds a job's log fields and opens its span (see the module docstring).
 
-    `cached_saga` (the process's stream cache) spares a database read for the attempt of
-    a chained job: one that follows, on the same thread and under the same claim, a job
-    of its saga that has just committed, so the cache holds the saga as it stands.
+    `cached_saga` (the process's stream cache) spares a database read for the attempt:
+    the worker reads each saga into it when it claims the saga's job, and a chained job
+    follows a commit of its own thread.
     """
 
     def __init__(
@@ -79,12 +76,11 @@ class JobTelemetry:
         self.uow_factory = uow_factory
         self.tracing = tracing
         self.cached_saga = cached_saga
-        self._thread = threading.local()
 
     def _saga(self, job: ClaimedJob) -> OrderFulfillmentSaga | None:
-        # Same row, same claim token: a continuation, whose saga only this thread touched.
-        chained = getattr(self._thread, "last", None) == (job.id, job.claim_token)
-        if chained and self.cached_saga is not None:
+        # The worker reads a saga into the cache when it claims its job, and a
+        # continuation follows a commit of this thread: the cache holds the saga as it is.
+        if self.cached_saga is not None:
             events = self.cached_saga(job.saga_id)
             if events:
                 return OrderFulfillmentSaga.replay(job.saga_id, events)
@@ -124,11 +120,8 @@ class JobTelemetry:
         }
         attributes = {**fields, "job_type": job_type(job.kind)}
 
-        def remember() -> None:
-            self._thread.last = (job.id, job.claim_token)
-
         with (
             self.tracing.span(job.kind, job.saga_id, attributes) as span,
             job_context(**fields, **self.tracing.current_ids()),
         ):
-            yield _Watch(job, span, remember)
+            yield _Watch(job, span)

@@ -1,0 +1,158 @@
+"""Group commit (adapters/group_commit.py): steps of several job threads share one
+transaction; each keeps DESIGN.md rule 1 on its own, and none is acted on before COMMIT."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import Connection, insert, select
+
+from fulfillment.adapters import tables as t
+from fulfillment.adapters.group_commit import GroupCommitter
+from fulfillment.bootstrap import App
+from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.entrypoints.worker import Worker
+from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.messagebus import RetryableDatabaseError
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _stock(conn: Connection, sku: str) -> None:
+    conn.execute(insert(t.inventory).values(sku=sku, on_hand=1, reserved=0, updated_at=NOW))
+
+
+def _stocking(sku: str, rows: list | None = None) -> Callable[[Connection], list]:
+    """A step that stocks `sku` and hands the group `rows` as its events."""
+
+    def work(conn: Connection) -> list:
+        _stock(conn, sku)
+        return rows or []
+
+    return work
+
+
+def _skus(app: App) -> set[str]:
+    with app.engine.connect() as conn:
+        return set(conn.execute(select(t.inventory.c.sku)).scalars())
+
+
+def _committer(app: App) -> GroupCommitter:
+    assert app.group is not None, "group commit is on by default"
+    return app.group
+
+
+def _queued(group: GroupCommitter, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while group._queued < n:
+        assert time.monotonic() < deadline, "the second step never queued"
+        time.sleep(0.001)
+
+
+def _two_steps(
+    app: App,
+    first: Callable[[Connection], list | None],
+    second: Callable[[Connection], list | None],
+) -> list[object]:
+    """Step 1 holds the turn until step 2 is queued, so both land in one group."""
+    group = _committer(app)
+    results: list[object] = [None, None]
+
+    def run(i: int, work: Callable[[Connection], list | None], hold: bool) -> None:
+        conn = group.enter()
+        if hold:
+            _queued(group, 1)
+        rows = work(conn)
+        found = group.leave(rows)
+        try:
+            if found is not None:
+                found.wait()
+            results[i] = "committed" if found is not None else "rolled back"
+        except RetryableDatabaseError as exc:
+            results[i] = exc
+
+    one = threading.Thread(target=run, args=(0, first, True))
+    one.start()
+    deadline = time.monotonic() + 10
+    while not group._turn.locked():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    two = threading.Thread(target=run, args=(1, second, False))
+    two.start()
+    one.join(10)
+    two.join(10)
+    return results
+
+
+def test_steps_queued_behind_each_other_commit_once_together(app: App) -> None:
+    group = _committer(app)
+    before = group.commits
+
+    assert _two_steps(app, _stocking("GC-1"), _stocking("GC-2")) == ["committed", "committed"]
+    assert {"GC-1", "GC-2"} <= _skus(app)
+    assert group.commits == before + 1
+
+
+def test_a_step_that_fails_rolls_back_its_own_savepoint_only(app: App) -> None:
+    def failed(conn: Connection) -> None:
+        _stock(conn, "GC-GONE")
+        return None  # the step raised: its unit of work rolls back
+
+    assert _two_steps(app, _stocking("GC-KEPT"), failed) == ["committed", "rolled back"]
+    skus = _skus(app)
+    assert "GC-KEPT" in skus and "GC-GONE" not in skus
+
+
+def test_when_the_group_fails_no_step_commits_and_every_step_is_told(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = _committer(app)
+
+    def fail(conn: Connection, rows: list) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(group, "insert_events", fail)
+    row = [{"an": "event row"}]
+
+    results = _two_steps(app, _stocking("GC-A", row), _stocking("GC-B", row))
+    assert all(isinstance(r, RetryableDatabaseError) for r in results), results
+    assert not {"GC-A", "GC-B"} & _skus(app)
+    # The committer goes on with a fresh transaction.
+    monkeypatch.undo()
+    assert _two_steps(app, _stocking("GC-C"), _stocking("GC-D")) == ["committed", "committed"]
+    assert {"GC-C", "GC-D"} <= _skus(app)
+
+
+def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -> None:
+    app.bus.handle(c.SetInventory(sku="GC-SKU", on_hand=100))
+    orders = [f"gc-{i}" for i in range(30)]
+    for order_id in orders:
+        app.bus.handle(
+            c.CreateOrder(
+                order_id=order_id,
+                customer_id="cust-1",
+                items=(OrderLine("GC-SKU", 2),),
+                prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
+                shipping_address=ShippingAddress("Pat", "1 Main St", "Town", "12345", "US"),
+            )
+        )
+    group = _committer(app)
+    before = group.committed_steps
+
+    Worker(app, concurrency=12).run(until_idle=True, timeout=120)
+
+    with app.engine.connect() as conn:
+        shipments = conn.execute(select(t.shipments.c.order_id)).scalars().all()
+        stock = conn.execute(
+            select(t.inventory.c.on_hand, t.inventory.c.reserved).where(
+                t.inventory.c.sku == "GC-SKU"
+            )
+        ).one()
+    assert sorted(shipments) == sorted(orders)
+    assert tuple(stock) == (100 - 2 * len(orders), 0)
+    # Every step of every order (4 each) went through the shared transaction.
+    assert group.committed_steps - before == 4 * len(orders)
