@@ -73,6 +73,9 @@ class Plan:
     trial_orders: int
     offered_seconds: float
     rss_orders: list[int]
+    #: Where our read models are kept: "process" (`fulfillment projections run` beside
+    #: `worker --no-projector`) or "inline" (a projector thread in every worker).
+    projector: str = "process"
     ours: bool = True
     plain: bool = True
     json_path: Path = Path("benchmark-results.json")
@@ -111,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         "--offered-seconds", type=float, default=15.0, help="0 disables the offered-load runs"
     )
     p.add_argument("--rss-orders", default="", help="e.g. 10000,100000: worker RSS at each size")
+    p.add_argument(
+        "--projector",
+        choices=("process", "inline"),
+        default="process",
+        help="our read models: a projector process of their own, or a thread in each worker",
+    )
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--json", type=Path, default=Path("benchmark-results.json"))
@@ -154,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         trial_orders=int(args.trial_orders),
         offered_seconds=float(args.offered_seconds),
         rss_orders=_ints(args.rss_orders),
+        projector=str(args.projector),
         ours=not args.skip_ours,
         plain=not args.skip_plain,
         json_path=args.json,
@@ -180,9 +190,8 @@ def run_ours(plan: Plan, backend: str, log_root: Path) -> None:
         for workers in plan.workers:
             for mix in plan.mixes:
                 conc, note = concurrency_for(plan, backend, latency, workers)
-                _ours_backlog(
-                    plan, backend, mix, OursConfig(workers, conc, latency), log_root, note
-                )
+                config = OursConfig(workers, conc, latency, projector=plan.projector)
+                _ours_backlog(plan, backend, mix, config, log_root, note)
     # The latency target compares one worker at the latency concurrency across latencies.
     if 0.0 in plan.latencies and any(lat > 0 for lat in plan.latencies) and 1 in plan.workers:
         conc, note = concurrency_for(plan, backend, 50.0, 1)
@@ -191,7 +200,7 @@ def run_ours(plan: Plan, backend: str, log_root: Path) -> None:
                 plan,
                 backend,
                 "success",
-                OursConfig(1, conc, 0.0),
+                OursConfig(1, conc, 0.0, projector=plan.projector),
                 log_root,
                 note,
                 role="latency_baseline",
@@ -245,7 +254,9 @@ def run_offered(plan: Plan, backend: str, log_root: Path) -> None:
         return
     rate = round(best.orders_per_second / 2, 1)
     n = max(50, int(rate * plan.offered_seconds))
-    config = OursConfig(best.config["workers"], best.config["concurrency"], 0.0)
+    config = OursConfig(
+        best.config["workers"], best.config["concurrency"], 0.0, projector=plan.projector
+    )
     label = f"ours {backend} offered load {rate}/s x {n}"
     console.print(f"[cyan]run[/cyan] {label}")
     try:
@@ -275,7 +286,9 @@ def run_offered(plan: Plan, backend: str, log_root: Path) -> None:
 def run_rss(plan: Plan, backend: str, log_root: Path) -> None:
     for n in plan.rss_orders:
         conc, note = concurrency_for(plan, backend, 0.0, 1)
-        config = OursConfig(1, conc, 0.0, timeout_seconds=max(600.0, n / 5))
+        config = OursConfig(
+            1, conc, 0.0, timeout_seconds=max(600.0, n / 5), projector=plan.projector
+        )
         _ours_backlog(plan, backend, "success", config, log_root, note, role=f"rss_{n}")
 
 

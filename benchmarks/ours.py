@@ -36,6 +36,7 @@ from benchmarks.common import (
     pace,
 )
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
@@ -53,6 +54,9 @@ class OursConfig:
     carrier_latency_ms: float = 0.0
     timeout_seconds: float = 600.0
     placers: int = 4
+    #: "process": workers run with --no-projector beside one `fulfillment projections run`
+    #: process; "inline": each worker keeps the read models on a thread of its own.
+    projector: str = "process"
 
 
 def product_env(db: Database, carrier_latency_ms: float) -> dict[str, str]:
@@ -105,31 +109,32 @@ class WorkerFleet:
         self.rss = rss
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        env = product_env(self.db, self.config.carrier_latency_ms)
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (kept open)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fulfillment.entrypoints.cli", *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        self.names.append(name)
+        self.rss.register(name, proc.pid)
 
     def start(self) -> None:
-        env = product_env(self.db, self.config.carrier_latency_ms)
+        separate = self.config.projector == "process"
         for n in range(self.config.workers):
-            log = open(self.log_dir / f"worker-{n}.log", "wb")  # noqa: SIM115 (kept open)
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fulfillment.entrypoints.cli",
-                    "worker",
-                    "--concurrency",
-                    str(self.config.concurrency),
-                    "--no-migrate",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            self.procs.append(proc)
-            self.rss.register(f"worker-{n}", proc.pid)
+            args = ["worker", "--concurrency", str(self.config.concurrency), "--no-migrate"]
+            self._spawn(f"worker-{n}", [*args, "--no-projector"] if separate else args)
+        if separate:
+            self._spawn("projector", ["projections", "run"])
 
     def stop(self) -> None:
-        for n, proc in enumerate(self.procs):
-            self.rss.unregister(f"worker-{n}")
+        for name, proc in zip(self.names, self.procs, strict=True):
+            self.rss.unregister(name)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
@@ -176,6 +181,21 @@ def wait_terminal(app: App, n: int, fleet: WorkerFleet, timeout: float) -> bool:
             raise RuntimeError(f"a worker exited early; see {fleet.log_dir}")
         time.sleep(0.2)
     return counter.poll() >= n
+
+
+def wait_projected(app: App, timeout: float = 120.0) -> float | None:
+    """Seconds until the read models have caught up with the log (None: not in time).
+
+    Throughput counts orders whose events are terminal; this shows that the projector
+    (a thread in each worker, or a process of its own) kept up rather than fell behind.
+    """
+    projector = Projector(app.engine, app.mapper)
+    started = time.perf_counter()
+    while projector.lag().behind > 0:
+        if time.perf_counter() - started > timeout:
+            return None
+        time.sleep(0.05)
+    return round(time.perf_counter() - started, 2)
 
 
 def metrics_from_engine(engine: Engine, *, window_from: str) -> dict[str, Any]:
@@ -264,6 +284,7 @@ def run_backlog(
             fleet.start()
             try:
                 done = wait_terminal(app, len(specs), fleet, config.timeout_seconds)
+                projected = wait_projected(app) if done else None
             finally:
                 fleet.stop()
         figures = metrics_from_engine(app.engine, window_from="first_step")
@@ -274,7 +295,12 @@ def run_backlog(
             specs,
             figures,
             rss,
-            {"mode": "backlog", "placed_per_second": round(placement_rate, 1)},
+            {
+                "mode": "backlog",
+                "placed_per_second": round(placement_rate, 1),
+                "projector": config.projector,
+                "projected_after_s": projected,
+            },
         )
         if not done:
             result.notes.append(f"timed out after {config.timeout_seconds:g}s")

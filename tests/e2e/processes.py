@@ -30,12 +30,15 @@ FULFILLMENT = Path(sys.executable).parent / "fulfillment"
 TERMINAL_ORDER_EVENTS = ("OrderFulfilled", "OrderCancelled")
 
 
-def worker_command(concurrency: int) -> list[str]:
+def fulfillment_command() -> list[str]:
     """The installed `fulfillment` script, or the module when it is not on disk."""
-    args = ["worker", "--concurrency", str(concurrency)]
     if FULFILLMENT.exists():
-        return [str(FULFILLMENT), *args]
-    return [sys.executable, "-m", "fulfillment.entrypoints.cli", *args]
+        return [str(FULFILLMENT)]
+    return [sys.executable, "-m", "fulfillment.entrypoints.cli"]
+
+
+def worker_command(concurrency: int) -> list[str]:
+    return [*fulfillment_command(), "worker", "--concurrency", str(concurrency)]
 
 
 class WorkerProcess:

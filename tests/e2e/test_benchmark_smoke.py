@@ -68,7 +68,9 @@ def test_quick_benchmark_measures_our_saga_against_the_plain_sql_limit(tmp_path:
     for run in doc["runs"]:
         assert_complete_run(run, 50)
     ours = next(r for r in doc["runs"] if r["system"] == "ours")
-    assert set(ours["peak_rss_mib"]) == {"worker-0"}
+    # The worker, and the projector process that keeps the read models beside it.
+    assert set(ours["peak_rss_mib"]) == {"worker-0", "projector"}
+    assert ours["config"]["projected_after_s"] is not None
     assert [c["against"] for c in doc["comparisons"]] == ["plain_sql"]
     assert any(t["target"].startswith(">= 40% of the plain-SQL limit") for t in doc["targets"])
 

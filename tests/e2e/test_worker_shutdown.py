@@ -14,14 +14,17 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.carrier import SimulatedCarrier
+from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
@@ -30,7 +33,13 @@ from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.ports import Booking
 
-from .processes import Ledger, wait_until, worker_processes
+from .processes import (
+    Ledger,
+    fulfillment_command,
+    wait_until,
+    worker_command,
+    worker_processes,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
@@ -263,3 +272,30 @@ def test_stopping_worker_keeps_the_leases_of_jobs_it_is_finishing(make_app: Make
 
     assert outcomes == [JobOutcome.DONE]
     assert carrier.calls == 1
+
+
+@pytest.mark.slow
+def test_a_worker_without_projector_leaves_the_read_models_to_the_projector_process(
+    make_app: MakeApp, database_url: str, tmp_path: Path
+) -> None:
+    app = make_app()
+    place_orders(app, 20)
+    ledger = Ledger(database_url)
+    projector = Projector(app.engine, app.mapper)
+    try:
+        with worker_processes(tmp_path, database_url) as start:
+            worker = start(8, command=[*worker_command(8), "--no-projector"])
+            wait_until(lambda: ledger.finished_orders() == 20, 60, "every order finished")
+            time.sleep(0.3)  # an inline projector polls every 0.1 s
+            assert projector.lag().behind > 0, "the worker kept the read models itself"
+
+            follower = start(command=[*fulfillment_command(), "projections", "run"])
+            wait_until(lambda: projector.lag().behind == 0, 60, "the projector caught up")
+            for process in (worker, follower):
+                process.terminate()
+                assert process.wait(30) == 0, process.output()
+        with app.engine.connect() as conn:
+            statuses = conn.execute(select(t.order_summaries.c.status)).scalars().all()
+        assert sorted(statuses) == ["fulfilled"] * 20
+    finally:
+        ledger.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.group_commit import GroupCommitter
@@ -127,32 +127,65 @@ def test_when_the_group_fails_no_step_commits_and_every_step_is_told(
     assert {"GC-C", "GC-D"} <= _skus(app)
 
 
-def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -> None:
-    app.bus.handle(c.SetInventory(sku="GC-SKU", on_hand=100))
-    orders = [f"gc-{i}" for i in range(30)]
-    for order_id in orders:
+SKUS = [f"GC-SKU-{n}" for n in range(4)]
+
+
+def _place(app: App, orders: list[str]) -> None:
+    """Orders of 2 units each, over a few hot SKUs."""
+    for sku in SKUS:
+        app.bus.handle(c.SetInventory(sku=sku, on_hand=200))
+    for i, order_id in enumerate(orders):
         app.bus.handle(
             c.CreateOrder(
                 order_id=order_id,
                 customer_id="cust-1",
-                items=(OrderLine("GC-SKU", 2),),
+                items=(OrderLine(SKUS[i % len(SKUS)], 2),),
                 prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
                 shipping_address=ShippingAddress("Pat", "1 Main St", "Town", "12345", "US"),
             )
         )
+
+
+def _assert_fulfilled(app: App, orders: list[str]) -> None:
+    with app.engine.connect() as conn:
+        shipments = conn.execute(select(t.shipments.c.order_id)).scalars().all()
+        stock = conn.execute(
+            select(func.sum(t.inventory.c.on_hand), func.sum(t.inventory.c.reserved)).where(
+                t.inventory.c.sku.in_(SKUS)
+            )
+        ).one()
+    assert sorted(shipments) == sorted(orders)
+    assert tuple(stock) == (200 * len(SKUS) - 2 * len(orders), 0)
+
+
+def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -> None:
+    orders = [f"gc-{i}" for i in range(30)]
+    _place(app, orders)
     group = _committer(app)
     before = group.committed_steps
 
     Worker(app, concurrency=12).run(until_idle=True, timeout=120)
 
-    with app.engine.connect() as conn:
-        shipments = conn.execute(select(t.shipments.c.order_id)).scalars().all()
-        stock = conn.execute(
-            select(t.inventory.c.on_hand, t.inventory.c.reserved).where(
-                t.inventory.c.sku == "GC-SKU"
-            )
-        ).one()
-    assert sorted(shipments) == sorted(orders)
-    assert tuple(stock) == (100 - 2 * len(orders), 0)
+    _assert_fulfilled(app, orders)
     # Every step of every order (4 each) went through the shared transaction.
     assert group.committed_steps - before == 4 * len(orders)
+
+
+def test_the_groups_of_two_workers_on_one_database_do_not_deadlock(
+    make_app: Callable[..., App],
+) -> None:
+    """Each group holds row locks (inventory, jobs) until its COMMIT; two workers' groups
+    touching the same hot rows once waited on each other for good on PostgreSQL."""
+    apps = [make_app(), make_app()]
+    orders = [f"gc2-{i}" for i in range(120)]
+    _place(apps[0], orders)
+    workers = [Worker(app, concurrency=16) for app in apps]
+    threads = [
+        threading.Thread(target=w.run, kwargs={"until_idle": True, "timeout": 50}) for w in workers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    _assert_fulfilled(apps[0], orders)

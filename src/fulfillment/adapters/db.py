@@ -103,6 +103,24 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: PostgreSQL's advisory-lock key for event appends: the key of migration 0004's trigger.
+EVENT_APPEND_LOCK_KEY = 7_304_118_001
+
+
+def append_lock_sql(backend: str) -> str | None:
+    """The statement that takes the event-append lock up front (held until commit).
+
+    A group commit (``adapters/group_commit.py``) takes it as its transaction's first
+    statement: groups of different processes then never hold row locks while waiting
+    for each other, so they cannot deadlock. SQLite needs none (``BEGIN IMMEDIATE``).
+    """
+    if backend == "postgresql":
+        return f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})"
+    if backend == "mysql":
+        return "SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE"
+    return None
+
+
 def backend_of(conn_or_engine: Connection | Engine) -> str:
     name = conn_or_engine.dialect.name
     return "mysql" if name in ("mysql", "mariadb") else name

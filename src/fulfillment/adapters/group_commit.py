@@ -18,9 +18,12 @@ itself fails (the COMMIT, a deadlock that aborted the transaction), every step i
 rolled back, and each one's thread gets a `RetryableDatabaseError`: the command bus runs
 the step again, as after any deadlock.
 
-The events of all steps are inserted by one statement just before the COMMIT, so the
-append lock is taken once per group and held as briefly as before for a single step;
-positions stay in commit order (rule 3).
+On PostgreSQL and MariaDB a group takes the event-append lock as its first statement
+and holds it to its COMMIT: groups of different worker processes take turns instead of
+holding row locks (hot inventory rows, job rows) while they wait for each other, which
+deadlocked two workers' groups. Within a group, steps overlap their round trips with the
+other threads' Python work. The events of all steps are inserted by one statement just
+before the COMMIT; positions stay in commit order (rule 3).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from fulfillment.adapters.db import append_lock_sql, backend_of
 from fulfillment.adapters.prepared import run_sql
 from fulfillment.service_layer.messagebus import RetryableDatabaseError
 
@@ -67,6 +71,7 @@ class GroupCommitter:
         max_members: int = 32,
     ) -> None:
         self.engine = engine
+        self._lock_sql = append_lock_sql(backend_of(engine))
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()
@@ -92,6 +97,8 @@ class GroupCommitter:
                 self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
+                if self._lock_sql is not None:
+                    run_sql(self._conn, self._lock_sql)
             if savepoint:
                 run_sql(self._conn, "SAVEPOINT step")
                 self._in_step = True

@@ -147,9 +147,11 @@ def scalar(conn: Connection, prepared: Prepared, params: Params) -> Any:
 
 
 def run_sql(conn: Connection, sql: str) -> None:
-    """A parameterless statement (SAVEPOINT, ...) on the raw cursor."""
+    """A parameterless statement (SAVEPOINT, a lock, ...) on the raw cursor."""
     cursor = _cursor(conn)
     try:
         cursor.execute(sql)
+        if cursor.description is not None:
+            cursor.fetchall()
     except conn.dialect.loaded_dbapi.Error as exc:
         _raise_wrapped(conn, sql, (), exc, cursor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import typer
@@ -63,6 +64,11 @@ def worker_command(
     migrate_first: bool = typer.Option(
         True, "--migrate/--no-migrate", help="Apply migrations first."
     ),
+    with_projector: bool = typer.Option(
+        True,
+        "--projector/--no-projector",
+        help="Also keep the read models (or leave them to `fulfillment projections run`).",
+    ),
 ) -> None:
     """Run a standalone worker process (and a projector) until SIGTERM or Ctrl-C."""
     from fulfillment.adapters.projections import ProjectorThread
@@ -72,24 +78,60 @@ def worker_command(
     _logging(settings)
     fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
-    projector = ProjectorThread(fapp)
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("fulfillment.worker").info("signal %d: finishing in-flight jobs", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    projector = ProjectorThread(fapp) if with_projector else None
+    _stop_on_signal("worker", worker.stop)
     console.print(
         f"worker {worker.worker_id} running with concurrency {concurrency}", highlight=False
     )
-    projector.start()
+    if projector is not None:
+        projector.start()
     try:
         worker.run()
     finally:
-        projector.stop()
+        if projector is not None:
+            projector.stop()
         fapp.close()
     console.print(f"worker stopped after {worker.processed} jobs", highlight=False)
+
+
+@cli_ops.projections_app.command("run")
+def projections_run(
+    poll: float = typer.Option(
+        0.1, "--poll", min=0.01, help="Seconds between looks at the log once caught up."
+    ),
+) -> None:
+    """Follow the event log into the read models until SIGTERM or Ctrl-C (a projector of
+    its own, for workers started with --no-projector)."""
+    import threading
+
+    from fulfillment.adapters.projections import ProjectorThread
+
+    settings = _settings()
+    _logging(settings)
+    fapp = bootstrap(settings, pool_size=2)
+    projector = ProjectorThread(fapp, poll_interval=poll)
+    stopped = threading.Event()
+    _stop_on_signal("projections", stopped.set)
+    console.print(f"projector {projector.projector.name} following the log", highlight=False)
+    projector.start()
+    try:
+        while not stopped.wait(0.5):
+            if not projector.is_alive():
+                raise typer.Exit(1)
+    finally:
+        projector.stop()
+        fapp.close()
+
+
+def _stop_on_signal(logger: str, stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call `stop` (work in progress finishes first)."""
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(f"fulfillment.{logger}").info("signal %d: stopping", signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
 
 
 @app.command("demo")
