@@ -189,3 +189,16 @@ def test_the_groups_of_two_workers_on_one_database_do_not_deadlock(
         thread.join(60)
     assert not any(thread.is_alive() for thread in threads)
     _assert_fulfilled(apps[0], orders)
+
+
+def test_with_group_commit_off_each_step_commits_on_its_own(
+    make_app: Callable[..., App],
+) -> None:
+    app = make_app(group_commit_max_steps=1)
+    assert app.group is None
+    orders = [f"solo-{i}" for i in range(12)]
+    _place(app, orders)
+
+    Worker(app, concurrency=6).run(until_idle=True, timeout=120)
+
+    _assert_fulfilled(app, orders)

@@ -18,6 +18,7 @@ def test_with_nothing_set_the_documented_defaults_apply() -> None:
     assert settings.carrier_failure_rate == 0
     assert settings.job_lease_seconds == 30
     assert settings.api_keys == ()
+    assert settings.group_commit_max_steps == 32
 
 
 def test_the_process_environment_is_read_when_none_is_given(
@@ -39,6 +40,7 @@ def test_every_documented_variable_is_read() -> None:
             "FULFILLMENT_CARRIER_FAILURE_RATE": "0.2",
             "FULFILLMENT_JOB_LEASE_SECONDS": "12.5",
             "FULFILLMENT_API_KEYS": "key-one, key-two,",
+            "FULFILLMENT_GROUP_COMMIT_MAX_STEPS": "1",
         }
     )
 
@@ -50,6 +52,7 @@ def test_every_documented_variable_is_read() -> None:
     assert settings.carrier_failure_rate == 0.2
     assert settings.job_lease_seconds == 12.5
     assert settings.api_keys == ("key-one", "key-two")
+    assert settings.group_commit_max_steps == 1
 
 
 def test_an_empty_variable_counts_as_unset() -> None:
@@ -102,6 +105,7 @@ def test_the_boundaries_of_the_valid_ranges_are_accepted() -> None:
         ("FULFILLMENT_JOB_LEASE_SECONDS", "0"),
         ("FULFILLMENT_JOB_LEASE_SECONDS", "inf"),
         ("FULFILLMENT_SQLITE_SYNCHRONOUS", "sometimes"),
+        ("FULFILLMENT_GROUP_COMMIT_MAX_STEPS", "0"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variables_name(variable: str, value: str) -> None:
