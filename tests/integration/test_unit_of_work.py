@@ -208,3 +208,16 @@ def test_a_job_run_on_a_stale_cache_runs_again_on_fresh_events(
     assert count(app, t.shipments) == 1
     left = app.queue.for_saga(ORDER)
     assert left is not None and left.kind == "complete"
+
+
+def test_the_stream_cache_keeps_sagas_in_flight_and_lets_finished_ones_go(app: App) -> None:
+    place_order(app)
+    for kind in ("create_prescription", "reserve_inventory", "initiate_shipment"):
+        assert app.runner.run(claim(app, kind)) is JobOutcome.DONE
+    assert app.cache.get(f"saga-{ORDER}"), "a saga in flight stays cached between its steps"
+
+    assert app.runner.run(claim(app, "complete")) is JobOutcome.DONE
+
+    assert saga_event_types(app)[-1] == "OrderFulfillmentSagaCompleted"
+    assert app.cache.get(f"saga-{ORDER}") == ()
+    assert app.cache.get(f"order-{ORDER}") == ()

@@ -87,12 +87,14 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
         continuation: ClaimedJob | None = None
+        saga_done = False
         if self.job is not None:
             own = [spec for spec in jobs if spec.saga_id == self.job.saga_id]
             jobs = [spec for spec in jobs if spec.saga_id != self.job.saga_id]
             # The job row of the saga becomes its next job (or goes): one statement.
             self.events.verify({append.stream_id for append in appends})
             continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
+            saga_done = not own
         job_queue.enqueue(self.conn, jobs)
         if self._in_group:
             assert self.group is not None
@@ -108,7 +110,12 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         else:
             self.events.append(appends, self.causation_id)
             self.conn.commit()
-        self.events.after_commit(appends)
+        if saga_done:
+            # The saga has no job left (it ended, or waits for an operator): its streams
+            # leave the cache, which so holds the sagas in flight, not every saga seen.
+            self.events.forget()
+        else:
+            self.events.after_commit(appends)
         if self.job is not None and continuation is not None:
             self.job.continuation.append(continuation)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
