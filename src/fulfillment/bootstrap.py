@@ -137,7 +137,7 @@ def bootstrap(
         return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache, group=group)
 
     bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
-    queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures)
+    queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures, group=group)
     tracing = tracing or setup_tracing()
     # Every job runs with its log fields bound (and in a span when tracing is on).
     telemetry = JobTelemetry(

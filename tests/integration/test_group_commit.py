@@ -167,8 +167,10 @@ def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -
     Worker(app, concurrency=12).run(until_idle=True, timeout=120)
 
     _assert_fulfilled(app, orders)
-    # Every step of every order (4 each) went through the shared transaction.
-    assert group.committed_steps - before == 4 * len(orders)
+    # Every step of every order (4 each) went through the shared transaction (on SQLite
+    # the queue's claims and heartbeats join it too).
+    joined = group.committed_steps - before
+    assert joined == 4 * len(orders) if app.queue.group is None else joined > 4 * len(orders)
 
 
 def test_the_groups_of_two_workers_on_one_database_do_not_deadlock(

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,21 @@ class GroupCommitter:
         finally:
             self._turn.release()
         return group if rows is not None else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A turn used as a transaction of its own (the job queue's writes on SQLite): the
+        block's writes commit with the group, and the block exits after that COMMIT;
+        they roll back if it raises."""
+        conn = self.enter()
+        try:
+            yield conn
+        except BaseException:
+            self.leave(None)
+            raise
+        group = self.leave([])
+        assert group is not None
+        group.wait()
 
     def leave_look(self) -> None:
         """End a turn entered with `savepoint=False`."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -29,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.prepared import Prepared, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
@@ -153,10 +155,19 @@ def finish(conn: Connection, job: ClaimedJob) -> None:
 
 
 class SqlAlchemyJobQueue(AbstractJobQueue):
-    def __init__(self, engine: Engine, max_claims: int = 10) -> None:
+    def __init__(
+        self, engine: Engine, max_claims: int = 10, group: GroupCommitter | None = None
+    ) -> None:
         self.engine = engine
         self.backend = backend_of(engine)
         self.max_claims = max_claims
+        # On SQLite (one writer) the queue's writes join the worker's group commit: a
+        # claim does not wait in SQLite's busy handler while the group holds the lock.
+        self.group = group if self.backend == "sqlite" else None
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A write transaction: a turn in the group commit, or a transaction of its own."""
+        return self.group.transaction() if self.group is not None else self.engine.begin()
 
     def _now(self) -> ColumnElement[float]:
         return db_now_epoch(self.backend)
@@ -182,7 +193,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         else:
             query = query.with_for_update(skip_locked=True)
         token = str(uuid.uuid4())
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(query).all()
             if not rows:
                 return []
@@ -207,7 +218,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         if not jobs:
             return 0
         tokens = sorted({j.claim_token for j in jobs})
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 update(t.jobs)
                 .where(
@@ -221,7 +232,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
 
     def reap_expired(self) -> int:
         """Give back jobs whose lease ran out; a job that keeps losing its worker goes dead."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             expired = (t.jobs.c.status == RUNNING, t.jobs.c.lease_expires_at < self._now())
             conn.execute(
                 update(t.jobs)
@@ -236,7 +247,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
             return int(result.rowcount)
 
     def fail(self, job: ClaimedJob, error: str, delay_seconds: float, dead: bool) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
@@ -253,7 +264,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
                 raise LeaseLost(f"job {job.id} is no longer held by this worker")
 
     def release(self, job: ClaimedJob) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
@@ -281,7 +292,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
 
     def retry_dead(self, saga_id: str) -> bool:
         """Put a dead job of the saga back in line, with its failure count reset."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.saga_id == saga_id, t.jobs.c.status == DEAD)
