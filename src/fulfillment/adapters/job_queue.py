@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import (
     Connection,
     Engine,
+    Executable,
     bindparam,
     delete,
     func,
@@ -154,6 +155,33 @@ def finish(conn: Connection, job: ClaimedJob) -> None:
         raise LeaseLost(f"job {job.id} is no longer held by this worker")
 
 
+@functools.cache
+def _claim_statements(backend: str) -> tuple[Executable | None, Executable, Executable]:
+    """The claim's statements, built once: (SQLite's peek, the due jobs, the claim mark)."""
+    now = db_now_epoch(backend)
+    query = (
+        select(t.jobs.c.id, t.jobs.c.saga_id, t.jobs.c.kind, t.jobs.c.claims, t.jobs.c.failures)
+        .where(t.jobs.c.status == READY, t.jobs.c.run_at <= now)
+        .order_by(t.jobs.c.run_at)
+        .limit(bindparam("limit"))
+    )
+    peek = query.with_only_columns(t.jobs.c.id) if backend == "sqlite" else None
+    if backend != "sqlite":
+        query = query.with_for_update(skip_locked=True)
+    mark = (
+        update(t.jobs)
+        .where(t.jobs.c.id.in_(bindparam("ids", expanding=True)))
+        .values(
+            status=RUNNING,
+            claim_token=bindparam("token"),
+            claimed_by=bindparam("worker"),
+            lease_expires_at=now + bindparam("lease", type_=t.jobs.c.run_at.type),
+            claims=t.jobs.c.claims + 1,
+        )
+    )
+    return peek, query, mark
+
+
 class SqlAlchemyJobQueue(AbstractJobQueue):
     def __init__(
         self, engine: Engine, max_claims: int = 10, group: GroupCommitter | None = None
@@ -177,36 +205,27 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        query = (
-            select(t.jobs.c.id, t.jobs.c.saga_id, t.jobs.c.kind, t.jobs.c.claims, t.jobs.c.failures)
-            .where(t.jobs.c.status == READY, t.jobs.c.run_at <= self._now())
-            .order_by(t.jobs.c.run_at)
-            .limit(limit)
-        )
-        if self.backend == "sqlite":
+        peek, query, mark = _claim_statements(self.backend)
+        if peek is not None:
             # Look before taking the write lock: an idle poll should not block writers.
-            with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as peek:
-                if peek.execute(query.with_only_columns(t.jobs.c.id)).first() is None:
-                    peek.rollback()
-                    return []
-                peek.rollback()
-        else:
-            query = query.with_for_update(skip_locked=True)
+            with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+                found = conn.execute(peek, {"limit": 1}).first()
+                conn.rollback()
+            if found is None:
+                return []
         token = str(uuid.uuid4())
         with self._write() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query, {"limit": limit}).all()
             if not rows:
                 return []
             conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.id.in_([r.id for r in rows]))
-                .values(
-                    status=RUNNING,
-                    claim_token=token,
-                    claimed_by=worker_id[:100],
-                    lease_expires_at=self._now() + lease_seconds,
-                    claims=t.jobs.c.claims + 1,
-                )
+                mark,
+                {
+                    "ids": [r.id for r in rows],
+                    "token": token,
+                    "worker": worker_id[:100],
+                    "lease": lease_seconds,
+                },
             )
         chain_lease = lease_seconds if chain else None
         return [
