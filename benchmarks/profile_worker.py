@@ -74,6 +74,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--idle", action="store_true", help="count waiting threads too")
     parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL (CPU)")
+    parser.add_argument(
+        "--inline-projector",
+        action="store_true",
+        help="profile the worker with its projector thread (default: --no-projector, as the"
+        " harness runs it)",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw (collapsed) stacks here")
     args = parser.parse_args()
@@ -89,6 +95,8 @@ def main() -> None:
             cmd.append("--gil")
         cmd += ["--", sys.executable, "-m", "fulfillment.entrypoints.cli", "worker"]
         cmd += ["--concurrency", str(args.concurrency), "--no-migrate"]
+        if not args.inline_projector:
+            cmd += ["--no-projector"]
         env = product_env(db, 0.0)
         with open(Path(tmp) / "worker.log", "wb") as log:
             spy = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
