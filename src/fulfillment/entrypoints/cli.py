@@ -100,8 +100,10 @@ def projections_run(
         0.1, "--poll", min=0.01, help="Seconds between looks at the log once caught up."
     ),
 ) -> None:
-    """Follow the event log into the read models until SIGTERM or Ctrl-C (a projector of
-    its own, for workers started with --no-projector)."""
+    """Follow the event log into the read models until SIGTERM or Ctrl-C.
+
+    The projector as a process of its own, for workers started with --no-projector.
+    """
     import threading
 
     from fulfillment.adapters.projections import ProjectorThread
