@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.worker_concurrency
 
 ## The whole performance matrix against DBOS, eventsourcing and the plain-SQL limit
-## (docs/performance.md; about 15 min at 500 orders, an hour at the default 1,000).
+## (docs/performance.md; about 26 min at the default 1,000 orders on 2 cores).
 bench-all: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.harness --json bench.json --doc docs/performance.md
