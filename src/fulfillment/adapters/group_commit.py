@@ -116,23 +116,23 @@ class GroupCommitter:
         try:
             assert self._in_step and self._conn is not None, "leave() without enter()"
             self._in_step = False
+            # A kept step's savepoint is not released (a round trip saved): the next
+            # step's SAVEPOINT of the same name supersedes it, and COMMIT ends all.
+            if rows is not None:
+                group.members += 1
+                group.rows.extend(rows)
+                self._end_turn(group)
+                return group
             try:
-                # A kept step's savepoint is not released (a round trip saved): the next
-                # step's SAVEPOINT of the same name supersedes it, and COMMIT ends all.
-                if rows is None:
-                    run_sql(self._conn, "ROLLBACK TO SAVEPOINT step")
-                else:
-                    group.members += 1
-                    group.rows.extend(rows)
+                run_sql(self._conn, "ROLLBACK TO SAVEPOINT step")
             except BaseException as exc:
                 # The transaction itself is gone (MariaDB rolls it all back on deadlock).
                 self._fail_group(exc)
-                return group if rows is not None else None
-            if self._queued == 0 or group.members >= self.max_members:
-                self._flush()
+            else:
+                self._end_turn(group)
+            return None
         finally:
             self._turn.release()
-        return group if rows is not None else None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -152,8 +152,7 @@ class GroupCommitter:
     def leave_look(self) -> None:
         """End a turn entered with `savepoint=False`."""
         try:
-            if self._queued == 0 and self._conn is not None:
-                self._flush()  # commits what the group holds; or ends an empty transaction
+            self._end_turn(self._group)
         finally:
             self._turn.release()
 
@@ -164,6 +163,12 @@ class GroupCommitter:
             self._discard_connection()
 
     # --- with the turn held ---------------------------------------------------------
+
+    def _end_turn(self, group: Group) -> None:
+        """Commit the group now if no other thread is queued to join it, or it is full
+        (an empty group just ends its transaction)."""
+        if self._queued == 0 or group.members >= self.max_members:
+            self._flush()
 
     def _flush(self) -> None:
         group, self._group = self._group, Group()

@@ -100,28 +100,31 @@ def _raise_wrapped(conn: Connection, sql: str, args: Any, exc: Exception, cursor
     raise DBAPIError.instance(sql, args, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
 
 
-def execute(conn: Connection, prepared: Prepared, params: Params) -> Any:
-    """Run the statement; return the DBAPI cursor, to read rowcount or rows at once."""
-    c = prepared.compiled(conn.dialect)
-    args = _args(c, params)
+def _run(conn: Connection, sql: str, args: Any = None, *, many: bool = False) -> Any:
+    """Run `sql` on the connection's cursor, DBAPI errors wrapped as SQLAlchemy's."""
     cursor = _cursor(conn)
     try:
-        cursor.execute(c.sql, args)
+        if many:
+            cursor.executemany(sql, args)
+        elif args is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, args)
     except conn.dialect.loaded_dbapi.Error as exc:
-        _raise_wrapped(conn, c.sql, args, exc, cursor)
+        _raise_wrapped(conn, sql, args, exc, cursor)
     return cursor
 
 
-def execute_many(conn: Connection, prepared: Prepared, rows: Sequence[Params]) -> None:
-    if not rows:
-        return
+def execute(conn: Connection, prepared: Prepared, params: Params) -> Any:
+    """Run the statement; return the DBAPI cursor, to read rowcount or rows at once."""
     c = prepared.compiled(conn.dialect)
-    args = [_args(c, row) for row in rows]
-    cursor = _cursor(conn)
-    try:
-        cursor.executemany(c.sql, args)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        _raise_wrapped(conn, c.sql, args, exc, cursor)
+    return _run(conn, c.sql, _args(c, params))
+
+
+def execute_many(conn: Connection, prepared: Prepared, rows: Sequence[Params]) -> None:
+    if rows:
+        c = prepared.compiled(conn.dialect)
+        _run(conn, c.sql, [_args(c, row) for row in rows], many=True)
 
 
 def rowcount(conn: Connection, prepared: Prepared, params: Params) -> int:
@@ -130,8 +133,9 @@ def rowcount(conn: Connection, prepared: Prepared, params: Params) -> int:
 
 def fetch_all(conn: Connection, prepared: Prepared, params: Params) -> list[tuple[Any, ...]]:
     """The rows, each value through Core's result processor of its column."""
-    raw = execute(conn, prepared, params).fetchall()
-    results = prepared.compiled(conn.dialect).results
+    c = prepared.compiled(conn.dialect)
+    raw = _run(conn, c.sql, _args(c, params)).fetchall()
+    results = c.results
     if not any(results):
         return [tuple(row) for row in raw]
     return [
@@ -148,10 +152,6 @@ def scalar(conn: Connection, prepared: Prepared, params: Params) -> Any:
 
 def run_sql(conn: Connection, sql: str) -> None:
     """A parameterless statement (SAVEPOINT, a lock, ...) on the raw cursor."""
-    cursor = _cursor(conn)
-    try:
-        cursor.execute(sql)
-        if cursor.description is not None:
-            cursor.fetchall()
-    except conn.dialect.loaded_dbapi.Error as exc:
-        _raise_wrapped(conn, sql, (), exc, cursor)
+    cursor = _run(conn, sql)
+    if cursor.description is not None:
+        cursor.fetchall()

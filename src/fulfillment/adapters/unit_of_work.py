@@ -91,8 +91,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         if self.job is not None:
             own = [spec for spec in jobs if spec.saga_id == self.job.saga_id]
             jobs = [spec for spec in jobs if spec.saga_id != self.job.saga_id]
-            # The job row of the saga becomes its next job (or goes): one statement.
             self.events.verify({append.stream_id for append in appends})
+            # The job row of the saga becomes its next job (or goes): one statement.
             continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
             saga_done = not own
         job_queue.enqueue(self.conn, jobs)
@@ -102,11 +102,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self._conn, self._in_group = None, False  # the turn ends here
             group = self.group.leave(rows)
             assert group is not None
-            try:
-                group.wait()
-            except RetryableDatabaseError:
-                self.events.forget()  # maybe it failed on a stale cached stream
-                raise
+            group.wait()  # a failed group raises: __exit__ drops the streams from the cache
         else:
             self.events.append(appends, self.causation_id)
             self.conn.commit()
