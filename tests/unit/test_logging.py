@@ -81,7 +81,8 @@ def test_every_line_of_a_job_carries_the_six_saga_fields(app: FakeApp, output: i
     second_try = [
         x for x in job_lines if x["order_id"] == "o-42" and x["step"] == "initiate_shipment"
     ]
-    assert [x["attempt"] for x in second_try] == [1, 1, 2]  # retrying + finished, finished
+    # started, retrying, finished; started, finished
+    assert [x["attempt"] for x in second_try] == [1, 1, 1, 2, 2]
     failed = next(x for x in job_lines if "failed (" in x["event"])
     assert failed["order_id"] == "o-43" and "unsupported_destination" in failed["event"]
     steps = {x["step"] for x in job_lines if x["order_id"] == "o-43"}

@@ -48,6 +48,7 @@ class _Watch:
         self.job = job
         self.span = span
         self.started = time.perf_counter()
+        log.debug("job %s started", job.kind)
 
     def finished(self, outcome: JobOutcome, error: str | None) -> None:
         self.span.set("outcome", outcome.value)
