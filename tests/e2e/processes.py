@@ -87,7 +87,22 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"worker {self.pid} still running after {timeout}s\n{self.output()}"
+                f"\n{self.stacks()}"
             ) from None
+
+    def stacks(self) -> str:
+        """The threads' stacks of the live child, by py-spy when installed (for a hang)."""
+        py_spy = Path(sys.executable).parent / "py-spy"
+        if not py_spy.exists():
+            return "(no py-spy to show the worker's threads)"
+        dump = subprocess.run(
+            [str(py_spy), "dump", "--pid", str(self.pid)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return dump.stdout + dump.stderr
 
     def output(self) -> str:
         self._log.flush()
@@ -135,12 +150,18 @@ def jobs_processed(output: str) -> int:
 
 
 def wait_until(
-    condition: Callable[[], object], timeout: float, what: str, poll: float = 0.02
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    poll: float = 0.02,
+    context: Callable[[], str] | None = None,
 ) -> None:
+    """Poll `condition`; on timeout fail, with `context()` (say, a worker's output)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout}s")
+            detail = f"\n{context()}" if context is not None else ""
+            raise AssertionError(f"{what}: not reached within {timeout}s{detail}")
         time.sleep(poll)
 
 

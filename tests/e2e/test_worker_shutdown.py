@@ -119,7 +119,7 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_cleanly(
             # From the worker's own log: a claimed job the worker has not started yet
             # (a continuation) is handed back on SIGTERM, not run, so the queue's
             # `running` status alone does not say which shipments were being booked.
-            wait_until(shipping_now, timeout=60, what="a shipment in flight")
+            wait_until(shipping_now, 60, "a shipment in flight", context=worker.output)
             worker.terminate()
             assert worker.wait(30) == 0, worker.output()
             assert worker.said("worker stopped after")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
-from collections.abc import Callable
-from types import FrameType
 
 import typer
 from rich.console import Console
@@ -16,6 +12,7 @@ from fulfillment.adapters.migrate import current_revision, migrate
 from fulfillment.bootstrap import bootstrap
 from fulfillment.config import Settings
 from fulfillment.entrypoints import cli_ops
+from fulfillment.entrypoints.signals import stop_on_signals
 from fulfillment.observability.logging import configure_logging, level_from_env
 
 app = typer.Typer(
@@ -79,7 +76,7 @@ def worker_command(
     fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
     projector = ProjectorThread(fapp) if with_projector else None
-    _stop_on_signal("worker", worker.stop)
+    stop_on_signals("worker", worker.stop)
     console.print(
         f"worker {worker.worker_id} running with concurrency {concurrency}", highlight=False
     )
@@ -113,7 +110,7 @@ def projections_run(
     fapp = bootstrap(settings, pool_size=2)
     projector = ProjectorThread(fapp, poll_interval=poll)
     stopped = threading.Event()
-    _stop_on_signal("projections", stopped.set)
+    stop_on_signals("projections", stopped.set)
     console.print(f"projector {projector.projector.name} following the log", highlight=False)
     projector.start()
     try:
@@ -123,17 +120,6 @@ def projections_run(
     finally:
         projector.stop()
         fapp.close()
-
-
-def _stop_on_signal(logger: str, stop: Callable[[], None]) -> None:
-    """SIGTERM and SIGINT call `stop` (work in progress finishes first)."""
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger(f"fulfillment.{logger}").info("signal %d: stopping", signum)
-        stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
 
 
 @app.command("demo")
