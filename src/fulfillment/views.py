@@ -23,15 +23,11 @@ from typing import Any
 from sqlalchemy import RowMapping, Select, and_, desc, or_, select
 
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.job_queue import DEAD
 from fulfillment.adapters.mapper import StoredEvent, to_utc
-from fulfillment.adapters.projections import (
-    Projector,
-    read_connection,
-    row_from_db,
-    summarize,
-)
+from fulfillment.adapters.projections import Projector, row_from_db, summarize
 from fulfillment.adapters.services import SqlAlchemyInventoryService
 from fulfillment.bootstrap import App
 from fulfillment.domain.order import Order

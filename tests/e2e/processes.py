@@ -109,8 +109,12 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def said(self, text: str) -> bool:
-        """Whether the worker printed `text` (line wrapping of the console ignored)."""
-        return text in " ".join(self.output().split())
+        """Whether the worker printed `text`, anywhere in its output (line wrapping of the
+        console ignored): not only in the tail `output()` shows, which a busy worker's
+        log lines soon push a start-up line out of."""
+        self._log.flush()
+        whole = self.log_path.read_text(errors="replace")
+        return text in " ".join(whole.split())
 
     def close(self) -> None:
         """Make sure the child is gone (a test that failed half-way leaves none behind)."""

@@ -97,7 +97,10 @@ def test_killed_worker_leaves_no_saga_unfinished_or_duplicated(
 
             survivors = [start(8, **WORKER_SETTINGS), start(8, **WORKER_SETTINGS)]
             wait_until(
-                lambda: all(w.said("running with concurrency") for w in survivors), 60, "both up"
+                lambda: all(w.said("running with concurrency") for w in survivors),
+                60,
+                "both up",
+                context=lambda: "\n".join(w.output() + w.stacks() for w in survivors),
             )
             aspirin_ordered += place_orders(app, range(FIRST_BATCH, ORDERS), kinds)
             wait_until(

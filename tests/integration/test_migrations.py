@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy import inspect, select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import create_nullpool_engine
-from fulfillment.adapters.migrate import alembic_config
+from fulfillment.adapters.migrate import alembic_config, migrate
 
 CLI = Path(sys.executable).with_name("fulfillment")
 
@@ -58,4 +59,22 @@ def test_migrate_builds_the_schema_of_the_tables_module_and_can_run_again(
         with engine.connect() as conn:  # the appenders' lock row exists, exactly once
             assert conn.execute(select(t.event_append_lock.c.id)).scalars().all() == [1]
     finally:
+        engine.dispose()
+
+
+def test_migrate_at_head_does_not_wait_for_the_write_lock(fresh_database_url: str) -> None:
+    """A process starting beside busy writers (a second worker) only reads the version."""
+    assert run_migrate(fresh_database_url).returncode == 0
+    engine = create_nullpool_engine(fresh_database_url)
+    busy = create_nullpool_engine(fresh_database_url)
+    try:
+        with busy.begin() as writer:  # a writer holds its write lock (and row locks)
+            writer.execute(t.event_append_lock.update().values(id=1))
+            done = threading.Event()
+            migrating = threading.Thread(target=lambda: (migrate(engine), done.set()))
+            migrating.start()
+            migrating.join(10)
+            assert done.is_set(), "migrate waited for the writer"
+    finally:
+        busy.dispose()
         engine.dispose()

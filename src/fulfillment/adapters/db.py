@@ -17,6 +17,8 @@ How each backend keeps event positions in commit order (DESIGN.md section 3, rul
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -66,6 +68,16 @@ def create_db_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str =
     if backend == "sqlite":
         _configure_sqlite(engine, sqlite_synchronous)
     return engine
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction; on SQLite a deferred one, which never blocks writers."""
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        try:
+            yield conn
+        finally:
+            conn.rollback()
 
 
 def create_nullpool_engine(url: str) -> Engine:

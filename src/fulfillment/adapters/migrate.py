@@ -6,7 +6,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+from fulfillment.adapters.db import read_connection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,8 +22,16 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the schema to `revision`, on the engine's database."""
+    """Upgrade the schema to `revision`, on the engine's database.
+
+    A schema already at head is only read: a process starting beside busy workers (the
+    usual case) does not queue for SQLite's one write lock.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
+    if revision == "head":
+        head = ScriptDirectory.from_config(config).get_current_head()
+        if head is not None and current_revision(engine) == head:
+            return
     with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
@@ -30,5 +41,5 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()

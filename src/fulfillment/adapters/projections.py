@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,7 +35,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of
+from fulfillment.adapters.db import backend_of, read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.domain.order import Order
@@ -57,16 +56,6 @@ DEFAULT_BATCH_SIZE = 500
 _STREAM_PREFIXES = (Order.stream_prefix + "-", OrderFulfillmentSaga.stream_prefix + "-")
 
 Row = dict[str, Any]
-
-
-@contextmanager
-def read_connection(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction; on SQLite a deferred one, which never blocks writers."""
-    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-        try:
-            yield conn
-        finally:
-            conn.rollback()
 
 
 def order_id_of(stream_id: str) -> str | None:

@@ -19,10 +19,9 @@ from sqlalchemy import and_, case, func, select
 
 from fulfillment import views
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
 from fulfillment.adapters.job_queue import READY
 from fulfillment.adapters.mapper import to_utc
-from fulfillment.adapters.projections import read_connection
 from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus, SagaStatus
 

@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 from fulfillment import views
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.mapper import StoredEvent, to_utc
-from fulfillment.adapters.projections import read_connection, summarize
+from fulfillment.adapters.projections import summarize
 from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
