@@ -65,7 +65,8 @@ class Prepared:
         # with each call.
         defaults = {k: b.effective_value for k, b in compiled.binds.items() if not b.required}
         binds = dict(compiled._bind_processors)  # the processors Core applies to values
-        columns = getattr(self.statement, "selected_columns", ())
+        # A SELECT's columns, or what an INSERT / UPDATE ... RETURNING returns.
+        columns = getattr(self.statement, "exported_columns", ())
         results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
         return _Compiled(compiled.string, names, defaults, binds, results)
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import backend_of
 from fulfillment.adapters.prepared import Prepared, rowcount, scalar
 from fulfillment.domain.errors import InsufficientStock, InvalidInventory, PrescriptionExpired
 from fulfillment.domain.status import PrescriptionStatus, ReservationStatus, ShipmentStatus
@@ -29,13 +32,11 @@ def _utcnow() -> datetime:
 
 # The step path's statements: built once, run on the raw cursor (adapters/prepared.py).
 _P, _I, _R, _S = t.prescriptions, t.inventory, t.inventory_reservations, t.shipments
-_PRESCRIPTION_OF = Prepared(select(_P.c.id).where(_P.c.order_id == bindparam("p_order_id")))
 _PRESCRIPTION_MOVE = Prepared(
     update(_P)
     .where(_P.c.order_id == bindparam("p_order_id"), _P.c.status == PrescriptionStatus.ACTIVE.value)
     .values(status=bindparam("p_to"), updated_at=bindparam("p_now"))
 )
-_RESERVATION_OF = Prepared(select(_R.c.id).where(_R.c.order_id == bindparam("p_order_id")))
 _RESERVE_LINE = Prepared(
     update(_I)
     .where(_I.c.sku == bindparam("p_sku"), _I.c.on_hand - _I.c.reserved >= bindparam("p_qty"))
@@ -49,6 +50,15 @@ _RESERVATION_SETTLE = Prepared(
     .values(status=bindparam("p_to"), updated_at=bindparam("p_now"))
 )
 _RESERVATION_LINES = Prepared(select(_R.c.lines).where(_R.c.order_id == bindparam("p_order_id")))
+#: The settle and the read of its lines in one statement where UPDATE ... RETURNING exists.
+_RESERVATION_SETTLE_RETURNING = Prepared(
+    update(_R)
+    .where(
+        _R.c.order_id == bindparam("p_order_id"), _R.c.status == ReservationStatus.RESERVED.value
+    )
+    .values(status=bindparam("p_to"), updated_at=bindparam("p_now"))
+    .returning(_R.c.lines)
+)
 _RELEASE_LINE = Prepared(
     update(_I)
     .where(_I.c.sku == bindparam("p_sku"))
@@ -63,10 +73,60 @@ _CONSUME_LINE = Prepared(
         updated_at=bindparam("p_now"),
     )
 )
-_SHIPMENT_OF = Prepared(select(_S.c.id).where(_S.c.order_id == bindparam("p_order_id")))
-_INSERT_PRESCRIPTION = Prepared(insert(_P), column_keys=[c.name for c in _P.columns])
-_INSERT_RESERVATION = Prepared(insert(_R), column_keys=[c.name for c in _R.columns])
-_INSERT_SHIPMENT = Prepared(insert(_S), column_keys=[c.name for c in _S.columns])
+
+
+@dataclass(frozen=True)
+class _InsertOnce:
+    """Insert an order's one row (prescription, reservation, shipment) unless it exists.
+
+    Where the backend has ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL, SQLite) the
+    insert itself tells (one round trip; the existing row is read only on a conflict);
+    MariaDB, whose ``INSERT IGNORE`` would also swallow other errors, looks first.
+    """
+
+    plain: Prepared
+    on_conflict: dict[str, Prepared]
+    existing: Prepared
+
+    @classmethod
+    def of(cls, table: Table) -> _InsertOnce:
+        keys = [c.name for c in table.columns]
+        return cls(
+            Prepared(insert(table), column_keys=keys),
+            {
+                name: Prepared(
+                    dialect.insert(table).on_conflict_do_nothing(index_elements=["order_id"]),
+                    column_keys=keys,
+                )
+                for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+            },
+            Prepared(select(table.c.id).where(table.c.order_id == bindparam("p_order_id"))),
+        )
+
+    def find(self, conn: Connection, order_id: str) -> str | None:
+        found = scalar(conn, self.existing, {"p_order_id": order_id})
+        return None if found is None else str(found)
+
+    def __call__(self, conn: Connection, row: dict[str, object]) -> str:
+        """The id of the order's row: `row`'s, or that of the row already there."""
+        order_id = str(row["order_id"])
+        once = self.on_conflict.get(backend_of(conn))
+        if once is None:
+            found = self.find(conn, order_id)
+            if found is not None:
+                return found
+            rowcount(conn, self.plain, row)
+            return str(row["id"])
+        if rowcount(conn, once, row) == 1:
+            return str(row["id"])
+        found = self.find(conn, order_id)
+        assert found is not None, f"no row for order {order_id} after a conflict on it"
+        return found
+
+
+_PRESCRIPTION_ONCE = _InsertOnce.of(_P)
+_RESERVATION_ONCE = _InsertOnce.of(_R)
+_SHIPMENT_ONCE = _InsertOnce.of(_S)
 _SHIPMENT_CANCEL = Prepared(
     update(_S)
     .where(_S.c.order_id == bindparam("p_order_id"), _S.c.status == ShipmentStatus.INITIATED.value)
@@ -80,18 +140,16 @@ class SqlAlchemyPrescriptionService(ports.PrescriptionService):
         self.now = now
 
     def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
-        existing = scalar(self.conn, _PRESCRIPTION_OF, {"p_order_id": order_id})
-        if existing is not None:
-            return str(existing)
         if details.is_expired(today):
+            existing = _PRESCRIPTION_ONCE.find(self.conn, order_id)
+            if existing is not None:
+                return existing
             raise PrescriptionExpired(f"prescription expired on {details.expires_on.isoformat()}")
-        prescription_id = str(uuid.uuid4())
         now = self.now()
-        rowcount(
+        return _PRESCRIPTION_ONCE(
             self.conn,
-            _INSERT_PRESCRIPTION,
             {
-                "id": prescription_id,
+                "id": str(uuid.uuid4()),
                 "order_id": order_id,
                 "prescriber_id": details.prescriber_id,
                 "patient_name": details.patient_name,
@@ -101,7 +159,6 @@ class SqlAlchemyPrescriptionService(ports.PrescriptionService):
                 "updated_at": now,
             },
         )
-        return prescription_id
 
     def _move(self, order_id: str, to: PrescriptionStatus) -> None:
         rowcount(
@@ -154,21 +211,12 @@ class SqlAlchemyInventoryService(ports.InventoryReservationService):
         return ports.StockLevel(sku, on_hand, current.reserved)
 
     def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
-        existing = scalar(self.conn, _RESERVATION_OF, {"p_order_id": order_id})
-        if existing is not None:
-            return str(existing)
         now = self.now()
         merged = merge_lines(lines)
-        # SKUs in sorted order: concurrent reservations lock rows in the same order.
-        for line in merged:
-            params = {"p_sku": line.sku, "p_qty": line.quantity, "p_now": now}
-            if rowcount(self.conn, _RESERVE_LINE, params) != 1:
-                # The caller's transaction rolls back the lines reserved so far.
-                raise InsufficientStock(f"not enough {line.sku} available for {line.quantity}")
         reservation_id = str(uuid.uuid4())
-        rowcount(
+        # The order's reservation row first: if one exists, nothing is reserved again.
+        stands = _RESERVATION_ONCE(
             self.conn,
-            _INSERT_RESERVATION,
             {
                 "id": reservation_id,
                 "order_id": order_id,
@@ -178,16 +226,26 @@ class SqlAlchemyInventoryService(ports.InventoryReservationService):
                 "updated_at": now,
             },
         )
+        if stands != reservation_id:
+            return stands
+        # SKUs in sorted order: concurrent reservations lock rows in the same order.
+        for line in merged:
+            params = {"p_sku": line.sku, "p_qty": line.quantity, "p_now": now}
+            if rowcount(self.conn, _RESERVE_LINE, params) != 1:
+                # The caller's transaction rolls back the row and the lines reserved so far.
+                raise InsufficientStock(f"not enough {line.sku} available for {line.quantity}")
         return reservation_id
 
     def _settle(self, order_id: str, to: ReservationStatus) -> None:
         now = self.now()
-        moved = rowcount(
-            self.conn, _RESERVATION_SETTLE, {"p_order_id": order_id, "p_to": to.value, "p_now": now}
-        )
-        if moved != 1:
+        params = {"p_order_id": order_id, "p_to": to.value, "p_now": now}
+        if backend_of(self.conn) == "mysql":  # no UPDATE ... RETURNING
+            moved = rowcount(self.conn, _RESERVATION_SETTLE, params) == 1
+            lines = scalar(self.conn, _RESERVATION_LINES, params) if moved else None
+        else:
+            lines = scalar(self.conn, _RESERVATION_SETTLE_RETURNING, params)
+        if lines is None:
             return  # nothing reserved, or already released/consumed: nothing to do
-        lines = scalar(self.conn, _RESERVATION_LINES, {"p_order_id": order_id})
         statement = _CONSUME_LINE if to is ReservationStatus.CONSUMED else _RELEASE_LINE
         for raw in sorted(lines, key=lambda line: line["sku"]):
             rowcount(
@@ -209,16 +267,11 @@ class SqlAlchemyShipmentService(ports.ShipmentService):
         self.now = now
 
     def record_initiated(self, order_id: str, booking: ports.Booking, country: str) -> str:
-        existing = scalar(self.conn, _SHIPMENT_OF, {"p_order_id": order_id})
-        if existing is not None:
-            return str(existing)
-        shipment_id = str(uuid.uuid4())
         now = self.now()
-        rowcount(
+        return _SHIPMENT_ONCE(
             self.conn,
-            _INSERT_SHIPMENT,
             {
-                "id": shipment_id,
+                "id": str(uuid.uuid4()),
                 "order_id": order_id,
                 "carrier": booking.carrier,
                 "tracking_number": booking.tracking_number,
@@ -228,7 +281,6 @@ class SqlAlchemyShipmentService(ports.ShipmentService):
                 "updated_at": now,
             },
         )
-        return shipment_id
 
     def cancel(self, order_id: str) -> None:
         rowcount(self.conn, _SHIPMENT_CANCEL, {"p_order_id": order_id, "p_now": self.now()})
