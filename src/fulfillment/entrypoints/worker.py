@@ -1,7 +1,8 @@
-"""The worker: claims jobs from the durable queue and runs each on a thread of its own.
+"""The worker: claims jobs from the durable queue and runs each on a job thread.
 
-One process keeps up to `concurrency` sagas in flight: a thread waiting on the carrier
-(or the database) releases the GIL, so slow carrier calls overlap. Leases are renewed
+One process keeps up to `concurrency` sagas in flight, each on one of up to
+`concurrency` job threads: a thread waiting on the carrier (or the database) releases
+the GIL, so slow carrier calls overlap. Leases are renewed
 by a heartbeat thread; each loop also reaps expired leases of workers that died.
 On stop (SIGTERM), the worker claims nothing new, lets running jobs finish for a grace
 period, and hands back whatever is still unfinished. Job threads are daemons, so a job
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -56,6 +58,10 @@ class Worker:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight: dict[int, ClaimedJob] = {}
+        # Claimed jobs wait here for a job thread (daemons: a job stuck past the grace
+        # period does not keep the process from exiting).
+        self._jobs: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self.processed = 0
 
     # --- public -------------------------------------------------------------------
@@ -93,9 +99,7 @@ class Worker:
                     if not may_have_more:
                         next_poll = now + self.poll_interval
                 for job in claimed:
-                    threading.Thread(
-                        target=self._execute, args=(job,), name=f"job-{job.id}", daemon=True
-                    ).start()
+                    self._dispatch(job)
                 if claimed:
                     continue
                 if until_idle and not self._in_flight and self._queue_idle():
@@ -129,6 +133,25 @@ class Worker:
             # One read for the claimed sagas: their steps then start from the cache.
             self._safely(functools.partial(self.app.prefetch_sagas, [j.saga_id for j in jobs]))
         return jobs or []
+
+    def _dispatch(self, job: ClaimedJob) -> None:
+        """Hand a claimed job to a job thread. Threads are started as the jobs in flight
+        need them (at most `concurrency`) and then kept: a handover through the queue
+        costs a fraction of starting a thread, and never waits for one to be scheduled."""
+        if len(self._threads) < min(self.concurrency, len(self._in_flight)):
+            thread = threading.Thread(
+                target=self._job_loop,
+                args=(self._jobs,),
+                name=f"job-{len(self._threads) + 1}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+        self._jobs.put(job)
+
+    def _job_loop(self, jobs: queue.SimpleQueue[ClaimedJob | None]) -> None:
+        while (job := jobs.get()) is not None:
+            self._execute(job)
 
     def _execute(self, job: ClaimedJob) -> None:
         # The saga's fields on every line of this thread; the runner adds step and attempt.
@@ -176,6 +199,10 @@ class Worker:
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
         self._heartbeat_stop.set()
+        for _ in self._threads:
+            self._jobs.put(None)  # each idle job thread ends; a busy one after its job
+        # A later run() starts threads of its own.
+        self._jobs, self._threads = queue.SimpleQueue(), []
         with self._lock:
             leftovers = list(self._in_flight.values())
         for job in leftovers:
