@@ -22,8 +22,11 @@ transactions change, change this script with them.
   PostgreSQL and MariaDB implicit, then the event-append lock as the first statement);
   per saga `SAVEPOINT step` (never released; no step of this workload fails, so no
   `ROLLBACK TO SAVEPOINT`) and the step's statements: no saga stream read; the service
-  tables as `adapters/services.py` (existence SELECT then INSERT for prescriptions,
-  reservations and shipments, the conditional inventory UPDATE, the settle UPDATEs);
+  tables as `adapters/services.py` (an order's prescription, reservation and shipment
+  row by `INSERT ... ON CONFLICT (order_id) DO NOTHING` on PostgreSQL and SQLite, by an
+  existence SELECT then INSERT on MariaDB; the reservation row before the conditional
+  inventory UPDATE; the settle as `UPDATE ... RETURNING lines`, on MariaDB an UPDATE
+  then a SELECT of the lines; the inventory UPDATEs);
   for `complete` and the last compensation a read of the (uncached) order stream; the
   job row turned into the next job (`UPDATE jobs ... WHERE id AND claim_token`), or
   `DELETE`d after the last step. Then ONE executemany inserts every step's events, and
@@ -338,6 +341,17 @@ def _shipment_kind(started: dict[str, Any]) -> str:
     return "initiate_shipment" if supported else "record_step_failure"
 
 
+def _insert_once(c: Client, table: str, insert: str, params: tuple[Any, ...]) -> bool:
+    """The product's insert of an order's one row: ON CONFLICT DO NOTHING where the
+    backend has it (PostgreSQL, SQLite); MariaDB looks first. Whether it inserted."""
+    if c.backend == "mysql":
+        if c.run(f"SELECT id FROM {table} WHERE order_id = %s", (params[1],)).fetchall():
+            return False
+        c.run(insert, params)
+        return True
+    return c.run(insert + " ON CONFLICT (order_id) DO NOTHING", params).rowcount == 1
+
+
 def step(c: Client, s: Saga, kind: str) -> tuple[list[Row], str | None]:
     """Run the statements of one step in the current transaction, events aside: the
     event rows to insert, and the kind of the saga's next job (None after the last)."""
@@ -349,9 +363,10 @@ def step(c: Client, s: Saga, kind: str) -> tuple[list[Row], str | None]:
     order_event: tuple[str, dict[str, Any]] | None = None
     following: str | None = None
     if kind == "create_prescription":
-        c.run("SELECT id FROM prescriptions WHERE order_id = %s", (saga_id,)).fetchall()
         pid = str(uuid.uuid4())
-        c.run(
+        _insert_once(
+            c,
+            "prescriptions",
             "INSERT INTO prescriptions (id, order_id, prescriber_id, patient_name, expires_on,"
             " status, created_at, updated_at) "
             "VALUES (%s, %s, 'dr-bench', 'Ada Lovelace', %s, 'active', %s, %s)",
@@ -360,7 +375,14 @@ def step(c: Client, s: Saga, kind: str) -> tuple[list[Row], str | None]:
         following = "reserve_inventory"
         events = [("PrescriptionCreated", {"saga_id": saga_id, "prescription_id": pid})]
     elif kind == "reserve_inventory":
-        c.run("SELECT id FROM inventory_reservations WHERE order_id = %s", (saga_id,)).fetchall()
+        rid = str(uuid.uuid4())
+        _insert_once(  # the reservation row first, as the product does, then the stock
+            c,
+            "inventory_reservations",
+            f"INSERT INTO inventory_reservations (id, order_id, status, {c.lines}, created_at,"
+            f" updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
+            (rid, saga_id, json.dumps([line]), now, now),
+        )
         moved = c.run(
             "UPDATE inventory SET reserved = reserved + %s, updated_at = %s"
             " WHERE sku = %s AND on_hand - reserved >= %s",
@@ -368,19 +390,14 @@ def step(c: Client, s: Saga, kind: str) -> tuple[list[Row], str | None]:
         ).rowcount
         if moved != 1:
             raise RuntimeError("out of stock: the benchmark seeds enough")
-        rid = str(uuid.uuid4())
-        c.run(
-            f"INSERT INTO inventory_reservations (id, order_id, status, {c.lines}, created_at,"
-            f" updated_at) VALUES (%s, %s, 'reserved', {c.json}, %s, %s)",
-            (rid, saga_id, json.dumps([line]), now, now),
-        )
         following = "initiate_shipment"
         reserved = {"saga_id": saga_id, "reservation_id": rid, "lines": [line]}
         events = [("InventoryReserved", reserved)]
     elif kind == "initiate_shipment":
-        c.run("SELECT id FROM shipments WHERE order_id = %s", (saga_id,)).fetchall()
         sid = str(uuid.uuid4())
-        c.run(
+        _insert_once(
+            c,
+            "shipments",
             "INSERT INTO shipments (id, order_id, carrier, tracking_number, country, status,"
             " created_at, updated_at) "
             "VALUES (%s, %s, 'simulated-post', %s, %s, 'initiated', %s, %s)",
@@ -446,16 +463,21 @@ def _move_prescription(c: Client, saga_id: str, to: str, now: Any) -> None:
 
 
 def _settle(c: Client, saga_id: str, to: str, now: Any) -> None:
-    moved = c.run(
+    settle = (
         "UPDATE inventory_reservations SET status = %s, updated_at = %s"
-        " WHERE order_id = %s AND status = 'reserved'",
-        (to, now, saga_id),
-    ).rowcount
-    if moved != 1:
-        return
-    raw = c.run(
-        f"SELECT {c.lines} FROM inventory_reservations WHERE order_id = %s", (saga_id,)
-    ).fetchone()[0]
+        " WHERE order_id = %s AND status = 'reserved'"
+    )
+    if c.backend == "mysql":  # no UPDATE ... RETURNING: the product reads the lines after
+        if c.run(settle, (to, now, saga_id)).rowcount != 1:
+            return
+        raw = c.run(
+            f"SELECT {c.lines} FROM inventory_reservations WHERE order_id = %s", (saga_id,)
+        ).fetchone()[0]
+    else:
+        row = c.run(settle + f" RETURNING {c.lines}", (to, now, saga_id)).fetchone()
+        if row is None:
+            return
+        raw = row[0]
     for line in json.loads(raw) if isinstance(raw, str) else raw:
         if to == "consumed":
             c.run(
