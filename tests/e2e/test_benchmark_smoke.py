@@ -84,3 +84,17 @@ def test_quick_benchmark_runs_each_peer_saga(tmp_path: Path, peer: str) -> None:
     [run] = doc["runs"]
     assert run["system"] == peer
     assert_complete_run(run, 20)
+
+
+def test_in_process_benchmark_drains_its_backlog() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.inprocess", "--orders", "20", "--concurrency", "4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("sqlite: 20 orders in "), proc.stdout
+    assert "CPU" in proc.stdout and "per order" in proc.stdout
