@@ -163,13 +163,14 @@ def test_idle_worker_stops_on_signal_with_exit_code_zero(
 # A worker process like `fulfillment worker`, with a grace period short enough for a test.
 SHORT_GRACE_WORKER = textwrap.dedent(
     """
-    import signal, sys
+    import sys
     from fulfillment.bootstrap import bootstrap
+    from fulfillment.entrypoints.signals import stop_on_signals
     from fulfillment.entrypoints.worker import Worker
 
     app = bootstrap()
     worker = Worker(app, 2, grace_seconds=float(sys.argv[1]))
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    stop_on_signals("worker", worker.stop)
     print("running with concurrency 2", flush=True)
     worker.run()
     app.close()
