@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     p.add_argument("--workers", default="1,2", help="worker process counts")
     p.add_argument("--mixes", default=",".join(MIXES), help="success, compensate10")
     p.add_argument("--peers", default=",".join(PEERS), help="dbos, eventsourcing, or none")
-    p.add_argument("--concurrency", type=int, default=32, help="per worker, carrier latency 0")
+    p.add_argument("--concurrency", type=int, default=64, help="per worker, carrier latency 0")
     p.add_argument("--latency-concurrency", type=int, default=100, help="per worker, latency > 0")
     p.add_argument("--plain-clients", default="1,2,4,8")
     p.add_argument(

@@ -16,7 +16,7 @@ transactions change, change this script with them.
   with one query (`... WHERE stream_id IN (...) ORDER BY position`): the cache prefetch.
   From then on the client keeps each saga's started payload and stream version in
   memory, bumping the version after each commit, as the product's `StreamCache`.
-* steps, `--group N` (default 32, the product's `FULFILLMENT_GROUP_COMMIT_MAX_STEPS`): the
+* steps, `--group N` (default 64, the product's `FULFILLMENT_GROUP_COMMIT_MAX_STEPS`): the
   batch runs in rounds, each ONE transaction (the group commit) holding the current step
   of every saga of the batch that still has a job. `BEGIN` (SQLite `BEGIN IMMEDIATE`;
   PostgreSQL and MariaDB implicit, then the event-append lock as the first statement);
@@ -653,7 +653,7 @@ def _collect(queue: Any, procs: list[Any], timeout: float = 3600.0) -> list[dict
 
 
 def run_plain(
-    db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, group: int = 32
+    db: Database, specs: Sequence[OrderSpec], mix: str, clients: int, group: int = 64
 ) -> RunMetrics:
     """Place the backlog with `clients` processes, then drain it with `clients` processes,
     each committing up to `group` steps per transaction (1: a transaction per step)."""
@@ -762,7 +762,7 @@ def durability(backend: str) -> str:
 
 
 def best_of(
-    backend: str, n: int, mix: str, client_counts: Sequence[int], group: int = 32
+    backend: str, n: int, mix: str, client_counts: Sequence[int], group: int = 64
 ) -> tuple[RunMetrics, list[dict[str, Any]]]:
     """Run with each K on a fresh database; the best throughput, and every run's summary."""
     runs: list[RunMetrics] = []
@@ -787,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--group",
         type=int,
-        default=32,
+        default=64,  # the product's FULFILLMENT_GROUP_COMMIT_MAX_STEPS default
         help="steps per transaction (the product's group commit); 1: one per step",
     )
     parser.add_argument("--json", type=Path)

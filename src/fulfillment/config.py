@@ -49,7 +49,7 @@ class Settings:
     max_job_failures: int = 10
     #: Steps a worker may commit in one transaction (adapters/group_commit.py); 1: off.
     #: 32 keeps a group's savepoints under PostgreSQL's 64 cached subtransactions.
-    group_commit_max_steps: int = 32
+    group_commit_max_steps: int = 64
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -75,7 +75,7 @@ class Settings:
             sqlite_synchronous=env.get("FULFILLMENT_SQLITE_SYNCHRONOUS", "FULL").upper(),
             poll_interval_seconds=_float(env, "FULFILLMENT_POLL_INTERVAL_SECONDS", 0.05),
             max_job_failures=_int(env, "FULFILLMENT_MAX_JOB_FAILURES", 10),
-            group_commit_max_steps=_int(env, "FULFILLMENT_GROUP_COMMIT_MAX_STEPS", 32),
+            group_commit_max_steps=_int(env, "FULFILLMENT_GROUP_COMMIT_MAX_STEPS", 64),
         )
         settings.validate()
         return settings

@@ -18,7 +18,7 @@ def test_with_nothing_set_the_documented_defaults_apply() -> None:
     assert settings.carrier_failure_rate == 0
     assert settings.job_lease_seconds == 30
     assert settings.api_keys == ()
-    assert settings.group_commit_max_steps == 32
+    assert settings.group_commit_max_steps == 64
 
 
 def test_the_process_environment_is_read_when_none_is_given(

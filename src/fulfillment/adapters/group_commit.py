@@ -69,7 +69,7 @@ class GroupCommitter:
         self,
         engine: Engine,
         insert_events: Callable[[Connection, list[EventRow]], None],
-        max_members: int = 32,
+        max_members: int = 64,
     ) -> None:
         self.engine = engine
         self._lock_sql = append_lock_sql(backend_of(engine))
