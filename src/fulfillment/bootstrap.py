@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
-from fulfillment.adapters.db import create_db_engine
+from fulfillment.adapters.db import create_db_engine, read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache, insert_events
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
@@ -58,11 +58,8 @@ class App:
     def prefetch_sagas(self, saga_ids: list[str]) -> None:
         """Read the streams of freshly claimed sagas into the cache, in one query."""
         streams = [OrderFulfillmentSaga.stream_id_for(saga_id) for saga_id in saga_ids]
-        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
-            try:
-                SqlAlchemyEventStore(conn, self.mapper, self.cache).prefetch(streams)
-            finally:
-                conn.rollback()
+        with read_connection(self.engine) as conn:
+            SqlAlchemyEventStore(conn, self.mapper, self.cache).prefetch(streams)
 
     def close(self) -> None:
         if self.group is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select
 
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import read_connection
 from fulfillment.service_layer import ports
 
 Now = Callable[[], datetime]
@@ -71,5 +72,5 @@ class SqlAlchemyIdempotencyKeys(ports.IdempotencyKeys):
 
 def find(engine: Engine, key: str) -> ports.IdempotencyRecord | None:
     """Read one key outside any unit of work (a read-only transaction)."""
-    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+    with read_connection(engine) as conn:
         return SqlAlchemyIdempotencyKeys(conn).get(key)

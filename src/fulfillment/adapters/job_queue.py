@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.prepared import Prepared, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
@@ -208,9 +208,8 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         peek, query, mark = _claim_statements(self.backend)
         if peek is not None:
             # Look before taking the write lock: an idle poll should not block writers.
-            with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            with read_connection(self.engine) as conn:
                 found = conn.execute(peek, {"limit": 1}).first()
-                conn.rollback()
             if found is None:
                 return []
         token = str(uuid.uuid4())

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from fulfillment import __version__, views
+from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
@@ -299,7 +300,7 @@ def create_api(
     def health() -> JSONResponse:
         """200 when the database answers; never needs a key."""
         try:
-            with app.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            with read_connection(app.engine) as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
             log.warning("health check: database unavailable: %s", type(exc).__name__)

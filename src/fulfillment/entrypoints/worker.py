@@ -2,8 +2,8 @@
 
 One process keeps up to `concurrency` sagas in flight, each on one of up to
 `concurrency` job threads: a thread waiting on the carrier (or the database) releases
-the GIL, so slow carrier calls overlap. Leases are renewed
-by a heartbeat thread; each loop also reaps expired leases of workers that died.
+the GIL, so slow carrier calls overlap. Leases are renewed by a heartbeat thread; each
+loop also reaps expired leases of workers that died.
 On stop (SIGTERM), the worker claims nothing new, lets running jobs finish for a grace
 period, and hands back whatever is still unfinished. Job threads are daemons, so a job
 stuck past the grace period does not keep the process from exiting.
