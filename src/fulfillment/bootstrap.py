@@ -107,8 +107,12 @@ def bootstrap(
     ``FULFILLMENT_TRACING``), off when neither is set.
     """
     settings = settings or Settings.from_env()
+    bounds = settings.db_bounds
     engine = create_db_engine(
-        settings.database_url, pool_size=pool_size, sqlite_synchronous=settings.sqlite_synchronous
+        settings.database_url,
+        pool_size=pool_size,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        bounds=bounds,
     )
     if run_migrations:
         migrate(engine)
@@ -142,7 +146,14 @@ def bootstrap(
         tracing,
         cached_saga=lambda saga_id: cache.get(OrderFulfillmentSaga.stream_id_for(saga_id)),
     )
-    runner = JobRunner(bus, queue, retry, settings.max_job_failures, observer=telemetry)
+    runner = JobRunner(
+        bus,
+        queue,
+        retry,
+        settings.max_job_failures,
+        observer=telemetry,
+        busy_delay_seconds=min(1.0, bounds.lock_timeout),
+    )
     return App(
         settings,
         engine,

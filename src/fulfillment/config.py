@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Self
 
+from fulfillment.adapters.db import DatabaseBounds
+
 DEFAULT_DATABASE_URL = "sqlite:///./fulfillment.db"
 DEFAULT_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "NL")
 
@@ -23,6 +25,16 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         # "nan" and "inf" parse as floats but are no valid delay, rate or count.
         raise ValueError(f"{name} must be a finite number, got {raw!r}")
     return value
+
+
+def _optional(env: dict[str, str], name: str) -> float | None:
+    """A number, or None when unset (its default is derived from other settings)."""
+    value = _float(env, name, math.nan)
+    return None if math.isnan(value) else value
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -50,7 +62,28 @@ class Settings:
     #: Steps a worker may commit in one transaction (adapters/group_commit.py); 1: off.
     #: 32 keeps a group's savepoints under PostgreSQL's 64 cached subtransactions.
     group_commit_max_steps: int = 64
+    #: Bounds on every database connection (DESIGN.md rule 11); None: derived from the
+    #: lease (`db_bounds`).
+    db_lock_timeout_seconds: float | None = None
+    db_idle_in_transaction_seconds: float | None = None
+    db_statement_timeout_seconds: float | None = None
+    db_keepalive_seconds: float | None = None
+    db_pool_timeout_seconds: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def db_bounds(self) -> DatabaseBounds:
+        """How long a connection may wait or idle: the set values, else from the lease."""
+        derived = DatabaseBounds.for_lease(self.job_lease_seconds)
+        return DatabaseBounds(
+            lock_timeout=_or(self.db_lock_timeout_seconds, derived.lock_timeout),
+            idle_in_transaction=_or(
+                self.db_idle_in_transaction_seconds, derived.idle_in_transaction
+            ),
+            statement_timeout=_or(self.db_statement_timeout_seconds, derived.statement_timeout),
+            keepalive=_or(self.db_keepalive_seconds, derived.keepalive),
+            pool_timeout=_or(self.db_pool_timeout_seconds, derived.pool_timeout),
+        )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Self:
@@ -76,6 +109,13 @@ class Settings:
             poll_interval_seconds=_float(env, "FULFILLMENT_POLL_INTERVAL_SECONDS", 0.05),
             max_job_failures=_int(env, "FULFILLMENT_MAX_JOB_FAILURES", 10),
             group_commit_max_steps=_int(env, "FULFILLMENT_GROUP_COMMIT_MAX_STEPS", 64),
+            db_lock_timeout_seconds=_optional(env, "FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS"),
+            db_idle_in_transaction_seconds=_optional(
+                env, "FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS"
+            ),
+            db_statement_timeout_seconds=_optional(env, "FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS"),
+            db_keepalive_seconds=_optional(env, "FULFILLMENT_DB_KEEPALIVE_SECONDS"),
+            db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
         )
         settings.validate()
         return settings
@@ -93,5 +133,14 @@ class Settings:
             raise ValueError("FULFILLMENT_JOB_LEASE_SECONDS must be > 0")
         if self.group_commit_max_steps < 1:
             raise ValueError("FULFILLMENT_GROUP_COMMIT_MAX_STEPS must be at least 1")
+        for name, value in (
+            ("FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS", self.db_lock_timeout_seconds),
+            ("FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS", self.db_idle_in_transaction_seconds),
+            ("FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS", self.db_statement_timeout_seconds),
+            ("FULFILLMENT_DB_KEEPALIVE_SECONDS", self.db_keepalive_seconds),
+            ("FULFILLMENT_DB_POOL_TIMEOUT_SECONDS", self.db_pool_timeout_seconds),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0")
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")

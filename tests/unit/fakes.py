@@ -550,9 +550,15 @@ class FakeJobQueue(AbstractJobQueue):
             lease_expires_at=None,
         )
 
-    def release(self, job: ClaimedJob) -> None:
+    def release(self, job: ClaimedJob, delay_seconds: float = 0.0) -> None:
         row = self._held(job)
-        self.db.jobs[job.id] = replace(row, status=READY, claim_token=None, lease_expires_at=None)
+        self.db.jobs[job.id] = replace(
+            row,
+            status=READY,
+            run_at=self.db.now() + delay_seconds,
+            claim_token=None,
+            lease_expires_at=None,
+        )
 
 
 # --- wiring ------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ How each backend keeps event positions in commit order (DESIGN.md section 3, rul
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -26,6 +28,43 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+@dataclass(frozen=True)
+class DatabaseBounds:
+    """The longest a connection waits or idles (DESIGN.md rule 11), in seconds.
+
+    * `lock_timeout`: a wait for a lock (a row, the event-append lock, SQLite's write
+      lock) or for a pooled connection; then the transaction is aborted.
+    * `idle_in_transaction`: a session idle inside a transaction (its process paused or
+      cut off) is ended by the server, which frees its locks.
+    * `statement_timeout`: one statement's run time.
+    * `keepalive`: TCP keepalive idle time; a peer that stops answering is dropped
+      after about twice this.
+    * `pool_timeout`: a wait for a free connection of the process's pool.
+    """
+
+    lock_timeout: float = 5.0
+    idle_in_transaction: float = 15.0
+    statement_timeout: float = 30.0
+    keepalive: float = 10.0
+    pool_timeout: float = 5.0
+
+    @classmethod
+    def for_lease(cls, lease_seconds: float) -> DatabaseBounds:
+        """Defaults within one lease: a vanished process's locks are freed before its
+        jobs' leases would let another worker take them over."""
+        return cls(
+            lock_timeout=_clamp(lease_seconds / 4, 1.0, 5.0),
+            idle_in_transaction=_clamp(lease_seconds / 2, 1.0, 60.0),
+            statement_timeout=max(5.0, lease_seconds),
+            keepalive=_clamp(lease_seconds / 3, 1.0, 60.0),
+            pool_timeout=_clamp(lease_seconds / 4, 1.0, 5.0),
+        )
 
 
 def normalize_url(url: str) -> str:
@@ -41,9 +80,17 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "FULL") -> Engine:
+def create_db_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    sqlite_synchronous: str = "FULL",
+    bounds: DatabaseBounds | None = None,
+) -> Engine:
+    """The engine of a long-running process: pooled, every connection bounded (`bounds`)."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
+    bounds = bounds or DatabaseBounds()
     kwargs: dict[str, Any] = {"future": True}
     if backend == "sqlite":
         database = make_url(url).database
@@ -51,23 +98,103 @@ def create_db_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str =
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
-            kwargs["pool_size"] = pool_size
-            kwargs["max_overflow"] = pool_size
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+            kwargs["pool_timeout"] = bounds.pool_timeout
+            kwargs["connect_args"] = {
+                "check_same_thread": False,
+                "timeout": bounds.lock_timeout,
+            }
     elif backend == "postgresql":
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        kwargs["pool_timeout"] = bounds.pool_timeout
+        kwargs["connect_args"] = postgresql_connect_args(bounds)
     else:
         kwargs.update(
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
             pool_recycle=3600,
+            pool_timeout=bounds.pool_timeout,
             isolation_level="READ COMMITTED",
+            connect_args=mysql_connect_args(bounds),
         )
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
-        _configure_sqlite(engine, sqlite_synchronous)
+        _configure_sqlite(engine, sqlite_synchronous, bounds.lock_timeout)
+    elif backend == "mysql":
+        _configure_mysql(engine, bounds)
     return engine
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def postgresql_connect_args(bounds: DatabaseBounds) -> dict[str, Any]:
+    """libpq parameters and server settings that bound what one session can hold.
+
+    Server side: `lock_timeout` and `statement_timeout` bound waits and runs;
+    `idle_in_transaction_session_timeout` ends a session whose process stopped inside a
+    transaction (paused, partitioned), which frees its locks; the TCP keepalives and
+    `tcp_user_timeout` drop a peer that no longer answers. Client side: the same
+    keepalives, so a worker notices a vanished server as well.
+    """
+    keepalive = max(1, round(bounds.keepalive))
+    interval = max(1, round(bounds.keepalive / 3))
+    user_timeout = _ms(2 * bounds.keepalive)
+    server = {
+        "lock_timeout": _ms(bounds.lock_timeout),
+        "statement_timeout": _ms(bounds.statement_timeout),
+        "idle_in_transaction_session_timeout": _ms(bounds.idle_in_transaction),
+        "tcp_keepalives_idle": keepalive,
+        "tcp_keepalives_interval": interval,
+        "tcp_keepalives_count": 3,
+        "tcp_user_timeout": user_timeout,
+    }
+    return {
+        "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
+        "keepalives": 1,
+        "keepalives_idle": keepalive,
+        "keepalives_interval": interval,
+        "keepalives_count": 3,
+        "tcp_user_timeout": user_timeout,
+        "connect_timeout": max(2, math.ceil(bounds.keepalive)),
+    }
+
+
+def mysql_connect_args(bounds: DatabaseBounds) -> dict[str, Any]:
+    """PyMySQL's socket timeouts: a reply that does not come within a statement's
+    longest run (plus a lock wait) means the server or the network is gone."""
+    wait = math.ceil(bounds.statement_timeout + bounds.lock_timeout + 1)
+    return {
+        "connect_timeout": max(2, math.ceil(bounds.keepalive)),
+        "read_timeout": wait,
+        "write_timeout": wait,
+    }
+
+
+def mysql_session_settings(bounds: DatabaseBounds, mariadb: bool) -> dict[str, float | int]:
+    """Per-session bounds: InnoDB's row-lock wait (whole seconds), and on MariaDB the
+    idle-in-transaction and statement limits (MySQL has no such session settings)."""
+    settings: dict[str, float | int] = {
+        "innodb_lock_wait_timeout": max(1, math.ceil(bounds.lock_timeout))
+    }
+    if mariadb:
+        settings["idle_transaction_timeout"] = max(1, math.ceil(bounds.idle_in_transaction))
+        settings["max_statement_time"] = bounds.statement_timeout
+    return settings
+
+
+def _configure_mysql(engine: Engine, bounds: DatabaseBounds) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        version = str(getattr(dbapi_connection, "server_version", "") or "")
+        settings = mysql_session_settings(bounds, "mariadb" in version.lower())
+        cursor = dbapi_connection.cursor()
+        cursor.execute(
+            "SET SESSION " + ", ".join(f"{name} = {value}" for name, value in settings.items())
+        )
+        cursor.close()
 
 
 @contextmanager
@@ -89,11 +216,11 @@ def create_nullpool_engine(url: str) -> Engine:
         kwargs["isolation_level"] = "READ COMMITTED"
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
-        _configure_sqlite(engine, "FULL")
+        _configure_sqlite(engine, "FULL", 60.0)
     return engine
 
 
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str, busy_seconds: float) -> None:
     # SQLite has one writer; every writer, thread or process, waits in SQLite's busy
     # handler (busy_timeout). An in-process lock that handed the write lock from thread
     # to thread was faster for one process but starved other processes (a second worker
@@ -105,7 +232,8 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        # A bounded wait for the write lock: then "database is locked" (DatabaseBusy).
+        cursor.execute(f"PRAGMA busy_timeout={_ms(busy_seconds)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

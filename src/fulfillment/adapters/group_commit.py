@@ -16,7 +16,11 @@ success), so nothing is acted on before it is durable. A step that fails (a busi
 rule, a lost lease, a unique-key conflict) rolls back its own savepoint only. If the group
 itself fails (the COMMIT, a deadlock that aborted the transaction), every step in it was
 rolled back, and each one's thread gets a `RetryableDatabaseError`: the command bus runs
-the step again, as after any deadlock.
+the step again, as after any deadlock. A step that meets a deadlock, a lock or statement
+timeout or a lost connection fails the whole group (`abort`): retrying inside the same
+transaction would keep its row locks and the append lock while it waits again, which
+let a worker's group and another worker's reaper deadlock again and again
+(``adapters/db_errors.py`` says which errors abort what).
 
 On PostgreSQL and MariaDB a group takes the event-append lock as its first statement
 and holds it to its COMMIT: groups of different worker processes take turns instead of
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from fulfillment.adapters.db import append_lock_sql, backend_of
 from fulfillment.adapters.prepared import run_sql
@@ -134,6 +139,16 @@ class GroupCommitter:
         finally:
             self._turn.release()
 
+    def abort(self, exc: BaseException) -> None:
+        """End the turn and roll back the whole group: the step met an error after which
+        its transaction must not go on (a deadlock, a lock timeout, a lost connection).
+        Every step of the group runs again, in a fresh transaction."""
+        try:
+            assert self._in_step and self._conn is not None, "abort() without enter()"
+            self._fail_group(exc)
+        finally:
+            self._turn.release()
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A turn used as a transaction of its own (the job queue's writes on SQLite): the
@@ -142,6 +157,9 @@ class GroupCommitter:
         conn = self.enter()
         try:
             yield conn
+        except DBAPIError as exc:
+            self.abort(exc)  # a lock wait ran out, or the connection is gone
+            raise
         except BaseException:
             self.leave(None)
             raise

@@ -15,16 +15,20 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
     Executable,
+    Select,
     bindparam,
+    case,
     delete,
     func,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -232,37 +236,77 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
             for r in rows
         ]
 
+    def _skip_locked(self, query: Select[Any]) -> Select[Any]:
+        """Lock the rows a multi-row write will touch, skipping (never waiting on) any that
+        another transaction holds, in id order; SQLite's one writer needs no row locks."""
+        query = query.order_by(t.jobs.c.id)
+        return query if self.backend == "sqlite" else query.with_for_update(skip_locked=True)
+
     def heartbeat(self, jobs: list[ClaimedJob], lease_seconds: float) -> int:
+        """Renew the leases of these claims (job id and claim token). A row another
+        transaction holds (this worker's own group advancing it) is skipped this time."""
         if not jobs:
             return 0
-        tokens = sorted({j.claim_token for j in jobs})
+        claims = sorted({(j.id, j.claim_token) for j in jobs})
         with self._write() as conn:
+            ids = self._held_rows(
+                conn,
+                self._skip_locked(
+                    select(t.jobs.c.id).where(
+                        tuple_(t.jobs.c.id, t.jobs.c.claim_token).in_(claims),
+                        t.jobs.c.status == RUNNING,
+                    )
+                ),
+            )
+            if not ids:
+                return 0
             result = conn.execute(
                 update(t.jobs)
-                .where(
-                    t.jobs.c.id.in_([j.id for j in jobs]),
-                    t.jobs.c.claim_token.in_(tokens),
-                    t.jobs.c.status == RUNNING,
-                )
+                .where(t.jobs.c.id.in_(ids))
                 .values(lease_expires_at=self._now() + lease_seconds)
             )
             return int(result.rowcount)
 
-    def reap_expired(self) -> int:
-        """Give back jobs whose lease ran out; a job that keeps losing its worker goes dead."""
+    def reap_expired(self, limit: int = 1000) -> int:
+        """Give back jobs whose lease ran out; a job that keeps losing its worker goes dead.
+
+        A short transaction of its own that never waits: the expired rows are locked with
+        SKIP LOCKED in id order first. A row still locked belongs to a transaction that is
+        alive or about to be ended by the server's idle-in-transaction timeout; the next
+        reap takes it. (One unordered multi-row UPDATE used to wait on a paused worker's
+        row while holding others, and deadlocked with that worker's group once it woke.)
+        """
         with self._write() as conn:
-            expired = (t.jobs.c.status == RUNNING, t.jobs.c.lease_expires_at < self._now())
+            ids = self._held_rows(
+                conn,
+                self._skip_locked(
+                    select(t.jobs.c.id)
+                    .where(t.jobs.c.status == RUNNING, t.jobs.c.lease_expires_at < self._now())
+                    .limit(limit)
+                ),
+            )
+            if not ids:
+                return 0
+            lost_too_often = t.jobs.c.claims >= self.max_claims
             conn.execute(
                 update(t.jobs)
-                .where(*expired, t.jobs.c.claims >= self.max_claims)
-                .values(status=DEAD, last_error="lease expired too many times", claim_token=None)
+                .where(t.jobs.c.id.in_(ids))
+                .values(
+                    status=case((lost_too_often, DEAD), else_=READY),
+                    last_error=case(
+                        (lost_too_often, "lease expired too many times"),
+                        else_=t.jobs.c.last_error,
+                    ),
+                    claim_token=None,
+                    claimed_by=None,
+                    lease_expires_at=None,
+                )
             )
-            result = conn.execute(
-                update(t.jobs)
-                .where(*expired)
-                .values(status=READY, claim_token=None, claimed_by=None, lease_expires_at=None)
-            )
-            return int(result.rowcount)
+            return len(ids)
+
+    @staticmethod
+    def _held_rows(conn: Connection, query: Select[Any]) -> list[int]:
+        return [int(row_id) for row_id in conn.execute(query).scalars()]
 
     def fail(self, job: ClaimedJob, error: str, delay_seconds: float, dead: bool) -> None:
         with self._write() as conn:
@@ -281,12 +325,18 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
             if result.rowcount != 1:
                 raise LeaseLost(f"job {job.id} is no longer held by this worker")
 
-    def release(self, job: ClaimedJob) -> None:
+    def release(self, job: ClaimedJob, delay_seconds: float = 0.0) -> None:
         with self._write() as conn:
             conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
-                .values(status=READY, claim_token=None, claimed_by=None, lease_expires_at=None)
+                .values(
+                    status=READY,
+                    run_at=self._now() + delay_seconds,
+                    claim_token=None,
+                    claimed_by=None,
+                    lease_expires_at=None,
+                )
             )
 
     # --- inspection and operator actions ------------------------------------------

@@ -10,9 +10,10 @@ from __future__ import annotations
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from fulfillment.adapters import job_queue
+from fulfillment.adapters.db_errors import translate
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.idempotency import SqlAlchemyIdempotencyKeys
@@ -24,23 +25,12 @@ from fulfillment.adapters.services import (
     SqlAlchemyShipmentService,
 )
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
-from fulfillment.service_layer.messagebus import ConcurrencyError, RetryableDatabaseError
+from fulfillment.service_layer.messagebus import (
+    ConcurrencyError,
+    DatabaseBusy,
+    RetryableDatabaseError,
+)
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork, StreamAppend
-
-# Deadlock / serialization failure / lock wait timeout / SQLite busy: run the whole thing again.
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}
-_RETRYABLE_MYSQL_CODES = {1205, 1213}
-
-
-def is_retryable(exc: DBAPIError) -> bool:
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if sqlstate in _RETRYABLE_SQLSTATES:
-        return True
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int) and args[0] in _RETRYABLE_MYSQL_CODES:
-        return True
-    return "database is locked" in str(orig)
 
 
 class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
@@ -67,14 +57,23 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         # A job's transaction is a turn in the worker's group commit, when there is one
         # (a look without a savepoint when read-only).
         self._in_group = self.group is not None and self.job is not None
-        if self._in_group:
-            assert self.group is not None
-            self._conn = self.conn = self.group.enter(savepoint=not self.read_only_mode)
-        else:
-            self._conn = self.conn = self.engine.connect()
-            if self.read_only_mode:
-                self.conn.execution_options(sqlite_begin="DEFERRED")
-            self.conn.begin()
+        try:
+            if self._in_group:
+                assert self.group is not None
+                self._conn = self.conn = self.group.enter(savepoint=not self.read_only_mode)
+            else:
+                self._conn = self.conn = self.engine.connect()
+                if self.read_only_mode:
+                    self.conn.execution_options(sqlite_begin="DEFERRED")
+                self.conn.begin()
+        except DBAPIError as exc:
+            # A wait for the append lock or SQLite's write lock ran out, or the server is
+            # gone (the group has already been failed and its connection dropped).
+            self._in_group = False
+            if self._conn is not None and not self._conn.closed:
+                self._conn.close()
+            self._conn = None
+            raise translate(exc) or exc from exc
         self.events = SqlAlchemyEventStore(
             self.conn, self.mapper, self.cache, trust_cache=self.job is not None
         )
@@ -116,11 +115,15 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.job.continuation.append(continuation)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
 
-    def rollback(self) -> None:
+    def rollback(self, abort: BaseException | None = None) -> None:
+        """Undo this unit of work. In a group, `abort` (a database error that may leave
+        the transaction holding locks, or already aborted) rolls back the whole group."""
         if self._in_group:
             assert self.group is not None
             self._conn, self._in_group = None, False
-            if self.read_only_mode:
+            if abort is not None:
+                self.group.abort(abort)
+            elif self.read_only_mode:
                 self.group.leave_look()
             else:
                 self.group.leave(None)
@@ -138,12 +141,13 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.rollback()
-        if isinstance(exc, DBAPIError | ConcurrencyError | RetryableDatabaseError):
+        translated = translate(exc) if isinstance(exc, DBAPIError) else None
+        # A deadlock, a lock or statement timeout, a lost connection: never go on (or
+        # retry) inside the transaction that met it; it may still hold row locks and the
+        # append lock. A failed statement of any other kind undoes only this step.
+        aborts = isinstance(translated or exc, RetryableDatabaseError | DatabaseBusy)
+        self.rollback(abort=exc if aborts else None)
+        if isinstance(exc, DBAPIError | ConcurrencyError | RetryableDatabaseError | DatabaseBusy):
             self.events.forget()  # the command runs again: on fresh events
-        if isinstance(exc, IntegrityError):
-            # A unique key (one prescription / reservation / shipment per order, one job
-            # per saga) was taken by a concurrent transaction: re-run on fresh state.
-            raise ConcurrencyError(str(exc.orig)) from exc
-        if isinstance(exc, DBAPIError) and is_retryable(exc):
-            raise RetryableDatabaseError(str(exc.orig)) from exc
+        if translated is not None:
+            raise translated from exc

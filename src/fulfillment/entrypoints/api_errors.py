@@ -16,13 +16,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fulfillment.adapters.db_errors import translate
 from fulfillment.domain.errors import DomainError, InvalidInventory
 from fulfillment.service_layer.handlers import IdempotencyKeyReused, NotFound
-from fulfillment.service_layer.messagebus import ConcurrencyError, RetryableDatabaseError
+from fulfillment.service_layer.messagebus import (
+    ConcurrencyError,
+    DatabaseBusy,
+    RetryableDatabaseError,
+)
 
 log = logging.getLogger("fulfillment.api")
 
@@ -139,8 +145,18 @@ def install_error_handlers(app: FastAPI) -> None:
             503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}
         )
 
-    async def database_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def waited_too_long(_request: Request, exc: Exception) -> JSONResponse:
+        # A lock wait or the pool's wait for a connection ran out (a paused process may
+        # hold what the request needs): bounded, and said as such, never a 500.
+        log.warning("request gave up waiting for the database: %s", type(exc).__name__)
+        return error_response(
+            503, "busy", "the database is busy; try again", headers={"Retry-After": "1"}
+        )
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DBAPIError)
+        if isinstance(translate(exc), DatabaseBusy):
+            return await waited_too_long(request, exc)
         if exc.connection_invalidated or isinstance(exc, OperationalError):
             log.warning("database unavailable: %s", exc.__class__.__name__)
             return error_response(
@@ -159,6 +175,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(ConcurrencyError, busy)
     app.add_exception_handler(RetryableDatabaseError, busy)
+    app.add_exception_handler(DatabaseBusy, waited_too_long)
+    app.add_exception_handler(PoolTimeout, waited_too_long)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, internal_error)
 

@@ -57,7 +57,10 @@ class Worker:
         self._heartbeat_stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._in_flight: dict[int, ClaimedJob] = {}
+        # Keyed by the claim (job id, claim token), not the job id alone: a worker woken
+        # from a pause may claim a job again while its stale run of it still goes on, and
+        # that run's end must not drop the fresh claim (and its heartbeats).
+        self._in_flight: dict[tuple[int, str], ClaimedJob] = {}
         # Claimed jobs wait here for a job thread (daemons: a job stuck past the grace
         # period does not keep the process from exiting).
         self._jobs: queue.SimpleQueue[ClaimedJob | None] = queue.SimpleQueue()
@@ -128,7 +131,7 @@ class Worker:
         )
         with self._lock:
             for job in jobs or []:
-                self._in_flight[job.id] = job
+                self._in_flight[job.id, job.claim_token] = job
         if jobs:
             # One read for the claimed sagas: their steps then start from the cache.
             self._safely(functools.partial(self.app.prefetch_sagas, [j.saga_id for j in jobs]))
@@ -177,7 +180,7 @@ class Worker:
             log.exception("job %s crashed the runner", job.id)
         finally:
             with self._lock:
-                self._in_flight.pop(job.id, None)
+                self._in_flight.pop((job.id, job.claim_token), None)
                 self.processed += 1
             self._wake.set()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from enum import StrEnum
@@ -25,7 +26,7 @@ from fulfillment.domain.errors import BusinessRuleViolation, TransientFailure
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import ClaimedJob, LeaseLost
-from fulfillment.service_layer.messagebus import MessageBus
+from fulfillment.service_layer.messagebus import DatabaseBusy, MessageBus
 from fulfillment.service_layer.retry import RetryPolicy
 
 log = logging.getLogger("fulfillment.jobs")
@@ -40,6 +41,8 @@ class JobOutcome(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     JOB_FAILED = "job_failed"
     LEASE_LOST = "lease_lost"
+    #: The database was busy (a lock wait ran out): the job went back, due shortly.
+    POSTPONED = "postponed"
 
 
 class JobWatch(Protocol):
@@ -84,7 +87,8 @@ class AbstractJobQueue(abc.ABC):
     def fail(self, job: ClaimedJob, error: str, delay_seconds: float, dead: bool) -> None: ...
 
     @abc.abstractmethod
-    def release(self, job: ClaimedJob) -> None: ...
+    def release(self, job: ClaimedJob, delay_seconds: float = 0.0) -> None:
+        """Hand the job back unrun (no failure counted), due after `delay_seconds`."""
 
 
 class JobRunner:
@@ -95,7 +99,9 @@ class JobRunner:
         retry: RetryPolicy,
         max_job_failures: int = 10,
         observer: JobObserver | None = None,
+        busy_delay_seconds: float = 0.5,
     ) -> None:
+        self.busy_delay_seconds = busy_delay_seconds
         self.bus = bus
         self.queue = queue
         self.retry = retry
@@ -124,6 +130,10 @@ class JobRunner:
         except LeaseLost:
             log.warning("lease lost on job %s (%s %s)", job.id, job.kind, job.saga_id)
             return JobOutcome.LEASE_LOST, None
+        except DatabaseBusy as exc:
+            # Not the job's fault (a lock held by a paused process): back to the queue
+            # for a moment, no failure counted. (Deadlocks were retried by the bus.)
+            return self._postpone(job, exc), f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             return self._fail_job(job, exc), f"{type(exc).__name__}: {exc}"
 
@@ -153,6 +163,12 @@ class JobRunner:
             log.warning("compensation %s failed: %s", job.kind, error)
             return JobOutcome.RETRY_SCHEDULED
         raise RuntimeError(f"job {job.kind} failed: {error}")
+
+    def _postpone(self, job: ClaimedJob, exc: Exception) -> JobOutcome:
+        delay = self.busy_delay_seconds * random.uniform(0.5, 1.5)
+        log.warning("job %s (%s) postponed %.2fs, database busy: %s", job.id, job.kind, delay, exc)
+        self.queue.release(job, delay)
+        return JobOutcome.POSTPONED
 
     def _fail_job(self, job: ClaimedJob, exc: Exception) -> JobOutcome:
         failures = job.failures + 1

@@ -23,7 +23,14 @@ class ConcurrencyError(Exception):
 
 
 class RetryableDatabaseError(Exception):
-    """A deadlock or serialization failure: the whole transaction may simply run again."""
+    """A deadlock, a serialization failure or a lost connection: the transaction was
+    aborted whole, and the command may simply run again on a fresh one."""
+
+
+class DatabaseBusy(Exception):
+    """A lock or statement wait ran out (`FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS`): something
+    holds what this transaction needs, perhaps a paused process. Not retried at once: the
+    API answers 503 with Retry-After, a job goes back to the queue for a moment."""
 
 
 class MessageBus:
