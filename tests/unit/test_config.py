@@ -111,3 +111,37 @@ def test_the_boundaries_of_the_valid_ranges_are_accepted() -> None:
 def test_a_bad_value_is_refused_with_the_variables_name(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_database_bounds_are_derived_from_the_lease_unless_set() -> None:
+    default = Settings.from_env({}).db_bounds  # lease 30 s
+    assert (default.lock_timeout, default.idle_in_transaction, default.statement_timeout) == (
+        5.0,
+        15.0,
+        30.0,
+    )
+    short = Settings.from_env({"FULFILLMENT_JOB_LEASE_SECONDS": "2"}).db_bounds
+    assert (short.lock_timeout, short.idle_in_transaction, short.keepalive) == (1.0, 1.0, 1.0)
+
+    chosen = Settings.from_env(
+        {
+            "FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS": "0.25",
+            "FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS": "7",
+            "FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS": "60",
+            "FULFILLMENT_DB_KEEPALIVE_SECONDS": "4",
+            "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS": "2",
+        }
+    ).db_bounds
+    assert (
+        chosen.lock_timeout,
+        chosen.idle_in_transaction,
+        chosen.statement_timeout,
+        chosen.keepalive,
+        chosen.pool_timeout,
+    ) == (0.25, 7.0, 60.0, 4.0, 2.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_database_bound_must_be_a_positive_number(value: str) -> None:
+    with pytest.raises(ValueError, match="FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS"):
+        Settings.from_env({"FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS": value})

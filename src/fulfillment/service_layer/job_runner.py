@@ -167,7 +167,12 @@ class JobRunner:
     def _postpone(self, job: ClaimedJob, exc: Exception) -> JobOutcome:
         delay = self.busy_delay_seconds * random.uniform(0.5, 1.5)
         log.warning("job %s (%s) postponed %.2fs, database busy: %s", job.id, job.kind, delay, exc)
-        self.queue.release(job, delay)
+        try:
+            self.queue.release(job, delay)
+        except Exception as release_error:
+            # Busy too (SQLite's write lock still held): the lease runs out instead, and
+            # the reaper hands the job back.
+            log.warning("job %s not handed back (%s); its lease will expire", job.id, release_error)
         return JobOutcome.POSTPONED
 
     def _fail_job(self, job: ClaimedJob, exc: Exception) -> JobOutcome:
