@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
-from fulfillment.adapters.prepared import Prepared, execute_many, fetch_all
+from fulfillment.adapters.prepared import Prepared, execute_columns, execute_many, fetch_all
 from fulfillment.domain.events import DomainEvent
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.unit_of_work import StreamAppend
@@ -52,9 +52,30 @@ INSERT_EVENTS = Prepared(insert(t.events), column_keys=_EVENT_FIELDS)
 _TAIL = Prepared(_READ_TAIL)
 
 
+# On PostgreSQL one statement inserts all rows, from arrays. psycopg's executemany sends
+# its rows in pipeline mode, and a process paused between two of those messages leaves
+# its session waiting for the rest: not "idle in transaction" in the server's sense, so
+# `idle_in_transaction_session_timeout` never ends it, and the append lock its first
+# row took stayed held for as long as the pause (seen: an API process frozen there
+# stopped every writer). One statement goes out in one message with its Sync.
+_PG_INSERT_EVENTS = (
+    "INSERT INTO events (stream_id, version, type, event_version, data, metadata, recorded_at)"
+    " SELECT stream_id, version, type, event_version, data, metadata, recorded_at FROM unnest("
+    "%(stream_id)s::varchar[], %(version)s::integer[], %(type)s::varchar[],"
+    " %(event_version)s::smallint[], %(data)s::json[], %(metadata)s::json[],"
+    " %(recorded_at)s::timestamptz[]) WITH ORDINALITY"
+    " AS e(stream_id, version, type, event_version, data, metadata, recorded_at, n)"
+    " ORDER BY n"
+)
+
+
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `events` rows built by `SqlAlchemyEventStore.rows` (one executemany)."""
-    execute_many(conn, INSERT_EVENTS, rows)
+    """Insert `events` rows built by `SqlAlchemyEventStore.rows`, in their order, with one
+    statement (PostgreSQL) or one executemany (a multi-row INSERT on MariaDB)."""
+    if conn.dialect.name == "postgresql":
+        execute_columns(conn, _PG_INSERT_EVENTS, INSERT_EVENTS, rows)
+    else:
+        execute_many(conn, INSERT_EVENTS, rows)
 
 
 class StreamCache:

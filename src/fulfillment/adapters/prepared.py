@@ -128,6 +128,16 @@ def execute_many(conn: Connection, prepared: Prepared, rows: Sequence[Params]) -
         _run(conn, c.sql, [_args(c, row) for row in rows], many=True)
 
 
+def execute_columns(conn: Connection, sql: str, prepared: Prepared, rows: Sequence[Params]) -> None:
+    """Run `sql`, whose named parameters are arrays, once for all `rows`: each parameter
+    gets the column of its values, bound as `prepared` (a statement with one row's
+    parameters of the same names) would bind them."""
+    if rows:
+        c = prepared.compiled(conn.dialect)
+        bound = [_args(c, row) for row in rows]
+        _run(conn, sql, {name: [row[name] for row in bound] for name in bound[0]})
+
+
 def rowcount(conn: Connection, prepared: Prepared, params: Params) -> int:
     return int(execute(conn, prepared, params).rowcount)
 
