@@ -149,12 +149,20 @@ class PauseResult:
 class Process:
     """A `fulfillment` child process that can be frozen and woken."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        wrap: Callable[[list[str]], list[str]] = list,
+    ) -> None:
+        """`fulfillment ARGS`; `wrap` turns the command into another (`ip netns exec`)."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "fulfillment.entrypoints.cli", *args],
+            wrap([sys.executable, "-m", "fulfillment.entrypoints.cli", *args]),
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -215,7 +223,8 @@ def _environment(database_url: str, config: PauseConfig) -> dict[str, str]:
 def product(
     database_url: str, config: PauseConfig, log_dir: Path
 ) -> Iterator[tuple[list[Process], list[str], list[Process]]]:
-    """API servers (two when an API is frozen, one otherwise) and the workers."""
+    """API servers (two when an API is frozen, one otherwise) and the workers, with the
+    stock of every SKU set."""
     env = _environment(database_url, config)
     processes: list[Process] = []
     try:
@@ -228,6 +237,9 @@ def product(
             processes.append(apis[-1])
             urls.append(f"http://127.0.0.1:{port}")
             _wait_healthy(urls[-1], apis[-1])  # one at a time: the first one migrates
+        with httpx.Client(base_url=urls[-1], timeout=30) as client:
+            for sku in SKUS:
+                client.put(f"/inventory/{sku}", json={"on_hand": STOCK}).raise_for_status()
         workers = [
             Process(
                 f"worker-{n}",
@@ -261,33 +273,47 @@ def _wait_healthy(url: str, process: Process, timeout: float = 60) -> None:
 # --- who holds a write transaction -------------------------------------------------------
 
 
-def transaction_holder(database_url: str) -> tuple[Callable[[Process], bool], Callable[[], None]]:
-    """A check "does this process hold a write transaction open right now?", and a close."""
+def write_transaction_ports(
+    database_url: str, append_lock: bool = True
+) -> tuple[Callable[[], set[int]], Callable[[], None]]:
+    """A query "which client ports hold a write transaction open right now?" on the
+    database server, and a close. PostgreSQL: with `append_lock`, the hardest case, a
+    session holding the event-append lock (every group commit takes it first), else any
+    session that has written; MariaDB: any transaction holding row locks."""
     backend = make_url(database_url).get_backend_name()
-    if backend == "sqlite":
-        return _sqlite_holder(Path(str(make_url(database_url).database))), lambda: None
     engine = create_nullpool_engine(database_url)
-    port = SERVER_PORTS["postgresql" if backend == "postgresql" else "mysql"]
-    # PostgreSQL: the hardest case, a session holding the event-append lock (every group
-    # commit takes it first). MariaDB: any transaction holding row locks.
+    holding = (
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'"
+        " AND l.granted)"
+        if append_lock
+        else "a.backend_xid IS NOT NULL"
+    )
     query = text(
-        "SELECT a.client_port FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-        "WHERE a.datname = current_database() AND l.locktype = 'advisory' AND l.granted"
+        f"SELECT a.client_port FROM pg_stat_activity a "
+        f"WHERE a.datname = current_database() AND {holding}"
         if backend == "postgresql"
         else "SELECT p.HOST FROM information_schema.INNODB_TRX x "
         "JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id "
         "WHERE x.trx_lock_structs > 0"
     )
 
-    def holds(process: Process) -> bool:
-        ports = process.client_ports(port)
+    def ports() -> set[int]:
         with engine.connect() as conn:
             found = conn.execute(query).scalars().all()
             conn.rollback()
-        held = {int(str(v).rsplit(":", 1)[-1]) for v in found if v is not None}
-        return bool(ports & held)
+        return {int(str(v).rsplit(":", 1)[-1]) for v in found if v is not None}
 
-    return holds, engine.dispose
+    return ports, engine.dispose
+
+
+def transaction_holder(database_url: str) -> tuple[Callable[[Process], bool], Callable[[], None]]:
+    """A check "does this process hold a write transaction open right now?", and a close."""
+    backend = make_url(database_url).get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_holder(Path(str(make_url(database_url).database))), lambda: None
+    ports, close = write_transaction_ports(database_url)
+    server_port = SERVER_PORTS["postgresql" if backend == "postgresql" else "mysql"]
+    return (lambda process: bool(process.client_ports(server_port) & ports())), close
 
 
 def _sqlite_holder(database: Path) -> Callable[[Process], bool]:
@@ -544,9 +570,6 @@ def run_pause(database_url: str, config: PauseConfig, log_dir: Path | None = Non
     engine = create_nullpool_engine(database_url)
     try:
         with product(database_url, config, log_dir) as (apis, urls, workers):
-            with httpx.Client(base_url=urls[-1], timeout=30) as client:
-                for sku in SKUS:
-                    client.put(f"/inventory/{sku}", json={"on_hand": STOCK}).raise_for_status()
             started = time.monotonic()
             watch = CommitWatch(database_url, started)
             load = Load(urls, config.rate, started)

@@ -414,3 +414,30 @@ def test_a_stale_run_ending_leaves_the_fresh_claim_of_the_same_job_in_flight(
 
     assert list(worker._in_flight.values()) == [fresh]
     assert bounded.queue.heartbeat(list(worker._in_flight.values()), 30) == 1
+
+
+def test_a_step_rerun_after_a_commit_lost_in_transit_leaves_the_next_job_alone(
+    bounded: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server committed the step (and the chained advance of its job row to the
+    next step), but the connection dropped before the worker heard so: the step runs
+    again, finds its work done, and must not consume the row, now its saga's next job."""
+    place_order(bounded, "o-ambiguous")
+    (job,) = bounded.queue.claim(1, "w1", lease_seconds=30, chain=True)
+    original = Connection.commit
+    lost = []
+
+    def commit_then_drop(conn: Connection) -> None:
+        original(conn)
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(Connection, "commit", commit_then_drop)
+    outcome = bounded.runner.run(job)
+    monkeypatch.undo()
+
+    assert lost and outcome.value in ("lease_lost", "done")
+    row = bounded.queue.for_saga("o-ambiguous")
+    assert row is not None and row.kind == "reserve_inventory", row
+    assert saga_events(bounded, "o-ambiguous").count("PrescriptionCreated") == 1

@@ -463,7 +463,11 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             raise ConcurrencyError("another writer appended first (simulated)")
         if self.job is not None:
             held = db.jobs.get(self.job.id)
-            if held is None or held.claim_token != self.job.claim_token:
+            if (
+                held is None
+                or held.claim_token != self.job.claim_token
+                or held.kind != self.job.kind
+            ):
                 raise LeaseLost(f"job {self.job.id} is no longer held by this worker")
         for append in appends:
             if len(db.stream(append.stream_id)) != append.expected_version:

@@ -76,11 +76,16 @@ def _enqueue_statement(backend: str) -> Prepared:
 
 
 # The step path's statements run on the raw cursor (adapters/prepared.py).
-_FINISH = Prepared(
-    delete(t.jobs).where(
-        t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token")
-    )
+# A job row is the claim (id, token) *and* the step it is at (kind). A step that runs
+# again after its transaction's COMMIT failed ambiguously (the connection dropped after
+# the server committed) finds its work done; it must not consume the row, which by then
+# is its saga's next job, still held under the same token by a chained advance.
+_HELD = (
+    t.jobs.c.id == bindparam("job_id"),
+    t.jobs.c.claim_token == bindparam("token"),
+    t.jobs.c.kind == bindparam("kind"),
 )
+_FINISH = Prepared(delete(t.jobs).where(*_HELD))
 
 
 def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
@@ -95,7 +100,7 @@ def enqueue(conn: Connection, specs: Sequence[JobSpec]) -> None:
 
 _ADVANCE_HELD = Prepared(
     update(t.jobs)
-    .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
+    .where(*_HELD)
     .values(kind=bindparam("next_kind"), claims=1, failures=0, last_error=None)
 )
 
@@ -104,7 +109,7 @@ _ADVANCE_HELD = Prepared(
 def _advance_ready_statement(backend: str) -> Prepared:
     return Prepared(
         update(t.jobs)
-        .where(t.jobs.c.id == bindparam("job_id"), t.jobs.c.claim_token == bindparam("token"))
+        .where(*_HELD)
         .values(
             kind=bindparam("next_kind"),
             status=READY,
@@ -131,7 +136,12 @@ def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> Clai
     if next_job is None:
         finish(conn, job)
         return None
-    params = {"job_id": job.id, "token": job.claim_token, "next_kind": next_job.kind}
+    params = {
+        "job_id": job.id,
+        "token": job.claim_token,
+        "kind": job.kind,
+        "next_kind": next_job.kind,
+    }
     chain = job.chain_lease_seconds is not None and next_job.delay_seconds <= 0
     if chain:
         changed = rowcount(conn, _ADVANCE_HELD, params)
@@ -155,7 +165,8 @@ def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> Clai
 
 def finish(conn: Connection, job: ClaimedJob) -> None:
     """Remove the job this transaction ran; LeaseLost if another worker has taken it."""
-    if rowcount(conn, _FINISH, {"job_id": job.id, "token": job.claim_token}) != 1:
+    held = {"job_id": job.id, "token": job.claim_token, "kind": job.kind}
+    if rowcount(conn, _FINISH, held) != 1:
         raise LeaseLost(f"job {job.id} is no longer held by this worker")
 
 
@@ -312,7 +323,11 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         with self._write() as conn:
             result = conn.execute(
                 update(t.jobs)
-                .where(t.jobs.c.id == job.id, t.jobs.c.claim_token == job.claim_token)
+                .where(
+                    t.jobs.c.id == job.id,
+                    t.jobs.c.claim_token == job.claim_token,
+                    t.jobs.c.kind == job.kind,
+                )
                 .values(
                     status=DEAD if dead else READY,
                     run_at=self._now() + delay_seconds,
