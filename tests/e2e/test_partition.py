@@ -9,7 +9,8 @@ for three leases, while an API and two more workers go on. Then:
   idle-in-transaction timeout, `FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS`);
 * the others keep finishing orders, at least half as fast as before the cut;
 * when the link returns, the worker's stale work is rejected (its claims were taken
-  over; it logs "lease lost"), and nothing is lost, duplicated or oversold.
+  over), and nothing is lost, duplicated or oversold: no saga has an event twice, and
+  every accepted order ends.
 
 SQLite is a file on this machine: a process cannot be cut off from it by a network.
 """
@@ -125,62 +126,6 @@ def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected
                 load.stop()
                 drained = until(lambda: watch.finished_at(float("inf")) >= len(load.accepted), 120)
                 watch.stop()
-                if drained is None:
-                    import subprocess
-
-                    print(
-                        subprocess.run(
-                            [
-                                "psql",
-                                "-h",
-                                "127.0.0.1",
-                                "-U",
-                                "postgres",
-                                "-c",
-                                "select pid, client_port, state, wait_event, now()-state_change as idle, left(query, 50) from pg_stat_activity where datname like 'fs_test%'",
-                            ],
-                            capture_output=True,
-                            text=True,
-                        ).stdout
-                    )
-                    print("relay", relay.upstream_ports())
-                    print(check_invariants(engine, load.accepted))
-                    from sqlalchemy import text as _t
-
-                    with engine.connect() as _c:
-                        ended = set(
-                            _c.execute(
-                                _t(
-                                    "select stream_id from events where type in ('OrderFulfilled','OrderCancelled')"
-                                )
-                            ).scalars()
-                        )
-                        for oid in [o for o in load.accepted if f"order-{o}" not in ended][:3]:
-                            print(
-                                oid,
-                                _c.execute(
-                                    _t(
-                                        "select position, stream_id, version, type, recorded_at from events where stream_id in (:a, :b) order by position"
-                                    ),
-                                    {"a": f"order-{oid}", "b": f"saga-{oid}"},
-                                ).all(),
-                            )
-                            print(
-                                "job",
-                                _c.execute(
-                                    _t("select * from jobs where saga_id = :a"), {"a": oid}
-                                ).all(),
-                            )
-                            print(
-                                "summary",
-                                _c.execute(
-                                    _t(
-                                        "select status, saga_status from order_summaries where order_id = :a"
-                                    ),
-                                    {"a": oid},
-                                ).all(),
-                            )
-                    print([a for a in load.answers if a.status != 202][:10])
             finally:
                 cut_off.stop()
         summary = {
@@ -189,7 +134,7 @@ def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected
             "freed_after_s": freed,
             "longest_stall_s": watch.longest_stall(cut_at, restored_at),
         }
-        assert drained is not None, summary
+        assert drained is not None, (summary, check_invariants(engine, load.accepted))
         assert summary["during"] >= 0.5 * summary["before"], summary
         assert check_invariants(engine, load.accepted) == []
         live = [a for a in load.answers if cut_at <= a.at <= restored_at]
