@@ -129,7 +129,12 @@ def bootstrap(
 
     # The job threads of this process commit their steps in groups (1: each on its own).
     group = (
-        GroupCommitter(engine, insert_events, settings.group_commit_max_steps)
+        GroupCommitter(
+            engine,
+            insert_events,
+            settings.group_commit_max_steps,
+            holder_lock_timeout=bounds.holder_lock_timeout,
+        )
         if settings.group_commit_max_steps > 1
         else None
     )

@@ -54,6 +54,13 @@ class DatabaseBounds:
     keepalive: float = 10.0
     pool_timeout: float = 5.0
 
+    @property
+    def holder_lock_timeout(self) -> float:
+        """How long the event-append lock's holder may wait on a row: legitimate row
+        locks of other transactions last milliseconds; anything longer is a process
+        that stopped, and every writer waits behind the holder meanwhile."""
+        return min(self.lock_timeout, 0.2)
+
     @classmethod
     def for_lease(cls, lease_seconds: float) -> DatabaseBounds:
         """Defaults within one lease: a vanished process's locks are freed before its
@@ -247,15 +254,28 @@ def _configure_sqlite(engine: Engine, synchronous: str, busy_seconds: float) -> 
 EVENT_APPEND_LOCK_KEY = 7_304_118_001
 
 
-def append_lock_sql(backend: str) -> str | None:
+def append_lock_sql(backend: str, holder_lock_timeout: float | None = None) -> str | None:
     """The statement that takes the event-append lock up front (held until commit).
 
     A group commit (``adapters/group_commit.py``) takes it as its transaction's first
     statement: groups of different processes then never hold row locks while waiting
     for each other, so they cannot deadlock. SQLite needs none (``BEGIN IMMEDIATE``).
+
+    `holder_lock_timeout` (PostgreSQL): once it holds the lock, the transaction waits on
+    any row at most this long (``SET LOCAL lock_timeout``, in the same statement): every
+    other writer queues behind the holder, so the holder must not sit for long on a row
+    that a paused process may hold (DESIGN.md rule 11). MariaDB's lock wait has whole
+    seconds, so there the holder keeps the session's bound.
     """
     if backend == "postgresql":
-        return f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})"
+        take = f"pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})"
+        if holder_lock_timeout is None:
+            return f"SELECT {take}"
+        # The subquery runs first (a volatile one is never pulled up into the query).
+        return (
+            f"SELECT set_config('lock_timeout', '{_ms(holder_lock_timeout)}ms', true)"
+            f" FROM (SELECT {take}) AS held"
+        )
     if backend == "mysql":
         return "SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE"
     return None

@@ -75,9 +75,12 @@ class GroupCommitter:
         engine: Engine,
         insert_events: Callable[[Connection, list[EventRow]], None],
         max_members: int = 64,
+        holder_lock_timeout: float | None = None,
     ) -> None:
+        """`holder_lock_timeout`: how long the group, once it holds the append lock, may
+        wait on a row (PostgreSQL): everyone else's writes wait behind it."""
         self.engine = engine
-        self._lock_sql = append_lock_sql(backend_of(engine))
+        self._lock_sql = append_lock_sql(backend_of(engine), holder_lock_timeout)
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()

@@ -9,7 +9,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from fulfillment.adapters.db import read_connection
+from fulfillment.adapters.db import backend_of, create_nullpool_engine, read_connection
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -32,10 +32,21 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         head = ScriptDirectory.from_config(config).get_current_head()
         if head is not None and current_revision(engine) == head:
             return
-    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, revision)
-        conn.commit()
+    # A migration may rightly run longer than a step's statement: on the servers it runs
+    # on a connection of its own, without the statement and idle bounds of the pool's.
+    migrating = (
+        engine
+        if backend_of(engine) == "sqlite"
+        else create_nullpool_engine(engine.url.render_as_string(hide_password=False))
+    )
+    try:
+        with migrating.connect().execution_options(sqlite_begin="IMMEDIATE") as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            conn.commit()
+    finally:
+        if migrating is not engine:
+            migrating.dispose()
 
 
 def current_revision(engine: Engine) -> str | None:
