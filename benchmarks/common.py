@@ -60,6 +60,25 @@ class OrderSpec:
     def fails_shipment(self) -> bool:
         return self.country == UNSUPPORTED_COUNTRY
 
+    def request_body(self) -> dict[str, Any]:
+        """The order as `POST /orders` takes it (DESIGN.md section 4)."""
+        return {
+            "customer_id": "bench-customer",
+            "items": [{"sku": self.sku, "quantity": self.quantity}],
+            "prescription": {
+                "prescriber_id": "dr-bench",
+                "patient_name": "Ada Lovelace",
+                "expires_on": self.expires_on.isoformat(),
+            },
+            "shipping_address": {
+                "name": "Ada Lovelace",
+                "line1": "1 Analytical Way",
+                "city": "London",
+                "postal_code": "N1 1AA",
+                "country": self.country,
+            },
+        }
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "order_id": self.order_id,

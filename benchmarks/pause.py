@@ -361,25 +361,6 @@ def freeze_where(
 # --- load and observation ---------------------------------------------------------------
 
 
-def order_body(spec: Any) -> dict[str, Any]:
-    return {
-        "customer_id": "pause-customer",
-        "items": [{"sku": spec.sku, "quantity": spec.quantity}],
-        "prescription": {
-            "prescriber_id": "dr-pause",
-            "patient_name": "Ada Lovelace",
-            "expires_on": spec.expires_on.isoformat(),
-        },
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "1 Analytical Way",
-            "city": "London",
-            "postal_code": "N1 1AA",
-            "country": spec.country,
-        },
-    }
-
-
 class Load:
     """Offers orders at a steady rate, one thread per API server; records every answer."""
 
@@ -419,7 +400,7 @@ class Load:
                 status: int | None = None
                 error: str | None = None
                 try:
-                    response = client.post("/orders", json=order_body(spec))
+                    response = client.post("/orders", json=spec.request_body())
                     status = response.status_code
                     if status == 202:
                         with self._lock:

@@ -280,23 +280,7 @@ class Client:
 
 
 def place(c: Client, spec: OrderSpec) -> None:
-    order = {
-        "order_id": spec.order_id,
-        "customer_id": "bench-customer",
-        "items": [{"sku": spec.sku, "quantity": spec.quantity}],
-        "prescription": {
-            "prescriber_id": "dr-bench",
-            "patient_name": "Ada Lovelace",
-            "expires_on": spec.expires_on.isoformat(),
-        },
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "1 Analytical Way",
-            "city": "London",
-            "postal_code": "N1 1AA",
-            "country": spec.country,
-        },
-    }
+    order = {"order_id": spec.order_id, **spec.request_body()}
     saga = {
         "saga_id": spec.order_id,
         "definition_version": 1,
