@@ -277,25 +277,37 @@ def write_transaction_ports(
     database_url: str, append_lock: bool = True
 ) -> tuple[Callable[[], set[int]], Callable[[], None]]:
     """A query "which client ports hold a write transaction open right now?" on the
-    database server, and a close. PostgreSQL: with `append_lock`, the hardest case, a
-    session holding the event-append lock (every group commit takes it first), else any
-    session that has written; MariaDB: any transaction holding row locks."""
+    database server, and a close. With `append_lock`, the hardest case: a session holding
+    the event-append lock (every group commit takes it first); PostgreSQL shows it in
+    `pg_locks`, MariaDB only once another transaction waits for it. Without: any session
+    holding a row lock."""
     backend = make_url(database_url).get_backend_name()
     engine = create_nullpool_engine(database_url)
-    holding = (
-        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'"
-        " AND l.granted)"
-        if append_lock
-        else "a.backend_xid IS NOT NULL"
-    )
-    query = text(
-        f"SELECT a.client_port FROM pg_stat_activity a "
-        f"WHERE a.datname = current_database() AND {holding}"
-        if backend == "postgresql"
-        else "SELECT p.HOST FROM information_schema.INNODB_TRX x "
-        "JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id "
-        "WHERE x.trx_lock_structs > 0"
-    )
+    if backend == "postgresql":
+        holding = (
+            "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid"
+            " AND l.locktype = 'advisory' AND l.granted)"
+            if append_lock
+            else "a.backend_xid IS NOT NULL"
+        )
+        query = text(
+            "SELECT a.client_port FROM pg_stat_activity a"
+            f" WHERE a.datname = current_database() AND {holding}"
+        )
+    elif append_lock:
+        query = text(
+            "SELECT p.HOST FROM information_schema.INNODB_LOCK_WAITS w"
+            " JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.blocking_lock_id"
+            " JOIN information_schema.INNODB_TRX x ON x.trx_id = w.blocking_trx_id"
+            " JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id"
+            " WHERE l.lock_table LIKE '%event_append_lock%'"
+        )
+    else:
+        query = text(
+            "SELECT p.HOST FROM information_schema.INNODB_TRX x"
+            " JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id"
+            " WHERE x.trx_lock_structs > 0"
+        )
 
     def ports() -> set[int]:
         with engine.connect() as conn:
@@ -348,7 +360,7 @@ def freeze_where(
     transaction; returns how many freezes that took. SIGSTOP, look, SIGCONT, try again."""
     for attempt in range(1, tries + 1):
         process.freeze()
-        time.sleep(0.02)  # let the server finish a statement already sent
+        time.sleep(0.05)  # the server finishes a statement already sent; others queue
         if holds(process) == inside:
             return attempt
         process.wake()
