@@ -61,7 +61,7 @@ class OrderSpec:
         return self.country == UNSUPPORTED_COUNTRY
 
     def request_body(self) -> dict[str, Any]:
-        """The order as `POST /orders` takes it (DESIGN.md section 4)."""
+        """The order as `POST /orders` takes it (docs/api.md)."""
         return {
             "customer_id": "bench-customer",
             "items": [{"sku": self.sku, "quantity": self.quantity}],
@@ -116,7 +116,7 @@ def workload(n: int, mix: str, prefix: str = "") -> list[OrderSpec]:
 @dataclass
 class Database:
     backend: str
-    url: str  # plain URL of DESIGN.md: sqlite:///path, postgresql://..., mysql://...
+    url: str  # plain URL of the README: sqlite:///path, postgresql://..., mysql://...
     name: str
     path: Path | None = None  # SQLite only
 

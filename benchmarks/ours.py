@@ -60,7 +60,7 @@ class OursConfig:
 
 
 def product_env(db: Database, carrier_latency_ms: float) -> dict[str, str]:
-    """The worker processes' environment: DESIGN.md section 4 variables, product defaults."""
+    """The worker processes' environment: the README's variables, product defaults."""
     env = dict(os.environ)
     env.update(
         FULFILLMENT_DATABASE_URL=db.url,

@@ -1,4 +1,4 @@
-"""Settings from the environment (the `FULFILLMENT_*` variables of DESIGN.md section 4)."""
+"""Settings from the environment (the `FULFILLMENT_*` variables of the README)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Settings:
     #: Steps a worker may commit in one transaction (adapters/group_commit.py); 1: off.
     #: 32 keeps a group's savepoints under PostgreSQL's 64 cached subtransactions.
     group_commit_max_steps: int = 64
-    #: Bounds on every database connection (DESIGN.md rule 11); None: derived from the
+    #: Bounds on every database connection (docs/architecture.md, rule 11); None: derived from the
     #: lease (`db_bounds`).
     db_lock_timeout_seconds: float | None = None
     db_idle_in_transaction_seconds: float | None = None

@@ -93,7 +93,7 @@ def _page(
 
 
 def _order_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The `GET /orders/{order_id}` shape of DESIGN.md, from a summary row."""
+    """The `GET /orders/{order_id}` shape of docs/api.md, from a summary row."""
     shipment = row["shipment"]
     return {
         "order_id": row["order_id"],

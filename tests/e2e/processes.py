@@ -3,7 +3,7 @@
 `WorkerProcess` starts `fulfillment worker` as a child process on a test database and
 stops it the way an operator or the kernel would (SIGTERM, SIGKILL). `Ledger` reads
 the database from outside the workers to tell how far the sagas got and whether the
-invariants of DESIGN.md hold: one prescription / reservation / shipment per order,
+invariants of docs/architecture.md hold: one prescription / reservation / shipment per order,
 `0 <= reserved <= on_hand`, and event streams without gaps.
 """
 

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN.md section 4, through a real `fulfillment serve` process.
+"""The HTTP contract of docs/api.md, through a real `fulfillment serve` process.
 
 One server per backend (SQLite, PostgreSQL, MariaDB) for the module; each test uses its
 own SKUs, customers and idempotency keys.

@@ -1,4 +1,4 @@
-"""A worker cut off from the database while it holds a transaction (DESIGN.md rule 11).
+"""A worker cut off from the database while it holds a transaction (docs/architecture.md, rule 11).
 
 The worker runs in a network namespace of its own (`benchmarks/netns.py`), reaching
 the database through a relay on its veth link. Once the database shows the worker's

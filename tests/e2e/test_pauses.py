@@ -1,5 +1,5 @@
-"""A process frozen inside a transaction never stalls the others for long (DESIGN.md
-rule 11), on every backend, with real processes.
+"""A process frozen inside a transaction never stalls the others for long
+(docs/architecture.md, rule 11), on every backend, with real processes.
 
 The scenario is `benchmarks/pause.py` (which prints the same figures): API servers and
 three workers share one database, orders arrive over HTTP at a steady rate, and one

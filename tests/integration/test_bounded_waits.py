@@ -1,4 +1,4 @@
-"""No process can stall the others (DESIGN.md rule 11) on every backend.
+"""No process can stall the others (docs/architecture.md, rule 11) on every backend.
 
 A paused, killed or cut-off process may sit on a row lock, the event-append lock or
 SQLite's write lock. Here another connection plays that process: it takes a lock and

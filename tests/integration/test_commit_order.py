@@ -1,4 +1,4 @@
-"""Position order = commit order (DESIGN.md section 3, rule 3), with concurrent writers.
+"""Position order = commit order (docs/architecture.md, rule 3), with concurrent writers.
 
 Writers insert their events, then keep the transaction open for a random moment before
 committing, so without the append lock a later position would often commit first. A reader

@@ -1,5 +1,5 @@
 """Group commit (adapters/group_commit.py): steps of several job threads share one
-transaction; each keeps DESIGN.md rule 1 on its own, and none is acted on before COMMIT."""
+transaction; each keeps docs/architecture.md, rule 1 on its own, and none is acted on before COMMIT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The durable job queue (DESIGN.md section 3, rule 4) on every backend."""
+"""The durable job queue (docs/architecture.md, rule 4) on every backend."""
 
 from __future__ import annotations
 

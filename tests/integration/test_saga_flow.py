@@ -1,4 +1,4 @@
-"""The saga end to end on every backend: each domain rule of DESIGN.md section 4.
+"""The saga end to end on every backend: each domain rule of docs/api.md.
 
 Orders go in through the command bus, the worker runs their jobs until the queue is idle,
 and the tests look at what a user would see: the order's fate, the saga's events in

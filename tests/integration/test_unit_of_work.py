@@ -1,5 +1,5 @@
 """The unit of work commits a step's effect, its events, the next job and the end of the
-current job in ONE transaction (DESIGN.md section 3, rule 1), or none of them."""
+current job in ONE transaction (docs/architecture.md, rule 1), or none of them."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Engines for SQLite, PostgreSQL and MariaDB/MySQL, and the few places they differ.
 
-How each backend keeps event positions in commit order (DESIGN.md section 3, rule 3):
+How each backend keeps event positions in commit order (docs/architecture.md, rule 3):
 
 * SQLite: every write transaction starts with ``BEGIN IMMEDIATE``, so there is one writer
   at a time and positions are assigned and committed in the same order.
@@ -36,7 +36,7 @@ def _clamp(value: float, low: float, high: float) -> float:
 
 @dataclass(frozen=True)
 class DatabaseBounds:
-    """The longest a connection waits or idles (DESIGN.md rule 11), in seconds.
+    """The longest a connection waits or idles (docs/architecture.md, rule 11), in seconds.
 
     * `lock_timeout`: a wait for a lock (a row, the event-append lock, SQLite's write
       lock) or for a pooled connection; then the transaction is aborted.
@@ -75,7 +75,7 @@ class DatabaseBounds:
 
 
 def normalize_url(url: str) -> str:
-    """Accept the plain URLs of DESIGN.md and pick the bundled drivers."""
+    """Accept the plain URLs of the README and pick the bundled drivers."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
@@ -264,7 +264,7 @@ def append_lock_sql(backend: str, holder_lock_timeout: float | None = None) -> s
     `holder_lock_timeout` (PostgreSQL): once it holds the lock, the transaction waits on
     any row at most this long (``SET LOCAL lock_timeout``, in the same statement): every
     other writer queues behind the holder, so the holder must not sit for long on a row
-    that a paused process may hold (DESIGN.md rule 11). MariaDB's lock wait has whole
+    that a paused process may hold (docs/architecture.md, rule 11). MariaDB's lock wait has whole
     seconds, so there the holder keeps the session's bound.
     """
     if backend == "postgresql":

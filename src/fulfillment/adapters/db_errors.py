@@ -1,4 +1,4 @@
-"""Which database errors abort what (DESIGN.md rule 11; docs/architecture.md).
+"""Which database errors abort what (docs/architecture.md, rule 11; docs/architecture.md).
 
 Every error a transaction can meet is one of:
 

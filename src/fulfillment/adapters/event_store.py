@@ -88,7 +88,7 @@ class StreamCache:
     the worker refreshes the cache when it claims (`prefetch`), and should another
     writer have appended anyway, the append's expected version fails the commit, the
     unit of work drops the stream from the cache and the command runs again on fresh
-    events (DESIGN.md rule 2). Bounded (LRU), so memory stays flat.
+    events (docs/architecture.md, rule 2). Bounded (LRU), so memory stays flat.
     """
 
     def __init__(self, max_streams: int = 10_000) -> None:

@@ -9,7 +9,7 @@ other thread is queued for a turn, or once it holds `max_members` steps. Under l
 steps that arrive while one commit is flushing form the next group: the group size tunes
 itself, and an idle worker commits every step at once, as before.
 
-DESIGN.md rule 1 still holds for every step: its service-table changes, its job advance
+docs/architecture.md, rule 1 still holds for every step: its service-table changes, its job advance
 and its events are in one savepoint and become durable in the same COMMIT. A thread whose
 step joined a group waits for that COMMIT before it goes on (cache, continuation,
 success), so nothing is acted on before it is durable. A step that fails (a business

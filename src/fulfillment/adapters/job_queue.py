@@ -1,4 +1,4 @@
-"""The durable job queue, in the same database as the events (DESIGN.md section 3, rule 4).
+"""The durable job queue, in the same database as the events (docs/architecture.md, rule 4).
 
 * Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, so workers never wait
   on each other's rows; on SQLite the claim runs in a ``BEGIN IMMEDIATE`` transaction.

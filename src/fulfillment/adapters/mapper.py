@@ -1,4 +1,4 @@
-"""The one mapper between domain events and stored rows (DESIGN.md section 3, rule 9).
+"""The one mapper between domain events and stored rows (docs/architecture.md, rule 9).
 
 Every event passes through here on its way in and out of the store, so upcasting old
 `event_version`s, and later encryption of health data in payloads, happen in one place.

@@ -1,7 +1,7 @@
 """State-stored services (prescriptions, inventory, shipments), like the models of the original.
 
 Each effect is keyed by the order: unique `order_id` columns make a second prescription,
-reservation or shipment for one order impossible (DESIGN.md section 3, rule 5), and
+reservation or shipment for one order impossible (docs/architecture.md, rule 5), and
 every change is conditional on the current status, so running it twice changes nothing.
 """
 

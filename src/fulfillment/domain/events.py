@@ -1,6 +1,6 @@
 """Domain events: immutable facts, past tense, each with an `event_version`.
 
-The names are part of the public contract (DESIGN.md section 4). `EVENT_TYPES` is the
+The names are part of the public contract (docs/api.md). `EVENT_TYPES` is the
 one registry of them; the mapper in `adapters` turns them into stored rows and back,
 upcasting old versions on the way in.
 """

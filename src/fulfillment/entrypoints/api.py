@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md section 4): FastAPI over the command bus and the read models.
+"""The HTTP API (docs/api.md): FastAPI over the command bus and the read models.
 
 Writes go through the command bus (one handler per command); reads come from
 `fulfillment.views`. `create_api(app)` builds the ASGI application over a bootstrapped

@@ -1,4 +1,4 @@
-"""The HTTP API's request and response bodies (DESIGN.md section 4), as pydantic models.
+"""The HTTP API's request and response bodies (docs/api.md), as pydantic models.
 
 Requests are validated strictly at the edge: unknown fields are rejected, numbers must be
 JSON integers, texts are 1..200 characters without control characters, dates are

@@ -1,8 +1,8 @@
 """The unit of work: one database transaction that commits everything a step did, or nothing.
 
 On commit it stores the new events of every aggregate it saw (with their expected versions),
-enqueues the job the saga policy derives from them, and removes the job being run: DESIGN.md
-section 3, rule 1. It rolls back unless told to commit.
+enqueues the job the saga policy derives from them, and removes the job being run:
+docs/architecture.md, rule 1. It rolls back unless told to commit.
 """
 
 from __future__ import annotations

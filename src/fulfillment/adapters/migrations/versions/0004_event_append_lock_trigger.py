@@ -3,7 +3,7 @@
 A writer used to lock in a statement of its own before inserting its events. A trigger
 on `events` now takes the same lock as the first thing any INSERT does, before a
 position is handed out: one round trip less while the lock is held, and no writer can
-append without it (DESIGN.md section 3, rule 3). SQLite needs nothing: one writer.
+append without it (docs/architecture.md, rule 3). SQLite needs nothing: one writer.
 
 Revision ID: 0004
 Revises: 0003
