@@ -1,5 +1,6 @@
 """Group commit (adapters/group_commit.py): steps of several job threads share one
-transaction; each keeps docs/architecture.md, rule 1 on its own, and none is acted on before COMMIT."""
+transaction; each keeps rule 1 (docs/architecture.md) on its own, and none is acted on
+before COMMIT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A reference model of the saga's rules, written from docs/architecture.md and docs/api.md, not from the aggregate.
+"""A reference model of the saga's rules, written from docs/architecture.md and
+docs/api.md, not from the aggregate.
 
 `SagaModel.legal()` says which commands the business allows in a state; the tests drive
 the real `OrderFulfillmentSaga` with every command in every reachable state and check it
