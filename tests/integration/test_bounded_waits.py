@@ -447,3 +447,26 @@ def test_a_step_rerun_after_a_commit_lost_in_transit_leaves_the_next_job_alone(
     row = bounded.queue.for_saga("o-ambiguous")
     assert row is not None and row.kind == "reserve_inventory", row
     assert saga_events(bounded, "o-ambiguous").count("PrescriptionCreated") == 1
+
+
+def test_an_order_placed_while_the_pool_is_exhausted_gets_503_in_time(database_url: str) -> None:
+    app = bootstrap(settings_for(database_url, job_lease_seconds=LEASE), pool_size=1)
+    held = [app.engine.connect() for _ in range(2)]  # the pool's one and its one overflow
+    try:
+
+        async def place() -> tuple[httpx.Response, float]:
+            transport = httpx.ASGITransport(create_api(app))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                started = time.monotonic()
+                response = await client.post("/orders", json=order_body(3))
+                return response, time.monotonic() - started
+
+        response, seconds = anyio.run(place)
+    finally:
+        for conn in held:
+            conn.close()
+        app.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "busy"
+    assert response.headers["Retry-After"] == "1"
+    assert seconds < 2.0, seconds
