@@ -11,6 +11,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fulfillment.adapters import job_queue
 from fulfillment.adapters.db_errors import translate
@@ -74,6 +75,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
                 self._conn.close()
             self._conn = None
             raise translate(exc) or exc from exc
+        except PoolTimeout as exc:  # no free connection within the pool's bound
+            raise DatabaseBusy(str(exc)) from exc
         self.events = SqlAlchemyEventStore(
             self.conn, self.mapper, self.cache, trust_cache=self.job is not None
         )
