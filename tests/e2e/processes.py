@@ -14,13 +14,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saga_testkit import wait_until as wait_until  # re-exported: tests import it from here
 from sqlalchemy import Connection, func, select
 
 from fulfillment.adapters import tables as t
@@ -151,22 +151,6 @@ def jobs_processed(output: str) -> int:
     match = re.search(r"worker stopped after (\d+) jobs", " ".join(output.split()))
     assert match, f"the worker did not report its jobs:\n{output}"
     return int(match.group(1))
-
-
-def wait_until(
-    condition: Callable[[], object],
-    timeout: float,
-    what: str,
-    poll: float = 0.02,
-    context: Callable[[], str] | None = None,
-) -> None:
-    """Poll `condition`; on timeout fail, with `context()` (say, a worker's output)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            detail = f"\n{context()}" if context is not None else ""
-            raise AssertionError(f"{what}: not reached within {timeout}s{detail}")
-        time.sleep(poll)
 
 
 @dataclass(frozen=True)

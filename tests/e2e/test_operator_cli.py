@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import saga_testkit
 
 from fulfillment import views
 from fulfillment.adapters.db import create_nullpool_engine
@@ -23,8 +24,6 @@ from fulfillment.adapters.migrate import migrate
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.errors import TransientFailure
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -92,30 +91,9 @@ def app(cli: Cli) -> Iterator[App]:
     app.close()
 
 
-def place_order(app: App, order_id: str, *, country: str = "US", qty: int = 2) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-3",
-            items=(OrderLine("PARACETAMOL", qty),),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-house",
-                patient_name="Alan Turing",
-                expires_on=datetime.now(UTC).date() + timedelta(days=30),
-            ),
-            shipping_address=ShippingAddress(
-                name="Alan Turing",
-                line1="2 Bletchley Park",
-                city="Milton Keynes",
-                postal_code="MK3 6EB",
-                country=country,
-            ),
-        )
-    )
-
-
-def run_jobs(app: App) -> None:
-    Worker(app, 2).run(until_idle=True, timeout=60)
+# The assertions name this SKU and quantity.
+place_order = partial(saga_testkit.place_order, sku="PARACETAMOL", qty=2)
+run_jobs = partial(saga_testkit.run_jobs, concurrency=2)
 
 
 def park_an_order(app: App, order_id: str) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import IN_CI
+from saga_testkit import seconds_until
 from sqlalchemy.engine import make_url
 
 from benchmarks import netns
@@ -58,16 +59,6 @@ def namespace() -> netns.Namespace:
     ns.close()
 
 
-def until(condition: object, timeout: float) -> float | None:
-    """Seconds until `condition()` held, or None."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(0.02)
-    return None
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected(
     database_url: str, tmp_path: Path, namespace: netns.Namespace, backend: str
@@ -98,8 +89,10 @@ def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected
                 load = Load(urls, config.rate, started)
                 watch.start()
                 load.start()
-                assert until(lambda: watch.finished_at(float("inf")) >= 5, 60) is not None
-                assert until(relay.upstream_ports, 30) is not None, cut_off.log_path.read_text()
+                assert seconds_until(lambda: watch.finished_at(float("inf")) >= 5, 60) is not None
+                assert seconds_until(relay.upstream_ports, 30) is not None, (
+                    cut_off.log_path.read_text()
+                )
                 warm = time.monotonic() - started
                 time.sleep(2.5)
 
@@ -115,7 +108,9 @@ def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected
                     pytest.fail("the worker was never cut off inside a transaction")
                 cut_at = time.monotonic() - started
 
-                freed = until(lambda: not (relay.upstream_ports() & in_transaction()), 3 * LEASE)
+                freed = seconds_until(
+                    lambda: not (relay.upstream_ports() & in_transaction()), 3 * LEASE
+                )
                 assert freed is not None, "the cut-off worker's locks were never freed"
                 assert freed <= bound + 1.0, (freed, bound)
 
@@ -124,7 +119,9 @@ def test_a_cut_off_worker_frees_its_locks_in_time_and_its_stale_work_is_rejected
                 namespace.restore()
                 time.sleep(2.0)
                 load.stop()
-                drained = until(lambda: watch.finished_at(float("inf")) >= len(load.accepted), 120)
+                drained = seconds_until(
+                    lambda: watch.finished_at(float("inf")) >= len(load.accepted), 120
+                )
                 watch.stop()
             finally:
                 cut_off.stop()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from saga_testkit import place_order
 
 from fulfillment.adapters import tables as t
 from fulfillment.bootstrap import App
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.service_layer import commands as c
 
 from .processes import Fate, Ledger, jobs_processed, wait_until, worker_processes
@@ -41,34 +40,26 @@ WORKER_SETTINGS = {
 
 def place_orders(app: App, numbers: range, kinds: dict[str, str]) -> int:
     """Place a mix of orders, noting order id -> kind; returns the ASPIRIN they order."""
-    expires = datetime.now(UTC).date() + timedelta(days=30)
     aspirin = 0
     for i in numbers:
         kind = ("deliverable", "deliverable", "abroad", "deliverable", "scarce", "deliverable")[
             i % 6
         ]
         if kind == "scarce":
-            items = (OrderLine("INSULIN", 1),)
+            items = {"INSULIN": 1}
         else:
-            items = (OrderLine("ASPIRIN", 1 + i % 3),)
+            items = {"ASPIRIN": 1 + i % 3}
             if kind == "deliverable":
                 aspirin += 1 + i % 3
         order_id = f"order-{i:03d}"
         kinds[order_id] = kind
-        app.bus.handle(
-            c.CreateOrder(
-                order_id=order_id,
-                customer_id=f"customer-{i % 7}",
-                items=items,
-                prescription=PrescriptionDetails("dr-who", f"Patient {i}", expires),
-                shipping_address=ShippingAddress(
-                    f"Patient {i}",
-                    "1 Main St",
-                    "Springfield",
-                    "12345",
-                    "BR" if kind == "abroad" else "US",
-                ),
-            )
+        place_order(
+            app,
+            order_id,
+            items,
+            country="BR" if kind == "abroad" else "US",
+            customer_id=f"customer-{i % 7}",
+            patient_name=f"Patient {i}",
         )
     return aspirin
 

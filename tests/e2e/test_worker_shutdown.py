@@ -17,17 +17,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from saga_testkit import place_order, run_jobs
 from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.domain.values import OrderLine, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.job_runner import JobOutcome
@@ -50,17 +50,8 @@ COUNTRIES = ("US", "CA", "GB")
 
 def place_orders(app: App, count: int, on_hand: int = 1000) -> None:
     app.bus.handle(c.SetInventory("ASPIRIN", on_hand))
-    expires = datetime.now(UTC).date() + timedelta(days=30)
     for i in range(count):
-        app.bus.handle(
-            c.CreateOrder(
-                order_id=f"order-{i:03d}",
-                customer_id="customer",
-                items=(OrderLine("ASPIRIN", 1),),
-                prescription=PrescriptionDetails("dr-who", f"Patient {i}", expires),
-                shipping_address=ShippingAddress("P", "1 Main St", "Springfield", "1", "US"),
-            )
-        )
+        place_order(app, f"order-{i:03d}", customer_id="customer", patient_name=f"Patient {i}")
 
 
 def assert_no_job_held(ledger: Ledger) -> None:
@@ -132,7 +123,7 @@ def test_sigterm_finishes_in_flight_jobs_and_exits_cleanly(
         assert_no_job_held(ledger)
         assert ledger.finished_orders() < 30, "the worker finished everything before SIGTERM"
 
-        Worker(app, 8).run(until_idle=True, timeout=60)
+        run_jobs(app, 8)
         fates = ledger.fates()
         assert len(fates) == 30
         assert {f.status for f in fates.values()} == {"fulfilled"}
@@ -203,7 +194,7 @@ def test_worker_process_with_a_stuck_job_exits_after_its_grace_period(
 
         assert_no_job_held(ledger)
         assert [(j.kind, j.status) for j in ledger.jobs()] == [("initiate_shipment", "ready")]
-        Worker(app, 1).run(until_idle=True, timeout=30)
+        run_jobs(app, 1, timeout=30)
         assert {f.status for f in ledger.fates().values()} == {"fulfilled"}
         assert len(ledger.records(t.shipments)) == 1
     finally:
@@ -266,7 +257,7 @@ def test_job_still_running_after_grace_period_is_handed_back(
         assert outcomes == [JobOutcome.LEASE_LOST]
         assert ledger.sagas_with("ShipmentInitiated") == set()
 
-        Worker(app, 2).run(until_idle=True, timeout=30)
+        run_jobs(app, 2, timeout=30)
         assert {f.status for f in ledger.fates().values()} == {"fulfilled"}
         assert len(ledger.records(t.shipments)) == 1
         assert ledger.inventory() == {"ASPIRIN": (999, 0)}
@@ -291,7 +282,7 @@ def test_stopping_worker_keeps_the_leases_of_jobs_it_is_finishing(make_app: Make
     thread.start()
     wait_until(lambda: stopping.in_flight == 1, timeout=30, what="the shipment in flight")
     stopping.stop()
-    Worker(app, 1).run(until_idle=True, timeout=30)
+    run_jobs(app, 1, timeout=30)
     thread.join(30)
 
     assert outcomes == [JobOutcome.DONE]

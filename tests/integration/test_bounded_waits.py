@@ -20,6 +20,7 @@ import anyio
 import httpx
 import pytest
 from conftest import settings_for
+from saga_testkit import place_order
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import OperationalError
 
@@ -27,7 +28,6 @@ from fulfillment.adapters import job_queue
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import append_lock_sql, backend_of, create_nullpool_engine
 from fulfillment.bootstrap import App, bootstrap
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
@@ -341,16 +341,7 @@ def test_an_order_placed_while_a_paused_process_holds_the_append_lock_gets_503_i
 def test_a_job_that_meets_a_held_lock_is_postponed_not_failed(
     bounded: App, database_url: str
 ) -> None:
-    bounded.bus.handle(c.SetInventory(sku="ASPIRIN", on_hand=10))
-    bounded.bus.handle(
-        c.CreateOrder(
-            order_id="o-held",
-            customer_id="c-1",
-            items=(OrderLine("ASPIRIN", 1),),
-            prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
-            shipping_address=ShippingAddress("Pat", "1 Main St", "Town", "12345", "US"),
-        )
-    )
+    place_order(bounded, "o-held", stock=10)
     (job,) = bounded.queue.claim(1, "w1", 30)
     with paused_transaction(database_url) as paused:
         hold_append_lock(paused)
@@ -370,19 +361,6 @@ def test_a_job_that_meets_a_held_lock_is_postponed_not_failed(
 # --- fencing: a stale lease holder never commits -------------------------------------
 
 
-def place_order(app: App, order_id: str) -> None:
-    app.bus.handle(c.SetInventory(sku="ASPIRIN", on_hand=10))
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="c-1",
-            items=(OrderLine("ASPIRIN", 1),),
-            prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
-            shipping_address=ShippingAddress("Pat", "1 Main St", "Town", "12345", "US"),
-        )
-    )
-
-
 def saga_events(app: App, order_id: str) -> list[str]:
     with app.engine.connect() as conn:
         query = select(t.events.c.type).where(t.events.c.stream_id == f"saga-{order_id}")
@@ -390,7 +368,7 @@ def saga_events(app: App, order_id: str) -> list[str]:
 
 
 def test_a_worker_woken_after_its_lease_ran_out_commits_nothing(bounded: App) -> None:
-    place_order(bounded, "o-stale")
+    place_order(bounded, "o-stale", stock=10)
     (stale,) = bounded.queue.claim(1, "paused-worker", lease_seconds=0.05)
     time.sleep(0.2)
     assert bounded.queue.reap_expired() == 1
@@ -408,7 +386,7 @@ def test_a_stale_run_ending_leaves_the_fresh_claim_of_the_same_job_in_flight(
 ) -> None:
     """The woken worker claimed the job again while its stale run went on: the stale
     run's end removes its own claim only, so the fresh one keeps its heartbeats."""
-    place_order(bounded, "o-twice")
+    place_order(bounded, "o-twice", stock=10)
     (stale,) = bounded.queue.claim(1, "w", lease_seconds=0.05)
     time.sleep(0.2)
     bounded.queue.reap_expired()
@@ -428,7 +406,7 @@ def test_a_step_rerun_after_a_commit_lost_in_transit_leaves_the_next_job_alone(
     """The server committed the step (and the chained advance of its job row to the
     next step), but the connection dropped before the worker heard so: the step runs
     again, finds its work done, and must not consume the row, now its saga's next job."""
-    place_order(bounded, "o-ambiguous")
+    place_order(bounded, "o-ambiguous", stock=10)
     (job,) = bounded.queue.claim(1, "w1", lease_seconds=30, chain=True)
     original = Connection.commit
     lost = []

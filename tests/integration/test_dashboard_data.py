@@ -10,24 +10,24 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import saga_testkit
 from fastapi.testclient import TestClient
 from rich.console import Console
+from saga_testkit import run_jobs
 
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints import cli_common, cli_sagas
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.dashboard import SHELL_PATHS
 from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -35,30 +35,8 @@ MakeApp = Callable[..., App]
 STATIC = Path(__file__).parents[2] / "src" / "fulfillment" / "entrypoints" / "static"
 
 
-def place_order(app: App, order_id: str, *, country: str = "US", qty: int = 1) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-7",
-            items=(OrderLine("NAPROXEN", qty),),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-quinn",
-                patient_name="Rosalind Franklin",
-                expires_on=datetime.now(UTC).date() + timedelta(days=30),
-            ),
-            shipping_address=ShippingAddress(
-                name="Rosalind Franklin",
-                line1="1 Kings Parade",
-                city="Cambridge",
-                postal_code="CB2 1SJ",
-                country=country,
-            ),
-        )
-    )
-
-
-def run_jobs(app: App) -> None:
-    Worker(app, 4).run(until_idle=True, timeout=60)
+# The assertions name this SKU and customer.
+place_order = partial(saga_testkit.place_order, sku="NAPROXEN", customer_id="cust-7")
 
 
 def catch_up(app: App) -> None:

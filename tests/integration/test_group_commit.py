@@ -5,17 +5,16 @@ before COMMIT."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import pytest
+from saga_testkit import place_order, run_jobs, wait_until
 from sqlalchemy import Connection, func, insert, select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.bootstrap import App
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.messagebus import RetryableDatabaseError
@@ -48,10 +47,7 @@ def _committer(app: App) -> GroupCommitter:
 
 
 def _queued(group: GroupCommitter, n: int) -> None:
-    deadline = time.monotonic() + 10
-    while group._queued < n:
-        assert time.monotonic() < deadline, "the second step never queued"
-        time.sleep(0.001)
+    wait_until(lambda: group._queued >= n, 10, "the second step queued", poll=0.001)
 
 
 def _two_steps(
@@ -78,10 +74,7 @@ def _two_steps(
 
     one = threading.Thread(target=run, args=(0, first, True))
     one.start()
-    deadline = time.monotonic() + 10
-    while not group._turn.locked():
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    wait_until(group._turn.locked, 10, "the first step holds the turn", poll=0.001)
     two = threading.Thread(target=run, args=(1, second, False))
     two.start()
     one.join(10)
@@ -136,15 +129,7 @@ def _place(app: App, orders: list[str]) -> None:
     for sku in SKUS:
         app.bus.handle(c.SetInventory(sku=sku, on_hand=200))
     for i, order_id in enumerate(orders):
-        app.bus.handle(
-            c.CreateOrder(
-                order_id=order_id,
-                customer_id="cust-1",
-                items=(OrderLine(SKUS[i % len(SKUS)], 2),),
-                prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
-                shipping_address=ShippingAddress("Pat", "1 Main St", "Town", "12345", "US"),
-            )
-        )
+        place_order(app, order_id, {SKUS[i % len(SKUS)]: 2})
 
 
 def _assert_fulfilled(app: App, orders: list[str]) -> None:
@@ -165,7 +150,7 @@ def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -
     group = _committer(app)
     before = group.committed_steps
 
-    Worker(app, concurrency=12).run(until_idle=True, timeout=120)
+    run_jobs(app, 12, timeout=120)
 
     _assert_fulfilled(app, orders)
     # Every step of every order (4 each) went through the shared transaction (on SQLite
@@ -202,6 +187,6 @@ def test_with_group_commit_off_each_step_commits_on_its_own(
     orders = [f"solo-{i}" for i in range(12)]
     _place(app, orders)
 
-    Worker(app, concurrency=6).run(until_idle=True, timeout=120)
+    run_jobs(app, 6, timeout=120)
 
     _assert_fulfilled(app, orders)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
+from saga_testkit import wait_until
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import job_queue
@@ -25,13 +25,6 @@ def enqueue(app: App, *specs: JobSpec) -> None:
 def finish(app: App, job: ClaimedJob) -> None:
     with app.engine.begin() as conn:
         job_queue.finish(conn, job)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.02)
 
 
 def test_concurrent_claimers_get_disjoint_sets_of_jobs(app: App) -> None:
@@ -92,7 +85,7 @@ def test_an_expired_lease_is_reaped_and_the_job_claimed_again_with_a_new_token(a
     enqueue(app, JobSpec("s1", "create_prescription"))
     (lost,) = app.queue.claim(1, "crashed-worker", lease_seconds=0.05)
 
-    wait_until(lambda: app.queue.reap_expired() == 1, "the expired lease is reaped")
+    wait_until(lambda: app.queue.reap_expired() == 1, 10, "the expired lease is reaped")
     (again,) = app.queue.claim(1, "healthy-worker", LEASE)
 
     assert again.id == lost.id and again.claim_token != lost.claim_token
@@ -117,7 +110,7 @@ def test_a_heartbeat_keeps_the_reaper_away(app: App) -> None:
     assert [j.saga_id for j in beating + silent] == ["beating", "silent"]
 
     assert app.queue.heartbeat(beating, LEASE) == 1
-    wait_until(lambda: app.queue.reap_expired() == 1, "the silent job's lease is reaped")
+    wait_until(lambda: app.queue.reap_expired() == 1, 10, "the silent job's lease is reaped")
 
     kept = app.queue.for_saga("beating")
     assert kept is not None and (kept.status, kept.claim_token) == (
@@ -140,7 +133,7 @@ def test_a_job_that_keeps_losing_its_worker_goes_dead(make_app: Callable[..., Ap
 
     for _ in range(2):
         assert app.queue.claim(1, "doomed", lease_seconds=0.02)
-        wait_until(reaped, "the lease is reaped")
+        wait_until(reaped, 10, "the lease is reaped")
     row = app.queue.for_saga("s1")
     assert row is not None and row.status == "dead"
     assert row.last_error == "lease expired too many times"

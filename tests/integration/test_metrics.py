@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from saga_testkit import place_order, run_jobs
 from sqlalchemy import func, select, update
 
 from fulfillment.adapters import job_queue
@@ -21,7 +23,6 @@ from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.observability.metrics import render_metrics
 from fulfillment.service_layer import commands as c
@@ -47,23 +48,8 @@ class FailsOnce:
             return False
 
 
-def place(app: App, order_id: str, *, country: str = "US", expires_on: date | None = None) -> None:
-    today = datetime.now(UTC).date()
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-1",
-            items=(OrderLine(SKU, 1),),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-1",
-                patient_name="Ada Lovelace",
-                expires_on=expires_on or today + timedelta(days=30),
-            ),
-            shipping_address=ShippingAddress(
-                name="Ada", line1="1 Way", city="London", postal_code="N1", country=country
-            ),
-        )
-    )
+# One unit of the SKU the tests stock.
+place = partial(place_order, sku=SKU)
 
 
 def scrape(app: App) -> Samples:
@@ -261,7 +247,7 @@ def test_a_compensation_that_keeps_failing_parks_the_saga_and_is_counted(
     app.bus.handlers[c.ReleaseInventory] = stock_system_down
     app.bus.handle(c.SetInventory(SKU, 5))
     place(app, "stuck", country="JP")  # shipment fails, releasing the stock keeps failing
-    Worker(app, 2).run(until_idle=True, timeout=60)
+    run_jobs(app, 2)
     Projector(app.engine, app.mapper).catch_up()
 
     samples = scrape(app)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
+import saga_testkit
+from saga_testkit import run_jobs
 from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
@@ -19,8 +22,6 @@ from fulfillment.adapters.db import create_db_engine
 from fulfillment.adapters.projections import Projector, ProjectorThread, row_from_db
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -30,36 +31,12 @@ MakeApp = Callable[..., App]
 # --- helpers ----------------------------------------------------------------------------
 
 
-def place_order(
-    app: App, order_id: str, items: dict[str, int] | None = None, *, country: str = "US"
-) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-7",
-            items=tuple(OrderLine(sku, q) for sku, q in (items or {"ASPIRIN": 2}).items()),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-who",
-                patient_name="Ada Lovelace",
-                expires_on=datetime.now(UTC).date() + timedelta(days=90),
-            ),
-            shipping_address=ShippingAddress(
-                name="Ada Lovelace",
-                line1="1 Analytical Way",
-                city="London",
-                postal_code="N1 1AA",
-                country=country,
-            ),
-        )
-    )
+# Orders of 2 ASPIRIN for cust-7: the assertions name the customer, the stock counts on 2.
+place_order = partial(saga_testkit.place_order, qty=2, customer_id="cust-7")
 
 
 def stock(app: App, sku: str, on_hand: int) -> None:
     app.bus.handle(c.SetInventory(sku=sku, on_hand=on_hand))
-
-
-def run_jobs(app: App) -> None:
-    Worker(app, 4).run(until_idle=True, timeout=60)
 
 
 def release_keeps_failing(app: App) -> Callable[..., Any]:

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from saga_testkit import history, order_of, place_order, run_jobs, saga_of
 from sqlalchemy import func, select
 
 from fulfillment.adapters import job_queue
@@ -30,11 +31,8 @@ from fulfillment.domain.status import (
     Step,
 )
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import JobSpec
-
-from .saga_helpers import history, order_of, run_jobs, saga_of
 
 COUNTRIES = ("US", "CA", "GB")
 MakeApp = Callable[..., App]
@@ -45,35 +43,6 @@ MakeApp = Callable[..., App]
 
 def today_utc() -> date:
     return datetime.now(UTC).date()
-
-
-def place_order(
-    app: App,
-    order_id: str,
-    items: dict[str, int],
-    *,
-    country: str = "US",
-    expires_on: date | None = None,
-) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-1",
-            items=tuple(OrderLine(sku, qty) for sku, qty in items.items()),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-who",
-                patient_name="Ada Lovelace",
-                expires_on=expires_on or today_utc() + timedelta(days=90),
-            ),
-            shipping_address=ShippingAddress(
-                name="Ada Lovelace",
-                line1="1 Analytical Way",
-                city="London",
-                postal_code="N1 1AA",
-                country=country,
-            ),
-        )
-    )
 
 
 def saga_events(app: App, order_id: str) -> list[Any]:
@@ -452,7 +421,7 @@ def test_handler_called_again_for_a_finished_step_changes_nothing(stocked: App) 
 def test_many_orders_share_stock_without_overselling(stocked: App) -> None:
     for i in range(8):
         place_order(stocked, f"o-{i}", {"INSULIN": 1})
-    Worker(stocked, 8).run(until_idle=True, timeout=60)
+    run_jobs(stocked, 8)
 
     fates = Counter(order_of(stocked, f"o-{i}").status for i in range(8))
     assert fates == {OrderStatus.FULFILLED: 5, OrderStatus.CANCELLED: 3}

@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from saga_testkit import history, order_of, place_order, run_jobs, saga_of, wait_until
 from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
@@ -27,13 +27,10 @@ from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import IllegalTransition, TransientFailure
 from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step, StepStatus
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
-
-from .saga_helpers import history, order_of, run_jobs, saga_of
 
 MakeApp = Callable[..., App]
 COUNTRIES = ("US", "CA", "GB")
@@ -41,20 +38,6 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def place_order(
-    app: App, order_id: str, items: dict[str, int], *, country: str = "US", expires_on: date
-) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-1",
-            items=tuple(OrderLine(sku, qty) for sku, qty in items.items()),
-            prescription=PrescriptionDetails("dr-who", "Ada Lovelace", expires_on),
-            shipping_address=ShippingAddress("Ada", "1 Way", "London", "N1 1AA", country),
-        )
-    )
 
 
 def next_year() -> date:
@@ -77,14 +60,6 @@ def stock(app: App, sku: str) -> tuple[int, int]:
 def records(app: App, table: Any, order_id: str) -> list[Any]:
     with app.engine.connect() as conn:
         return list(conn.execute(select(table).where(table.c.order_id == order_id)))
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
 
 
 # --- a warehouse system that can be down ------------------------------------------------
@@ -324,7 +299,7 @@ def test_worker_that_lost_its_lease_cannot_commit_stale_work(make_app: MakeApp) 
     app.bus.handle(c.SetInventory("ASPIRIN", 10))
     place_order(app, "o-zombie", {"ASPIRIN": 2}, expires_on=next_year())
     (stale,) = app.queue.claim(1, "paused-worker", 0.2)
-    wait_for(lambda: app.queue.reap_expired() == 1)
+    wait_until(lambda: app.queue.reap_expired() == 1, 20, "the expired lease is reaped")
     (fresh,) = app.queue.claim(1, "other-worker", 30)
     assert (fresh.id, fresh.kind) == (stale.id, stale.kind)
 
@@ -360,7 +335,7 @@ def test_heartbeats_keep_a_long_step_from_being_taken_over(make_app: MakeApp) ->
 
     thread = threading.Thread(target=run_first)
     thread.start()
-    wait_for(lambda: first.in_flight == 1)
+    wait_until(lambda: first.in_flight == 1, 20, "the job in flight")
     Worker(app, 2, worker_id="worker-b").run(until_idle=True, timeout=30)
     thread.join(30)
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from conftest import settings_for
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from saga_testkit import place_order, run_jobs
 
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.bootstrap import App, bootstrap
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.observability.tracing import (
     NO_TRACING,
     setup_tracing,
@@ -53,18 +52,8 @@ def traced_app(database_url: str, exporter: InMemorySpanExporter) -> Iterator[Ap
     app.close()
 
 
-def place(app: App, order_id: str, country: str = "US") -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-1",
-            items=(OrderLine(SKU, 1),),
-            prescription=PrescriptionDetails(
-                "dr-1", "Ada Lovelace", datetime.now(UTC).date() + timedelta(days=30)
-            ),
-            shipping_address=ShippingAddress("Ada", "1 Way", "Boston", "02110", country),
-        )
-    )
+# One unit of the SKU the fixture stocks.
+place = partial(place_order, sku=SKU)
 
 
 def spans_of(exporter: InMemorySpanExporter, order_id: str) -> list[ReadableSpan]:
@@ -79,7 +68,7 @@ def test_each_step_of_a_saga_runs_in_a_span_of_the_sagas_trace(
     traced_app: App, exporter: InMemorySpanExporter
 ) -> None:
     place(traced_app, "smooth")
-    Worker(traced_app, 2).run(until_idle=True, timeout=30)
+    run_jobs(traced_app, 2, timeout=30)
 
     spans = spans_of(exporter, "smooth")
     assert [s.name for s in spans] == [
@@ -111,7 +100,7 @@ def test_a_retried_step_gets_a_span_per_attempt(
     traced_app: App, exporter: InMemorySpanExporter
 ) -> None:
     place(traced_app, "bumpy")
-    Worker(traced_app, 2).run(until_idle=True, timeout=30)
+    run_jobs(traced_app, 2, timeout=30)
 
     shipments = [s for s in spans_of(exporter, "bumpy") if s.name == "initiate_shipment"]
     assert [
@@ -128,7 +117,7 @@ def test_compensations_run_in_spans_and_the_failed_step_is_marked(
     traced_app: App, exporter: InMemorySpanExporter
 ) -> None:
     place(traced_app, "abroad", country="JP")
-    Worker(traced_app, 2).run(until_idle=True, timeout=30)
+    run_jobs(traced_app, 2, timeout=30)
 
     spans = spans_of(exporter, "abroad")
     assert [s.name for s in spans] == [

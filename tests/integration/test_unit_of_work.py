@@ -6,15 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import pytest
+import saga_testkit
+from saga_testkit import wait_until
 from sqlalchemy import Table, func, select
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.bootstrap import App
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.unit_of_work import StreamAppend
@@ -27,17 +28,16 @@ class Boom(Exception):
     """The process dies mid-transaction."""
 
 
-def place_order(app: App, order_id: str = ORDER, quantity: int = 2) -> None:
-    app.bus.handle(c.SetInventory(sku=SKU, on_hand=5))
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-1",
-            items=(OrderLine(SKU, quantity),),
-            prescription=PrescriptionDetails("dr-1", "Pat Doe", date(2099, 1, 1)),
-            shipping_address=ShippingAddress("Pat Doe", "1 Main St", "Springfield", "12345", "US"),
-        )
-    )
+# Order ORDER: 2 of SKU, with 5 in stock, its prescription still valid on 2030-01-01 (a
+# test creates the prescription as of that day); the tests count on all of these.
+place_order = partial(
+    saga_testkit.place_order,
+    order_id=ORDER,
+    sku=SKU,
+    qty=2,
+    stock=5,
+    expires_on=date(2099, 1, 1),
+)
 
 
 def claim(app: App, kind: str, lease_seconds: float = 30.0, worker: str = "w1") -> ClaimedJob:
@@ -175,10 +175,7 @@ def test_a_crash_while_storing_the_events_rolls_back_the_reservation(
 def test_a_worker_whose_lease_was_taken_over_commits_nothing(app: App) -> None:
     place_order(app)
     stale = claim(app, "create_prescription", lease_seconds=0.05, worker="slow")
-    deadline = time.monotonic() + 10
-    while app.queue.reap_expired() == 0:
-        assert time.monotonic() < deadline, "the expired lease was never reaped"
-        time.sleep(0.02)
+    wait_until(lambda: app.queue.reap_expired() != 0, 10, "the expired lease is reaped")
     fresh = claim(app, "create_prescription", worker="fast")
 
     assert app.runner.run(stale) is JobOutcome.LEASE_LOST

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
+import saga_testkit
+from saga_testkit import run_jobs
 
 from fulfillment import views
 from fulfillment.adapters.clock import FixedClock
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
@@ -27,30 +28,8 @@ ORDER_KEYS = {"order_id", "status", "reason", "items", "saga", "shipment"}
 EVENT_KEYS = {"position", "stream_id", "version", "type", "event_version", "recorded_at", "data"}
 
 
-def place_order(app: App, order_id: str, *, country: str = "US", qty: int = 1) -> None:
-    app.bus.handle(
-        c.CreateOrder(
-            order_id=order_id,
-            customer_id="cust-9",
-            items=(OrderLine("IBUPROFEN", qty),),
-            prescription=PrescriptionDetails(
-                prescriber_id="dr-no",
-                patient_name="Grace Hopper",
-                expires_on=datetime.now(UTC).date() + timedelta(days=30),
-            ),
-            shipping_address=ShippingAddress(
-                name="Grace Hopper",
-                line1="1 Navy Yard",
-                city="Arlington",
-                postal_code="22202",
-                country=country,
-            ),
-        )
-    )
-
-
-def run_jobs(app: App) -> None:
-    Worker(app, 4).run(until_idle=True, timeout=60)
+# The assertions name this SKU.
+place_order = partial(saga_testkit.place_order, sku="IBUPROFEN")
 
 
 def catch_up(app: App) -> None:
