@@ -177,8 +177,7 @@ def test_a_reaper_and_a_group_commit_never_wait_on_each_other(
         hold_job_row(conn, advanced.id)  # as a step's advance would
         in_group.set()
         reaper_done.wait(5)
-        finished = group.leave([])
-        assert finished is not None
+        finished = group.keep([])
         finished.wait()
 
     worker = threading.Thread(target=step)
@@ -215,8 +214,7 @@ def test_a_reaper_and_a_group_commit_never_wait_on_each_other(
                 conn.execute(
                     update(t.jobs).where(t.jobs.c.id == job.id).values(kind="reserve_inventory")
                 )
-                done = group.leave([])
-                assert done is not None
+                done = group.keep([])
                 done.wait()
     finally:
         stop.set()
@@ -246,10 +244,9 @@ def test_a_lock_timeout_in_one_step_rolls_back_the_whole_group_and_frees_its_loc
         deadline = time.monotonic() + 5
         while group._queued < 1 and time.monotonic() < deadline:
             time.sleep(0.001)
-        joined = group.leave([])
+        joined = group.keep([])
         first_left.set()
         try:
-            assert joined is not None
             joined.wait()
             outcomes["first"] = "committed"
         except RetryableDatabaseError as exc:

@@ -64,7 +64,7 @@ def _two_steps(
         if hold:
             _queued(group, 1)
         rows = work(conn)
-        found = group.leave(rows)
+        found = group.keep(rows) if rows is not None else group.drop()
         try:
             if found is not None:
                 found.wait()

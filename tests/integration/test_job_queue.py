@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from saga_testkit import wait_until
+from saga_testkit import place_order, wait_until
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import job_queue
@@ -193,3 +193,35 @@ def test_claim_with_no_room_claims_nothing(app: App) -> None:
     assert app.queue.claim(0, "w1", LEASE) == []
     assert isinstance(app.queue, SqlAlchemyJobQueue)
     assert app.queue.counts() == {"ready": 1}
+
+
+def test_a_claim_made_to_chain_hands_the_sagas_next_job_to_the_same_worker(app: App) -> None:
+    """A step whose next job is due at once returns it still claimed (same row, same
+    token): the worker's thread runs it without a round through the queue."""
+    place_order(app, "o-chain", stock=10)
+    (job,) = app.queue.claim(1, "w1", LEASE, chain=True)
+
+    first = app.runner.run_step(job)
+    assert first.outcome.value == "done" and first.next_job is not None
+    handed = first.next_job
+    assert (handed.id, handed.claim_token, handed.kind) == (
+        job.id,
+        job.claim_token,
+        "reserve_inventory",
+    )
+    row = app.queue.for_saga("o-chain")
+    assert row is not None and (row.status, row.kind) == ("running", "reserve_inventory")
+    assert app.queue.claim(5, "w2", LEASE) == []  # nobody else can take it meanwhile
+
+    second = app.runner.run_step(handed)
+    assert second.next_job is not None and second.next_job.kind == "initiate_shipment"
+
+
+def test_a_claim_not_made_to_chain_puts_the_next_job_back_in_the_queue(app: App) -> None:
+    place_order(app, "o-unchained", stock=10)
+    (job,) = app.queue.claim(1, "w1", LEASE)
+
+    result = app.runner.run_step(job)
+    assert result.outcome.value == "done" and result.next_job is None
+    (again,) = app.queue.claim(1, "w2", LEASE)
+    assert (again.id, again.kind) == (job.id, "reserve_inventory")

@@ -413,7 +413,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.shipments = FakeShipmentService(self._shipments)
         self.idempotency = FakeIdempotencyKeys(self._keys)
 
-    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:
         db = self.db
         while db.before_next_commit:
             db.before_next_commit.pop(0)()
@@ -455,6 +455,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         )
         self.job = None  # consumed, as in the SQL unit of work
         self.committed = True
+        return None  # the fake queue never chains
 
     def _check(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
         db = self.db

@@ -117,37 +117,46 @@ class GroupCommitter:
             raise
         return self._conn
 
-    def leave(self, rows: list[EventRow] | None) -> Group | None:
-        """End the turn. `rows` (the step's events): keep the step, and return its group to
-        wait on; None: roll the step back. Never raises: a failure fails the group."""
+    def keep(self, rows: list[EventRow]) -> Group:
+        """End the turn keeping the step, whose events are `rows`; returns the group to
+        wait on for its COMMIT. Never raises: a failure fails the group."""
         group = self._group
         try:
-            assert self._in_step and self._conn is not None, "leave() without enter()"
-            self._in_step = False
+            self._end_step()
             # A kept step's savepoint is not released (a round trip saved): the next
             # step's SAVEPOINT of the same name supersedes it, and COMMIT ends all.
-            if rows is not None:
-                group.members += 1
-                group.rows.extend(rows)
-                self._end_turn(group)
-                return group
+            group.members += 1
+            group.rows.extend(rows)
+            self._end_turn(group)
+            return group
+        finally:
+            self._turn.release()
+
+    def drop(self) -> None:
+        """End the turn rolling the step back (its savepoint only). Never raises."""
+        try:
+            self._end_step()
+            assert self._conn is not None
             try:
                 run_sql(self._conn, "ROLLBACK TO SAVEPOINT step")
             except BaseException as exc:
                 # The transaction itself is gone (MariaDB rolls it all back on deadlock).
                 self._fail_group(exc)
             else:
-                self._end_turn(group)
-            return None
+                self._end_turn(self._group)
         finally:
             self._turn.release()
+
+    def _end_step(self) -> None:
+        assert self._in_step and self._conn is not None, "a step ended without enter()"
+        self._in_step = False
 
     def abort(self, exc: BaseException) -> None:
         """End the turn and roll back the whole group: the step met an error after which
         its transaction must not go on (a deadlock, a lock timeout, a lost connection).
         Every step of the group runs again, in a fresh transaction."""
         try:
-            assert self._in_step and self._conn is not None, "abort() without enter()"
+            self._end_step()
             self._fail_group(exc)
         finally:
             self._turn.release()
@@ -164,11 +173,9 @@ class GroupCommitter:
             self.abort(exc)  # a lock wait ran out, or the connection is gone
             raise
         except BaseException:
-            self.leave(None)
+            self.drop()
             raise
-        group = self.leave([])
-        assert group is not None
-        group.wait()
+        self.keep([]).wait()
 
     def leave_look(self) -> None:
         """End a turn entered with `savepoint=False`."""

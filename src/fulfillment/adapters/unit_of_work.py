@@ -87,7 +87,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.shipments = SqlAlchemyShipmentService(self.conn)
         self.idempotency = SqlAlchemyIdempotencyKeys(self.conn)
 
-    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:
         continuation: ClaimedJob | None = None
         saga_done = False
         if self.job is not None:
@@ -102,9 +102,9 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             assert self.group is not None
             rows = self.events.rows(appends, self.causation_id)
             self._conn, self._in_group = None, False  # the turn ends here
-            group = self.group.leave(rows)
-            assert group is not None
-            group.wait()  # a failed group raises: __exit__ drops the streams from the cache
+            self.group.keep(
+                rows
+            ).wait()  # a failed group raises: __exit__ drops the streams from the cache
         else:
             self.events.append(appends, self.causation_id)
             self.conn.commit()
@@ -114,9 +114,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.events.forget()
         else:
             self.events.after_commit(appends)
-        if self.job is not None and continuation is not None:
-            self.job.continuation.append(continuation)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
+        return continuation
 
     def rollback(self, abort: BaseException | None = None) -> None:
         """Undo this unit of work. In a group, `abort` (a database error that may leave
@@ -129,7 +128,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             elif self.read_only_mode:
                 self.group.leave_look()
             else:
-                self.group.leave(None)
+                self.group.drop()
             return
         if self._conn is not None:
             try:

@@ -166,13 +166,13 @@ class Worker:
         try:
             current: ClaimedJob | None = job
             while current is not None:
-                outcome = self.app.runner.run(current)
+                result = self.app.runner.run_step(current)
                 if self.on_outcome is not None:
-                    self.on_outcome(current, outcome)
+                    self.on_outcome(current, result.outcome)
                 # A step whose saga's next job is due now hands it over still claimed
                 # (same row and token, so the heartbeat covers it): run it here, unless
                 # the worker is stopping, in which case it goes back to the queue.
-                current = current.continuation[0] if current.continuation else None
+                current = result.next_job
                 if current is not None and self.stop_event.is_set():
                     self._safely(functools.partial(self.app.queue.release, current))
                     current = None

@@ -19,6 +19,7 @@ import logging
 import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -43,6 +44,15 @@ class JobOutcome(StrEnum):
     LEASE_LOST = "lease_lost"
     #: The database was busy (a lock wait ran out): the job went back, due shortly.
     POSTPONED = "postponed"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job run ended, and the saga's next job when the run's commit handed it over
+    still claimed by this worker and due now (the same thread runs it next)."""
+
+    outcome: JobOutcome
+    next_job: ClaimedJob | None = None
 
 
 class JobWatch(Protocol):
@@ -109,18 +119,23 @@ class JobRunner:
         self.observer: JobObserver = observer or NullObserver()
 
     def run(self, job: ClaimedJob) -> JobOutcome:
-        with self.observer.watch(job) as watch:
-            outcome, error = self._run(job)
-            watch.finished(outcome, error)
-        return outcome
+        """Run the job; how it ended."""
+        return self.run_step(job).outcome
 
-    def _run(self, job: ClaimedJob) -> tuple[JobOutcome, str | None]:
-        """The job's outcome, and the error that led to it, if any."""
+    def run_step(self, job: ClaimedJob) -> JobResult:
+        """Run the job; how it ended, and the next job it handed over, if any."""
+        with self.observer.watch(job) as watch:
+            result, error = self._run(job)
+            watch.finished(result.outcome, error)
+        return result
+
+    def _run(self, job: ClaimedJob) -> tuple[JobResult, str | None]:
+        """The job's result, and the error that led to it, if any."""
         command = c.JOB_COMMANDS[job.kind](saga_id=job.saga_id)
         try:
             try:
-                self.bus.handle(command, job=job)
-                return JobOutcome.DONE, None
+                _, handed_over = self.bus.handle_job(command, job)
+                return JobResult(JobOutcome.DONE, handed_over), None
             except BusinessRuleViolation as exc:
                 reason = exc.reason.value
                 return self._record_failure(job, str(exc), reason), f"{reason}: {exc}"
@@ -129,39 +144,39 @@ class JobRunner:
                 return self._record_failure(job, error, None), error
         except LeaseLost:
             log.warning("lease lost on job %s (%s %s)", job.id, job.kind, job.saga_id)
-            return JobOutcome.LEASE_LOST, None
+            return JobResult(JobOutcome.LEASE_LOST), None
         except DatabaseBusy as exc:
             # Not the job's fault (a lock held by a paused process): back to the queue
             # for a moment, no failure counted. (Deadlocks were retried by the bus.)
-            return self._postpone(job, exc), f"{type(exc).__name__}: {exc}"
+            return JobResult(self._postpone(job, exc)), f"{type(exc).__name__}: {exc}"
         except Exception as exc:
-            return self._fail_job(job, exc), f"{type(exc).__name__}: {exc}"
+            return JobResult(self._fail_job(job, exc)), f"{type(exc).__name__}: {exc}"
 
-    def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobOutcome:
+    def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobResult:
         if job.kind in STEPS:
             # A transient failure on the last attempt fails the step too (retries_exhausted).
-            failed = self.bus.handle(
+            failed, handed_over = self.bus.handle_job(
                 c.RecordStepFailure(
                     saga_id=job.saga_id, step=STEPS[job.kind], error=error, reason=reason
                 ),
-                job=job,
+                job,
             )
             if failed:
                 # A business outcome, not a fault of the system: info, with the reason.
                 why = reason or "retries_exhausted"
                 log.info("step %s failed (%s): %s; compensating", job.kind, why, error)
-                return JobOutcome.STEP_FAILED
+                return JobResult(JobOutcome.STEP_FAILED, handed_over)
             log.info("step %s attempt failed, retrying after a backoff: %s", job.kind, error)
-            return JobOutcome.RETRY_SCHEDULED
+            return JobResult(JobOutcome.RETRY_SCHEDULED, handed_over)
         if job.kind in COMPENSATIONS:
-            self.bus.handle(
+            _, handed_over = self.bus.handle_job(
                 c.RecordCompensationFailure(
                     saga_id=job.saga_id, compensation=COMPENSATIONS[job.kind], error=error
                 ),
-                job=job,
+                job,
             )
             log.warning("compensation %s failed: %s", job.kind, error)
-            return JobOutcome.RETRY_SCHEDULED
+            return JobResult(JobOutcome.RETRY_SCHEDULED, handed_over)
         raise RuntimeError(f"job {job.kind} failed: {error}")
 
     def _postpone(self, job: ClaimedJob, exc: Exception) -> JobOutcome:

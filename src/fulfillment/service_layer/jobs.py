@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,6 @@ class ClaimedJob:
     #: When set, a step that enqueues its saga's next job with no delay keeps the claim
     #: (for this many seconds of lease) so the same worker thread runs it right away.
     chain_lease_seconds: float | None = None
-    #: Filled by the unit of work at commit: the job this one became, still claimed.
-    continuation: list[ClaimedJob] = field(default_factory=list, compare=False, repr=False)
 
 
 class LeaseLost(Exception):

@@ -45,13 +45,20 @@ class MessageBus:
         self.conflict_retries = conflict_retries
 
     def handle(self, command: Command, job: ClaimedJob | None = None) -> Any:
+        """Run the command's handler; returns what the handler returns."""
+        return self.handle_job(command, job)[0]
+
+    def handle_job(self, command: Command, job: ClaimedJob | None) -> tuple[Any, ClaimedJob | None]:
+        """Run the command of a claimed job: what the handler returns, and the job its
+        commit handed over (the saga's next job, still claimed: run it next), if any."""
         try:
             handler = self.handlers[type(command)]
         except KeyError:
             raise LookupError(f"no handler for {type(command).__name__}") from None
         for attempt in range(self.conflict_retries + 1):
+            uow = self.uow_factory(job)
             try:
-                return handler(command, self.uow_factory(job))
+                return handler(command, uow), uow.handed_over
             except (ConcurrencyError, RetryableDatabaseError):
                 if attempt == self.conflict_retries:
                     raise

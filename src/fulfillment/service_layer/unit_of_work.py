@@ -42,6 +42,9 @@ class AbstractUnitOfWork(abc.ABC):
         self.read_only_mode = False  # of the transaction in progress
         self._next_read_only = False
         self.committed_events: list[DomainEvent] = []
+        #: What the last commit handed over: its saga's next job, still claimed by this
+        #: worker and due now, for the same thread to run (None: nothing to chain).
+        self.handed_over: ClaimedJob | None = None
         self._seen: dict[str, Aggregate] = {}
 
     def __enter__(self) -> Self:
@@ -66,7 +69,8 @@ class AbstractUnitOfWork(abc.ABC):
     def track(self, aggregate: Aggregate) -> None:
         self._seen[aggregate.stream_id] = aggregate
 
-    def commit(self) -> None:
+    def commit(self) -> ClaimedJob | None:
+        """Commit; returns the job handed over (also kept as `handed_over`)."""
         if self.read_only_mode:
             raise RuntimeError("a read-only unit of work cannot commit")
         appends: list[StreamAppend] = []
@@ -82,16 +86,19 @@ class AbstractUnitOfWork(abc.ABC):
                 spec = next_job(aggregate, events)
                 if spec is not None:
                     jobs.append(spec)
-        self._commit(appends, jobs)
+        # Only the commit that consumed the job can hand its successor over.
+        self.handed_over = self._commit(appends, jobs) or self.handed_over
         for aggregate in self._seen.values():
             self.committed_events.extend(aggregate.collect_pending())
+        return self.handed_over
 
     @abc.abstractmethod
     def _begin(self) -> None: ...
 
     @abc.abstractmethod
-    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> None:
-        """Atomically: finish the current job, enqueue `jobs`, append the events."""
+    def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:
+        """Atomically: finish (or advance) the current job, enqueue `jobs`, append the
+        events; returns the current job's successor when it stays claimed (chained)."""
 
     @abc.abstractmethod
     def rollback(self) -> None: ...
