@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from fulfillment.domain.order_saga import COMPLETE
 from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.service_layer.commands import JOB_COMMANDS
 from fulfillment.service_layer.jobs import JobSpec
-from fulfillment.service_layer.saga_policy import COMPLETE, next_job
+from fulfillment.service_layer.saga_policy import next_job
 
 from .builders import at, started_saga
 from .saga_model import (

@@ -15,40 +15,34 @@ from fulfillment.domain.events import (
     CompensationAttemptFailed,
     DomainEvent,
     InventoryReleased,
-    InventoryReservationFailed,
     InventoryReserved,
     OrderCreated,
     OrderFulfillmentSagaCompleted,
     OrderFulfillmentSagaStarted,
     PrescriptionCancelled,
     PrescriptionCreated,
-    PrescriptionCreationFailed,
     SagaCompensationFailed,
     SagaCompensationRetried,
     SagaCompensationStarted,
     SagaStepAttemptFailed,
     ShipmentCancelled,
     ShipmentInitiated,
-    ShipmentInitiationFailed,
 )
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.status import Compensation, SagaStatus, Step, StepStatus
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 
-DEFINITION_VERSION = 1
+DEFINITION_VERSION = ORDER_SAGA.version
 
-#: The saga definition: forward steps in order, each with the compensation that undoes it.
-DEFINITION: tuple[tuple[Step, Compensation], ...] = (
-    (Step.CREATE_PRESCRIPTION, Compensation.CANCEL_PRESCRIPTION),
-    (Step.RESERVE_INVENTORY, Compensation.RELEASE_INVENTORY),
-    (Step.INITIATE_SHIPMENT, Compensation.CANCEL_SHIPMENT),
+#: The forward steps in order, each with the compensation that undoes it (ORDER_SAGA's).
+DEFINITION: tuple[tuple[Step, Compensation], ...] = tuple(
+    (Step(s.name), Compensation(s.compensation.name))
+    for s in ORDER_SAGA.forward
+    if s.compensation is not None
 )
 COMPENSATION_OF: dict[Step, Compensation] = dict(DEFINITION)
 STEP_OF: dict[Compensation, Step] = {c: s for s, c in DEFINITION}
-FAILURE_EVENT = {
-    Step.CREATE_PRESCRIPTION: PrescriptionCreationFailed,
-    Step.RESERVE_INVENTORY: InventoryReservationFailed,
-    Step.INITIATE_SHIPMENT: ShipmentInitiationFailed,
-}
+FAILURE_EVENT = {Step(s.name): s.failed for s in ORDER_SAGA.forward}
 
 
 @dataclass
@@ -215,9 +209,9 @@ class OrderFulfillmentSaga(Aggregate):
     def fail_step(self, step: Step, reason: str, error: str, *, at: datetime) -> None:
         """The step failed for good: record it and start compensating, LIFO."""
         self.check_awaits(step)
-        self._record(
-            FAILURE_EVENT[step](occurred_at=at, saga_id=self.id, reason=reason, error=error)
-        )
+        failed = FAILURE_EVENT[step]
+        assert failed is not None  # a forward step always declares its failure event
+        self._record(failed(occurred_at=at, saga_id=self.id, reason=reason, error=error))  # type: ignore[call-arg]
         self._record(
             SagaCompensationStarted(
                 occurred_at=at,
@@ -297,6 +291,24 @@ class OrderFulfillmentSaga(Aggregate):
 
     # --- state ----------------------------------------------------------------
 
+    def _apply(self, event: DomainEvent) -> None:
+        """The event's own data (its `_when_` method, if any), then what ORDER_SAGA says
+        it records: a step's success or failure for good, or a compensation."""
+        name = type(event).__name__
+        own = getattr(self, f"_when_{name}", None)
+        if own is not None:
+            own(event)
+        if (step := ORDER_SAGA.succeeded_by(name)) is not None:
+            if not step.pivot:
+                self._step_succeeded(Step(step.name), event.occurred_at)
+        elif (step := ORDER_SAGA.failed_by(name)) is not None:
+            self._step_failed(Step(step.name), event)
+        elif (step := ORDER_SAGA.compensated_by(name)) is not None:
+            assert step.compensation is not None
+            self._compensated(Compensation(step.compensation.name), event.occurred_at)
+        elif own is None:
+            raise TypeError(f"{type(self).__name__} cannot apply {name}")
+
     def _step_succeeded(self, step: Step, at: datetime) -> None:
         state = self.steps[step]
         state.status = StepStatus.SUCCEEDED
@@ -319,47 +331,34 @@ class OrderFulfillmentSaga(Aggregate):
         self.deadline_at = event.deadline_at
         self.steps[DEFINITION[0][0]].started_at = event.occurred_at
 
+    # A step's success, failure and compensation are kept by `_apply` (ORDER_SAGA);
+    # these keep what the events carry.
+
     def _when_PrescriptionCreated(self, event: PrescriptionCreated) -> None:
         self.prescription_id = event.prescription_id
-        self._step_succeeded(Step.CREATE_PRESCRIPTION, event.occurred_at)
 
     def _when_InventoryReserved(self, event: InventoryReserved) -> None:
         self.reservation_id = event.reservation_id
         self.reserved_lines = event.lines
-        self._step_succeeded(Step.RESERVE_INVENTORY, event.occurred_at)
 
     def _when_ShipmentInitiated(self, event: ShipmentInitiated) -> None:
         self.shipment_id = event.shipment_id
         self.carrier = event.carrier
         self.tracking_number = event.tracking_number
-        self._step_succeeded(Step.INITIATE_SHIPMENT, event.occurred_at)
 
     def _when_SagaStepAttemptFailed(self, event: SagaStepAttemptFailed) -> None:
         state = self.steps[event.step]
         state.attempts += 1
         state.errors.append(event.error)
 
-    def _step_failed(
-        self,
-        step: Step,
-        event: PrescriptionCreationFailed | InventoryReservationFailed | ShipmentInitiationFailed,
-    ) -> None:
+    def _step_failed(self, step: Step, event: DomainEvent) -> None:
         state = self.steps[step]
         state.status = StepStatus.FAILED
         state.attempts += 1
-        state.errors.append(event.error)
+        state.errors.append(getattr(event, "error", ""))
         state.finished_at = event.occurred_at
         self.failed_step = step
-        self.failure_reason = event.reason
-
-    def _when_PrescriptionCreationFailed(self, event: PrescriptionCreationFailed) -> None:
-        self._step_failed(Step.CREATE_PRESCRIPTION, event)
-
-    def _when_InventoryReservationFailed(self, event: InventoryReservationFailed) -> None:
-        self._step_failed(Step.RESERVE_INVENTORY, event)
-
-    def _when_ShipmentInitiationFailed(self, event: ShipmentInitiationFailed) -> None:
-        self._step_failed(Step.INITIATE_SHIPMENT, event)
+        self.failure_reason = getattr(event, "reason", None)
 
     def _when_OrderFulfillmentSagaCompleted(self, event: OrderFulfillmentSagaCompleted) -> None:
         self.status = SagaStatus.COMPLETED
@@ -385,15 +384,6 @@ class OrderFulfillmentSaga(Aggregate):
         state.compensation_attempts += 1
         state.compensated_at = at
         self._after_compensation_progress(at)
-
-    def _when_ShipmentCancelled(self, event: ShipmentCancelled) -> None:
-        self._compensated(Compensation.CANCEL_SHIPMENT, event.occurred_at)
-
-    def _when_InventoryReleased(self, event: InventoryReleased) -> None:
-        self._compensated(Compensation.RELEASE_INVENTORY, event.occurred_at)
-
-    def _when_PrescriptionCancelled(self, event: PrescriptionCancelled) -> None:
-        self._compensated(Compensation.CANCEL_PRESCRIPTION, event.occurred_at)
 
     def _when_CompensationAttemptFailed(self, event: CompensationAttemptFailed) -> None:
         state = self.steps[STEP_OF[event.compensation]]

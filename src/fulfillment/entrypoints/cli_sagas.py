@@ -19,6 +19,7 @@ from fulfillment import views
 from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.status import SagaStatus
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
@@ -27,11 +28,7 @@ from fulfillment.service_layer import commands as c
 sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
 
-_SHORT_STEP = {
-    "create_prescription": "rx",
-    "reserve_inventory": "stock",
-    "initiate_shipment": "ship",
-}
+_SHORT_STEP = {str(s.name): s.short for s in ORDER_SAGA.steps}
 _SHORT_STATUS = {
     "pending": "-",
     "succeeded": "ok",

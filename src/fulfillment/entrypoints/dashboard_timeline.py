@@ -25,31 +25,19 @@ from fulfillment.adapters.projections import summarize
 from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
+from fulfillment.domain.order_saga import COMPLETE, ORDER_SAGA
 from fulfillment.domain.saga import DEFINITION, STEP_OF, OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, SagaStatus, Step, StepStatus
 from fulfillment.entrypoints.dashboard_data import duration_ms, iso
 
-#: The pseudo-step after the three forward steps: consume the reservation, dispense.
-COMPLETE = "complete"
 #: Statuses a step shows: the domain's, plus `running` (being worked on now) and
 #: `skipped` (will never run: the saga failed before it).
 RUNNING, SKIPPED = "running", "skipped"
 
-_SUCCESS = {
-    ev.PrescriptionCreated: Step.CREATE_PRESCRIPTION,
-    ev.InventoryReserved: Step.RESERVE_INVENTORY,
-    ev.ShipmentInitiated: Step.INITIATE_SHIPMENT,
-}
-_FAILURE = {
-    ev.PrescriptionCreationFailed: Step.CREATE_PRESCRIPTION,
-    ev.InventoryReservationFailed: Step.RESERVE_INVENTORY,
-    ev.ShipmentInitiationFailed: Step.INITIATE_SHIPMENT,
-}
-_COMPENSATED = {
-    ev.ShipmentCancelled: Compensation.CANCEL_SHIPMENT,
-    ev.InventoryReleased: Compensation.RELEASE_INVENTORY,
-    ev.PrescriptionCancelled: Compensation.CANCEL_PRESCRIPTION,
-}
+# Event class -> the step or compensation it records (the order saga's definition).
+_SUCCESS = {s.succeeded: Step(s.name) for s in ORDER_SAGA.forward}
+_FAILURE = {s.failed: Step(s.name) for s in ORDER_SAGA.forward if s.failed is not None}
+_COMPENSATED = {c.recorded_by: Compensation(c.name) for c in ORDER_SAGA.compensations}
 _EVENT_OF_COMPENSATION = {c: e.__name__ for e, c in _COMPENSATED.items()}
 
 

@@ -31,8 +31,9 @@ from fulfillment.adapters.db import backend_of
 from fulfillment.adapters.mapper import EventMapper, to_utc
 from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, FailureReason, SagaStatus, Step
+from fulfillment.domain.status import FailureReason, SagaStatus
 
 SAGAS_STARTED = "fulfillment_sagas_started"
 SAGAS_FINISHED = "fulfillment_sagas_finished"
@@ -68,21 +69,10 @@ EVENT_COLUMNS = (
     t.events.c.recorded_at,
 )
 
-_STEP_SUCCEEDED = {
-    ev.PrescriptionCreated.__name__: Step.CREATE_PRESCRIPTION,
-    ev.InventoryReserved.__name__: Step.RESERVE_INVENTORY,
-    ev.ShipmentInitiated.__name__: Step.INITIATE_SHIPMENT,
-}
-_STEP_FAILED = {
-    ev.PrescriptionCreationFailed.__name__: Step.CREATE_PRESCRIPTION,
-    ev.InventoryReservationFailed.__name__: Step.RESERVE_INVENTORY,
-    ev.ShipmentInitiationFailed.__name__: Step.INITIATE_SHIPMENT,
-}
-_COMPENSATED = {
-    ev.ShipmentCancelled.__name__: Compensation.CANCEL_SHIPMENT,
-    ev.InventoryReleased.__name__: Compensation.RELEASE_INVENTORY,
-    ev.PrescriptionCancelled.__name__: Compensation.CANCEL_PRESCRIPTION,
-}
+# Event type -> the step or compensation it records (the order saga's definition).
+_STEP_SUCCEEDED = {s.succeeded.__name__: str(s.name) for s in ORDER_SAGA.forward}
+_STEP_FAILED = {s.failed.__name__: str(s.name) for s in ORDER_SAGA.forward if s.failed is not None}
+_COMPENSATED = {c.recorded_by.__name__: str(c.name) for c in ORDER_SAGA.compensations}
 # The order's terminal events are appended in the transaction that ends its saga.
 _FINISHED = {ev.OrderFulfilled.__name__: COMPLETED, ev.OrderCancelled.__name__: COMPENSATED}
 _SAGA_STARTED = ev.OrderFulfillmentSagaStarted.__name__
@@ -177,11 +167,11 @@ def count_events(conn: Connection, mapper: EventMapper, rows: Sequence[Row[Any]]
             counts.add(SAGAS_STARTED)
             started[_order_id(row.stream_id)] = to_utc(row.recorded_at)
         elif kind in _STEP_SUCCEEDED:
-            counts.add(STEP_ATTEMPTS, step=_STEP_SUCCEEDED[kind].value, outcome=SUCCEEDED)
+            counts.add(STEP_ATTEMPTS, step=_STEP_SUCCEEDED[kind], outcome=SUCCEEDED)
         elif kind in _STEP_FAILED:
-            counts.add(STEP_ATTEMPTS, step=_STEP_FAILED[kind].value, outcome=FAILED)
+            counts.add(STEP_ATTEMPTS, step=_STEP_FAILED[kind], outcome=FAILED)
         elif kind in _COMPENSATED:
-            counts.add(COMPENSATIONS, compensation=_COMPENSATED[kind].value)
+            counts.add(COMPENSATIONS, compensation=_COMPENSATED[kind])
         elif kind in _FINISHED:
             outcome = _FINISHED[kind]
             counts.add(SAGAS_FINISHED, outcome=outcome)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fulfillment.domain.events import DomainEvent
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.observability.logging import job_context
@@ -28,8 +29,8 @@ log = logging.getLogger("fulfillment.jobs")
 UnitOfWorkFactory = Callable[[ClaimedJob | None], AbstractUnitOfWork]
 #: The events of a saga this process knows, by saga id (its stream cache), or ().
 CachedSaga = Callable[[str], Sequence[DomainEvent]]
-_STEPS = {s.value: s for s in Step}
-_COMPENSATIONS = {x.value: x for x in Compensation}
+_STEPS = {str(s.name): Step(s.name) for s in ORDER_SAGA.forward}
+_COMPENSATIONS = {str(x.name): Compensation(x.name) for x in ORDER_SAGA.compensations}
 #: Outcomes that mark the span as failed (a retry is not a failure of the saga yet).
 _FAILED = (JobOutcome.STEP_FAILED, JobOutcome.JOB_FAILED)
 

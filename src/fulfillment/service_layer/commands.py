@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fulfillment.domain.order_saga import COMPLETE
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.service_layer.ports import IdempotencyRecord
@@ -103,7 +104,7 @@ JOB_COMMANDS: dict[str, type[SagaCommand]] = {
     Step.CREATE_PRESCRIPTION.value: CreatePrescription,
     Step.RESERVE_INVENTORY.value: ReserveInventory,
     Step.INITIATE_SHIPMENT.value: InitiateShipment,
-    "complete": CompleteOrderFulfillment,
+    COMPLETE: CompleteOrderFulfillment,
     Compensation.CANCEL_SHIPMENT.value: CancelShipment,
     Compensation.RELEASE_INVENTORY.value: ReleaseInventory,
     Compensation.CANCEL_PRESCRIPTION.value: CancelPrescription,

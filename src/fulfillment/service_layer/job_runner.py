@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from fulfillment.domain.errors import BusinessRuleViolation, TransientFailure
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.status import Compensation, Step
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import ClaimedJob, LeaseLost
@@ -32,8 +33,10 @@ from fulfillment.service_layer.retry import RetryPolicy
 
 log = logging.getLogger("fulfillment.jobs")
 
-STEPS = {s.value: s for s in Step}
-COMPENSATIONS = {c.value: c for c in Compensation}
+# The job kinds that can fail (and how), from the order saga's definition; the pivot's
+# failures are retried as the job's own (it is never compensated).
+STEPS = {str(s.name): Step(s.name) for s in ORDER_SAGA.forward}
+COMPENSATIONS = {str(x.name): Compensation(x.name) for x in ORDER_SAGA.compensations}
 
 
 class JobOutcome(StrEnum):

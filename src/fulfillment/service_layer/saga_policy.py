@@ -1,15 +1,14 @@
-"""The saga policy: which job follows which event (the listeners of the original system).
+"""The saga policy: which job follows which event, read from the saga's definition
+(`fulfillment.domain.order_saga.ORDER_SAGA`).
 
-| event                                  | next job                                |
-|----------------------------------------|-----------------------------------------|
-| OrderFulfillmentSagaStarted            | create_prescription                     |
-| PrescriptionCreated                    | reserve_inventory                       |
-| InventoryReserved                      | initiate_shipment                       |
-| ShipmentInitiated                      | complete                                |
-| SagaStepAttemptFailed                  | the same step, after the backoff        |
-| SagaCompensationStarted, a compensation| the compensation on top of the stack    |
-| CompensationAttemptFailed              | the same compensation, after the backoff|
-| SagaCompensationRetried                | the compensation on top of the stack    |
+| the transaction's last event of the saga     | next job                                 |
+|----------------------------------------------|------------------------------------------|
+| OrderFulfillmentSagaStarted                  | the first step                           |
+| a step's success event                       | the step after it (none after the last)  |
+| SagaStepAttemptFailed                        | the same step, after the backoff         |
+| SagaCompensationStarted, a compensation done | the compensation on top of the stack     |
+| SagaCompensationRetried                      | the compensation on top of the stack     |
+| CompensationAttemptFailed                    | the same compensation, after the backoff |
 
 Only the last event of a transaction decides: one saga has at most one job at a time.
 """
@@ -21,30 +20,14 @@ from collections.abc import Sequence
 from fulfillment.domain.events import (
     CompensationAttemptFailed,
     DomainEvent,
-    InventoryReleased,
-    InventoryReserved,
     OrderFulfillmentSagaStarted,
-    PrescriptionCancelled,
-    PrescriptionCreated,
     SagaCompensationRetried,
     SagaCompensationStarted,
     SagaStepAttemptFailed,
-    ShipmentCancelled,
-    ShipmentInitiated,
 )
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Step
 from fulfillment.service_layer.jobs import JobSpec
-
-COMPLETE = "complete"
-
-_COMPENSATION_PROGRESS = (
-    SagaCompensationStarted,
-    ShipmentCancelled,
-    InventoryReleased,
-    PrescriptionCancelled,
-    SagaCompensationRetried,
-)
 
 
 def next_job(saga: OrderFulfillmentSaga, new_events: Sequence[DomainEvent]) -> JobSpec | None:
@@ -52,20 +35,21 @@ def next_job(saga: OrderFulfillmentSaga, new_events: Sequence[DomainEvent]) -> J
     if not new_events:
         return None
     last = new_events[-1]
+    definition = ORDER_SAGA
     match last:
         case OrderFulfillmentSagaStarted():
-            return JobSpec(saga.id, Step.CREATE_PRESCRIPTION.value)
-        case PrescriptionCreated():
-            return JobSpec(saga.id, Step.RESERVE_INVENTORY.value)
-        case InventoryReserved():
-            return JobSpec(saga.id, Step.INITIATE_SHIPMENT.value)
-        case ShipmentInitiated():
-            return JobSpec(saga.id, COMPLETE)
+            return JobSpec(saga.id, definition.steps[0].name)
         case SagaStepAttemptFailed(step=step, retry_in_seconds=delay):
             return JobSpec(saga.id, step.value, delay)
         case CompensationAttemptFailed(compensation=compensation, retry_in_seconds=delay):
             return JobSpec(saga.id, compensation.value, delay)
-        case _ if isinstance(last, _COMPENSATION_PROGRESS):
-            due = saga.next_compensation
-            return JobSpec(saga.id, due.value) if due else None
+    name = type(last).__name__
+    if (done := definition.succeeded_by(name)) is not None:
+        after = definition.step_after(done.name)
+        return JobSpec(saga.id, after.name) if after is not None else None
+    if isinstance(last, SagaCompensationStarted | SagaCompensationRetried) or (
+        definition.compensated_by(name) is not None
+    ):
+        due = saga.next_compensation
+        return JobSpec(saga.id, due.value) if due else None
     return None
