@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -44,7 +43,6 @@ class App:
     bus: MessageBus
     queue: SqlAlchemyJobQueue
     runner: JobRunner
-    extras: dict[str, Any] = field(default_factory=dict)
     #: Spans of saga jobs (off unless configured: docs/observability.md).
     tracing: Tracing = NO_TRACING
     #: The job threads' shared transaction (None when group commit is off).

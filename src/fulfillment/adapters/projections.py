@@ -8,7 +8,7 @@ place) and replaces their ``order_summaries`` rows. The rows and the new checkpo
 written in ONE transaction, and the checkpoint only moves if it still holds the position
 the batch was read after (a tracking record, as in eventsourcing): a batch applied twice,
 or by two projectors at once, changes nothing the second time. The metric counters of
-``/metrics`` (``observability/counters.py``) ride along: each batch's counts are added in
+``/metrics`` (``adapters/metric_counters.py``) ride along: each batch's counts are added in
 the same transaction, so they too are counted exactly once.
 
 * PostgreSQL and MariaDB: ``run_once`` locks the checkpoint row (``SELECT ... FOR UPDATE``)
@@ -38,16 +38,16 @@ from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
-from fulfillment.domain.order import Order
-from fulfillment.domain.saga import DEFINITION, OrderFulfillmentSaga
-from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, Step, StepStatus
-from fulfillment.observability.counters import (
+from fulfillment.adapters.metric_counters import (
     EVENT_COLUMNS,
     Counts,
     add_counts,
     count_events,
     reset_counts,
 )
+from fulfillment.domain.order import Order
+from fulfillment.domain.saga import DEFINITION, OrderFulfillmentSaga
+from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, Step, StepStatus
 
 log = logging.getLogger("fulfillment.projections")
 

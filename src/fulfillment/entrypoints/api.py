@@ -34,7 +34,7 @@ from fulfillment.entrypoints.api_errors import (
     install_error_handlers,
 )
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
-from fulfillment.observability.metrics import render_metrics
+from fulfillment.observability.metrics import Metrics
 from fulfillment.service_layer.commands import CreateOrder, SetInventory
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 
@@ -116,6 +116,7 @@ def create_api(
     close_app: bool = False,
 ) -> FastAPI:
     """The FastAPI application over `app`; starts and stops `services` with itself."""
+    metrics_of_app = Metrics(app.engine, app.mapper)
 
     @asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
@@ -324,7 +325,7 @@ def create_api(
     def metrics() -> Response:
         """Prometheus metrics, aggregated through the database (see docs/observability.md)."""
         try:
-            payload, content_type = render_metrics(app)
+            payload, content_type = metrics_of_app.render()
         except Exception as exc:
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             return error_response(503, "unavailable", "the database does not answer")

@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the database at each scrape: `render_metrics(app)`.
+"""Prometheus metrics, read from the database at each scrape: `Metrics(...).render()`.
 
 Aggregated through the database, not in process memory (nor prometheus-client's
 multiprocess mode): every API process reports the same numbers whichever worker ran the
@@ -6,8 +6,9 @@ sagas, however many processes there are, and across restarts.
 
 * Counters (sagas started and finished, step attempts, compensations, events appended,
   the saga duration histogram) are derived from the event log: the stored counters the
-  projector keeps (``counters.py``) plus the events after its checkpoint, counted on the
-  fly, read in ONE snapshot, so a scrape is exact even while the projector lags.
+  projector keeps (``adapters/metric_counters.py``) plus the events after its checkpoint,
+  counted on the fly, read in ONE snapshot, so a scrape is exact even while the projector
+  lags.
 * Gauges (jobs ready and the age of the oldest, jobs by status, projection lag, the head
   of the log, orders and sagas by status) are read live.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import (
@@ -31,15 +32,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Connection, Engine, func, select
 
+from fulfillment.adapters import metric_counters as c
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES
 from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step
-from fulfillment.observability import counters as c
-
-if TYPE_CHECKING:
-    from fulfillment.bootstrap import App
 
 #: The projection whose checkpoint the counters follow (adapters.projections.ORDER_SUMMARIES).
 PROJECTION = "order_summaries"
@@ -47,7 +45,6 @@ PROJECTION = "order_summaries"
 #: show the log up to that point (still never going down) and the lag gauge says why.
 TAIL_LIMIT = 5000
 JOB_STATUSES = ("ready", "running", "dead")
-_REGISTRY = "metrics_registry"
 
 
 @dataclass
@@ -301,19 +298,17 @@ class FulfillmentCollector(Collector):
         yield from metric_families(read_snapshot(self.engine, self.mapper))
 
 
-def metrics_registry(app: App) -> CollectorRegistry:
-    """The app's own registry (made on first use), holding the fulfillment collector."""
-    registry = app.extras.get(_REGISTRY)
-    if not isinstance(registry, CollectorRegistry):
-        registry = CollectorRegistry()
-        registry.register(FulfillmentCollector(app.engine, app.mapper))
-        app.extras[_REGISTRY] = registry
-    return registry
+class Metrics:
+    """`GET /metrics` of one app: its own registry (so several apps in one process never
+    share, or collide on, the global one), holding the fulfillment collector."""
 
+    def __init__(self, engine: Engine, mapper: EventMapper) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(FulfillmentCollector(engine, mapper))
 
-def render_metrics(app: App) -> tuple[bytes, str]:
-    """`GET /metrics`: the Prometheus text exposition and its content type.
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type.
 
-    Raises (SQLAlchemy errors) when the database does not answer: answer 503 then.
-    """
-    return generate_latest(metrics_registry(app)), CONTENT_TYPE_LATEST
+        Raises (SQLAlchemy errors) when the database does not answer: answer 503 then.
+        """
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
