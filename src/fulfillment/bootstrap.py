@@ -84,7 +84,7 @@ def build_handlers(
         c.CancelPrescription: p(h.cancel_prescription, clock=clock),
         c.RecordStepFailure: p(h.record_step_failure, clock=clock, retry=retry),
         c.RecordCompensationFailure: p(h.record_compensation_failure, clock=clock, retry=retry),
-        c.RetrySagaCompensation: p(h.retry_saga_compensation, clock=clock),
+        c.ResumeSaga: p(h.resume_saga, clock=clock),
         c.SetInventory: h.set_inventory,
     }
 

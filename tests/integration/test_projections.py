@@ -129,7 +129,7 @@ def test_an_order_whose_compensation_keeps_failing_needs_attention(make_app: Mak
 
     # The operator fixes the inventory service and retries: the order ends cancelled.
     app.bus.handlers[c.ReleaseInventory] = real_release
-    app.bus.handle(c.RetrySagaCompensation(saga_id="o-parked"))
+    app.bus.handle(c.ResumeSaga(saga_id="o-parked"))
     run_jobs(app)
     projector.catch_up()
     row = summary(app, "o-parked")

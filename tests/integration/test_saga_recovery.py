@@ -1,7 +1,7 @@
 """Recovery on every backend: parked compensations, deadlines, and leases that run out.
 
 * A compensation that keeps failing parks the saga in `compensation_failed`; the order
-  stays open until an operator retries it (`RetrySagaCompensation`).
+  stays open until an operator retries it (`ResumeSaga`).
 * A saga or a step past its deadline fails with `saga_timeout` / `step_timeout` and
   compensates, checked against the injected clock.
 * A worker that dies holding a job loses its lease; the reaper hands the job to another
@@ -143,7 +143,7 @@ def test_operator_retry_finishes_compensation_and_cancels_order(
     app, outage = outage_app
 
     outage.down = False
-    app.bus.handle(c.RetrySagaCompensation(saga_id="o-br"))
+    app.bus.handle(c.ResumeSaga(saga_id="o-br"))
     run_jobs(app)
 
     order = order_of(app, "o-br")
@@ -167,7 +167,7 @@ def test_operator_retry_during_the_outage_parks_again_with_fresh_attempts(
 ) -> None:
     app, outage = outage_app
 
-    app.bus.handle(c.RetrySagaCompensation(saga_id="o-br"))
+    app.bus.handle(c.ResumeSaga(saga_id="o-br"))
     run_jobs(app)
 
     assert saga_of(app, "o-br").status is SagaStatus.COMPENSATION_FAILED
@@ -176,7 +176,7 @@ def test_operator_retry_during_the_outage_parks_again_with_fresh_attempts(
     assert order_of(app, "o-br").status is OrderStatus.PENDING
 
     outage.down = False
-    app.bus.handle(c.RetrySagaCompensation(saga_id="o-br"))
+    app.bus.handle(c.ResumeSaga(saga_id="o-br"))
     run_jobs(app)
     assert order_of(app, "o-br").status is OrderStatus.CANCELLED
     assert stock(app, "ASPIRIN") == (10, 0)
@@ -190,7 +190,7 @@ def test_retrying_a_saga_that_is_not_parked_is_refused(make_app: MakeApp) -> Non
     before = history(app, "o-ok")
 
     with pytest.raises(IllegalTransition):
-        app.bus.handle(c.RetrySagaCompensation(saga_id="o-ok"))
+        app.bus.handle(c.ResumeSaga(saga_id="o-ok"))
 
     assert history(app, "o-ok") == before
     assert app.queue.counts() == {}

@@ -312,6 +312,28 @@ class FakeIdempotencyKeys(ports.IdempotencyKeys):
         self.rows.put(record.key, record)
 
 
+class FakeSagaJobs(ports.SagaJobs):
+    """Reads the fake queue's rows; a revival is applied at commit, with the rest."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+        self.revived: set[int] = set()
+
+    def _row(self, saga_id: str) -> JobRow | None:
+        return next((j for j in self.db.jobs.values() if j.saga_id == saga_id), None)
+
+    def get(self, saga_id: str) -> ports.SagaJob | None:
+        row = self._row(saga_id)
+        return ports.SagaJob(row.kind, row.status) if row is not None else None
+
+    def revive(self, saga_id: str) -> bool:
+        row = self._row(saga_id)
+        if row is None or row.status != DEAD:
+            return False
+        self.revived.add(row.id)
+        return True
+
+
 class FakeCarrier(ports.Carrier):
     """Idempotent by key; `down_for` upcoming calls fail transiently."""
 
@@ -412,6 +434,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.inventory = FakeInventoryService(db, self._stock, self._reservations)
         self.shipments = FakeShipmentService(self._shipments)
         self.idempotency = FakeIdempotencyKeys(self._keys)
+        self.jobs = FakeSagaJobs(db)
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:
         db = self.db
@@ -444,6 +467,11 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                         recorded_at=event.occurred_at,
                     )
                 )
+        for job_id in self.jobs.revived:
+            row = db.jobs[job_id]
+            db.jobs[job_id] = replace(
+                row, status=READY, run_at=db.now(), failures=0, claims=0, claim_token=None
+            )
         for table in self._tables:
             table.flush()
         db.commits.append(

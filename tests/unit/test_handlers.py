@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
 
-from fulfillment.domain.errors import IllegalTransition, InvalidInventory
+from fulfillment.domain.errors import InvalidInventory
 from fulfillment.domain.events import OrderCancelled, OrderFulfilled, SagaCompensationStarted
 from fulfillment.domain.order import Order
 from fulfillment.domain.status import (
@@ -20,7 +21,7 @@ from fulfillment.domain.status import (
 )
 from fulfillment.domain.values import OrderLine
 from fulfillment.service_layer import commands as c
-from fulfillment.service_layer.handlers import NotFound
+from fulfillment.service_layer.handlers import NotFound, NothingToResume
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import JobSpec
 from fulfillment.service_layer.messagebus import ConcurrencyError
@@ -28,7 +29,7 @@ from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 from fulfillment.service_layer.retry import RetryPolicy
 
 from .builders import TODAY, address, lines, placed_order, prescription
-from .fakes import READY, FakeApp, FakeCarrier, JobRow, make_fake_app
+from .fakes import DEAD, READY, FakeApp, FakeCarrier, JobRow, make_fake_app
 
 DONE, STEP_FAILED, RETRY = JobOutcome.DONE, JobOutcome.STEP_FAILED, JobOutcome.RETRY_SCHEDULED
 ASPIRIN = "ASPIRIN-100"
@@ -435,7 +436,7 @@ def test_a_compensation_that_keeps_failing_parks_until_an_operator_retries(app: 
     assert stock(app) == StockLevel(ASPIRIN, 10, 2), "still reserved until undone"
 
     app.db.faults.clear()
-    app.bus.handle(c.RetrySagaCompensation("o-1"))
+    app.bus.handle(c.ResumeSaga("o-1"))
 
     assert app.db.commits[-1].enqueued == [JobSpec("o-1", "release_inventory")]
     assert app.run_until_idle() == [("release_inventory", DONE), ("cancel_prescription", DONE)]
@@ -444,14 +445,30 @@ def test_a_compensation_that_keeps_failing_parks_until_an_operator_retries(app: 
     assert stock(app) == StockLevel(ASPIRIN, 10, 0)
 
 
-def test_only_a_parked_saga_can_be_retried_by_an_operator(app: FakeApp) -> None:
+def test_only_a_saga_waiting_for_an_operator_can_be_resumed(app: FakeApp) -> None:
     place_order(app)
     commits = len(app.db.commits)
 
-    with pytest.raises(IllegalTransition):
-        app.bus.handle(c.RetrySagaCompensation("o-1"))
+    with pytest.raises(NothingToResume, match="is running with its job ready: nothing to retry"):
+        app.bus.handle(c.ResumeSaga("o-1"))
+    with pytest.raises(NotFound):
+        app.bus.handle(c.ResumeSaga("o-nobody"))
 
     assert len(app.db.commits) == commits
+
+
+def test_resuming_a_saga_whose_job_is_dead_puts_the_job_back_in_line(app: FakeApp) -> None:
+    place_order(app)
+    ((job_id, row),) = app.db.jobs.items()
+    app.db.jobs[job_id] = replace(row, status=DEAD, failures=10, run_at=app.db.now() + 3600)
+
+    resumed = app.bus.handle(c.ResumeSaga("o-1"))
+
+    assert (resumed.what, resumed.name) == ("job", "create_prescription")
+    revived = app.db.jobs[job_id]
+    assert (revived.status, revived.failures) == (READY, 0)
+    assert revived.run_at <= app.db.now()
+    assert app.run_until_idle()[0] == ("create_prescription", DONE)
 
 
 # --- late and duplicate jobs -------------------------------------------------------------------

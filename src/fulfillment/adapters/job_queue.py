@@ -39,6 +39,7 @@ from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.prepared import Prepared, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
+from fulfillment.service_layer.ports import SagaJob, SagaJobs
 
 READY, RUNNING, DEAD = "ready", "running", "dead"
 
@@ -376,9 +377,31 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
     def retry_dead(self, saga_id: str) -> bool:
         """Put a dead job of the saga back in line, with its failure count reset."""
         with self._write() as conn:
-            result = conn.execute(
-                update(t.jobs)
-                .where(t.jobs.c.saga_id == saga_id, t.jobs.c.status == DEAD)
-                .values(status=READY, run_at=self._now(), failures=0, claims=0, claim_token=None)
+            return SqlAlchemySagaJobs(conn).revive(saga_id)
+
+
+class SqlAlchemySagaJobs(SagaJobs):
+    """The sagas' job rows, on a unit of work's connection (in its transaction)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get(self, saga_id: str) -> SagaJob | None:
+        row = self.conn.execute(
+            select(t.jobs.c.kind, t.jobs.c.status).where(t.jobs.c.saga_id == saga_id)
+        ).first()
+        return SagaJob(row.kind, row.status) if row is not None else None
+
+    def revive(self, saga_id: str) -> bool:
+        result = self.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.saga_id == saga_id, t.jobs.c.status == DEAD)
+            .values(
+                status=READY,
+                run_at=db_now_epoch(backend_of(self.conn)),
+                failures=0,
+                claims=0,
+                claim_token=None,
             )
-            return bool(result.rowcount)
+        )
+        return bool(result.rowcount)

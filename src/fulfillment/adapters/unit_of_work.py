@@ -86,6 +86,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.inventory = SqlAlchemyInventoryService(self.conn)
         self.shipments = SqlAlchemyShipmentService(self.conn)
         self.idempotency = SqlAlchemyIdempotencyKeys(self.conn)
+        self.jobs = job_queue.SqlAlchemySagaJobs(self.conn)
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:
         continuation: ClaimedJob | None = None

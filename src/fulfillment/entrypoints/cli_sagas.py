@@ -20,10 +20,11 @@ from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.order_saga import ORDER_SAGA
-from fulfillment.domain.status import SagaStatus
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.handlers import NotFound
+from fulfillment.service_layer.messagebus import ConcurrencyError
 
 sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
@@ -258,27 +259,19 @@ def _print_compensations(compensation: dict[str, Any], start: str | None) -> Non
 def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
     """Retry a parked saga's compensation, or put its dead job back in the queue."""
     with ui.operator_app(catch_up=False) as app:
-        saga = views.saga_detail(app, saga_id)
-        if saga is None:
-            raise ui.fail(f"unknown saga {saga_id!r}")
-        job = saga["job"]
-        if job is not None and job["status"] == "dead":
-            if not app.queue.retry_dead(saga_id):
-                raise ui.fail(f"the dead job of saga {saga_id} changed meanwhile; look again")
-            _print_revived(saga_id, job["kind"])
-            return
-        if saga["status"] != SagaStatus.COMPENSATION_FAILED.value:
-            raise ui.fail(
-                f"saga {saga_id} is {saga['status']}"
-                f"{' with its job ' + job['status'] if job else ''}: nothing to retry"
-            )
-        pending = saga["pending_compensations"][0]["name"]
         try:
-            app.bus.handle(c.RetrySagaCompensation(saga_id=saga_id))
+            resumed = app.bus.handle(c.ResumeSaga(saga_id=saga_id))
+        except NotFound:
+            raise ui.fail(f"unknown saga {saga_id!r}") from None
+        except ConcurrencyError:
+            raise ui.fail(f"saga {saga_id} changed meanwhile; look again") from None
         except DomainError as exc:
             raise ui.fail(str(exc)) from exc
+    if resumed.what == "job":
+        _print_revived(saga_id, resumed.name)
+        return
     ui.console.print(
-        f"saga {saga_id}: compensation [bold]{pending}[/bold] retried; "
+        f"saga {saga_id}: compensation [bold]{resumed.name}[/bold] retried; "
         "the saga is compensating again and a worker will run it"
     )
 

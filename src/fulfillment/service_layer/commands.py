@@ -89,8 +89,9 @@ class RecordCompensationFailure(SagaCommand):
 
 
 @dataclass(frozen=True)
-class RetrySagaCompensation(SagaCommand):
-    """Operator action: a parked (`compensation_failed`) saga tries its compensation again."""
+class ResumeSaga(SagaCommand):
+    """Operator action on a saga that waits for an operator: its dead job goes back in
+    the queue, or, parked in `compensation_failed`, it tries its compensation again."""
 
 
 @dataclass(frozen=True)

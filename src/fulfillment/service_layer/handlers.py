@@ -10,11 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fulfillment.domain.errors import DeadlineExceeded, DomainError, PrescriptionExpired
+from fulfillment.domain.errors import (
+    DeadlineExceeded,
+    DomainError,
+    IllegalTransition,
+    PrescriptionExpired,
+)
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import OrderFulfillmentSaga
 from fulfillment.domain.status import Compensation, FailureReason, SagaStatus, Step
 from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.ports import Booking, Carrier, Clock, StockLevel
 from fulfillment.service_layer.retry import RetryPolicy
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
@@ -316,13 +322,36 @@ def record_compensation_failure(
         uow.commit()
 
 
-def retry_saga_compensation(
-    cmd: c.RetrySagaCompensation, uow: AbstractUnitOfWork, clock: Clock
-) -> None:
+@dataclass(frozen=True)
+class Resumed:
+    """What `ResumeSaga` did: revived the dead job `name` (`what="job"`), or retried the
+    parked compensation `name` (`what="compensation"`)."""
+
+    what: str
+    name: str
+
+
+class NothingToResume(IllegalTransition):
+    """The saga waits for no operator: it runs, or has ended."""
+
+
+def resume_saga(cmd: c.ResumeSaga, uow: AbstractUnitOfWork, clock: Clock) -> Resumed:
     with uow:
         saga = _saga(uow, cmd.saga_id)
-        saga.retry_compensation(at=clock.now())
+        job = uow.jobs.get(saga.id)
+        if job is not None and job.dead:
+            if not uow.jobs.revive(saga.id):
+                raise ConcurrencyError(f"the dead job of saga {saga.id} changed meanwhile")
+            resumed = Resumed("job", job.kind)
+        elif saga.status is SagaStatus.COMPENSATION_FAILED:
+            saga.retry_compensation(at=clock.now())
+            resumed = Resumed("compensation", saga.compensation_stack[-1].value)
+        else:
+            status = saga.status.value if saga.status else "not started"
+            with_job = f" with its job {job.status}" if job is not None else ""
+            raise NothingToResume(f"saga {saga.id} is {status}{with_job}: nothing to retry")
         uow.commit()
+    return resumed
 
 
 # --- inventory ------------------------------------------------------------------------

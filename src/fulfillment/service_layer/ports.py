@@ -127,3 +127,27 @@ class IdempotencyKeys(abc.ABC):
     @abc.abstractmethod
     def add(self, record: IdempotencyRecord) -> None:
         """Raises (an integrity error) when a concurrent transaction stored the key first."""
+
+
+@dataclass(frozen=True)
+class SagaJob:
+    """A saga's row in the job queue: the step it is at, and `ready`, `running` or `dead`."""
+
+    kind: str
+    status: str
+
+    @property
+    def dead(self) -> bool:
+        return self.status == "dead"
+
+
+class SagaJobs(abc.ABC):
+    """The sagas' job rows, as seen from inside a unit of work (its transaction)."""
+
+    @abc.abstractmethod
+    def get(self, saga_id: str) -> SagaJob | None: ...
+
+    @abc.abstractmethod
+    def revive(self, saga_id: str) -> bool:
+        """Put the saga's dead job back in line now, its failure count reset; False if it
+        has none (any more)."""

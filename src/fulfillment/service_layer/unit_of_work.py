@@ -35,6 +35,7 @@ class AbstractUnitOfWork(abc.ABC):
     inventory: ports.InventoryReservationService
     shipments: ports.ShipmentService
     idempotency: ports.IdempotencyKeys
+    jobs: ports.SagaJobs
 
     def __init__(self, job: ClaimedJob | None = None, causation_id: str | None = None) -> None:
         self.job = job
