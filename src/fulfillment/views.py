@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import RowMapping, Select, and_, desc, or_, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
@@ -138,17 +139,33 @@ def _stuck_since(app: App) -> datetime:
     return app.clock.now() - timedelta(seconds=app.settings.step_timeout_seconds)
 
 
-def is_stuck(
-    saga_status: str, job_status: str | None, updated_at: datetime, stuck_since: datetime
-) -> bool:
-    """Parked, or not finished and its job dead, or no progress for a whole step timeout."""
-    if saga_status not in _NOT_TERMINAL:
-        return False
-    return (
-        saga_status == SagaStatus.COMPENSATION_FAILED.value
-        or job_status == DEAD
-        or to_utc(updated_at) < stuck_since
+def _stuck(stuck_since: datetime) -> ColumnElement[bool]:
+    """THE definition of a stuck saga, over its summary row and its job row: not
+    finished, and parked, or its job dead, or no progress for a whole step timeout."""
+    s, j = t.order_summaries, t.jobs
+    return and_(
+        s.c.saga_status.in_(_NOT_TERMINAL),
+        or_(
+            s.c.saga_status == SagaStatus.COMPENSATION_FAILED.value,
+            j.c.status == DEAD,
+            s.c.updated_at < stuck_since,
+        ),
     )
+
+
+def _with_job() -> Any:
+    return t.order_summaries.outerjoin(t.jobs, t.jobs.c.saga_id == t.order_summaries.c.order_id)
+
+
+def is_stuck(app: App, saga_id: str) -> bool:
+    """Whether the saga is stuck (`_stuck`); a saga not projected yet is not."""
+    query = (
+        select(_stuck(_stuck_since(app)))
+        .select_from(_with_job())
+        .where(t.order_summaries.c.order_id == saga_id)
+    )
+    with read_connection(app.engine) as conn:
+        return bool(conn.execute(query).scalar())
 
 
 def _streams(order_id: str) -> list[str]:
@@ -230,18 +247,10 @@ def list_sagas(
         j.c.run_at,
         j.c.claimed_by,
         j.c.last_error,
-    ).select_from(s.outerjoin(j, j.c.saga_id == s.c.order_id))
+        _stuck(stuck_since).label("stuck"),
+    ).select_from(_with_job())
     if status == STUCK:
-        query = query.where(
-            and_(
-                s.c.saga_status.in_(_NOT_TERMINAL),
-                or_(
-                    s.c.saga_status == SagaStatus.COMPENSATION_FAILED.value,
-                    j.c.status == DEAD,
-                    s.c.updated_at < stuck_since,
-                ),
-            )
-        )
+        query = query.where(_stuck(stuck_since))
     elif status is not None:
         if status not in _SAGA_STATUSES:
             raise InvalidQuery(f"unknown saga status {status!r}")
@@ -261,7 +270,7 @@ def list_sagas(
                     for x in r["steps"]
                 ],
                 "reason": r["reason"],
-                "stuck": is_stuck(r["saga_status"], r["job_status"], updated_at, stuck_since),
+                "stuck": bool(r["stuck"]),
                 "job": _job_view(job),
                 "updated_at": updated_at.isoformat(),
             }
@@ -315,9 +324,7 @@ def saga_detail(app: App, saga_id: str) -> dict[str, Any] | None:
         if saga.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED)
         else [],
         "tracking_number": saga.tracking_number,
-        "stuck": is_stuck(
-            saga.status.value, job["status"] if job else None, updated_at, _stuck_since(app)
-        ),
+        "stuck": is_stuck(app, saga_id),
         "job": job,
     }
 

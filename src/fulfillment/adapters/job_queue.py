@@ -42,6 +42,8 @@ from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
 from fulfillment.service_layer.ports import SagaJob, SagaJobs
 
 READY, RUNNING, DEAD = "ready", "running", "dead"
+#: Not a status of its own: a `ready` job due later (`queue_depth`).
+SCHEDULED = "scheduled"
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,30 @@ def advance(conn: Connection, job: ClaimedJob, next_job: JobSpec | None) -> Clai
         failures=0,
         chain_lease_seconds=job.chain_lease_seconds,
     )
+
+
+def queue_depth(conn: Connection) -> dict[str, int]:
+    """THE count of the queue: jobs `ready` (due now), `scheduled` (ready, due later, a
+    retry's backoff), `running` and `dead`; statuses without jobs are left out."""
+    later = func.sum(case((t.jobs.c.run_at > db_now_epoch(backend_of(conn)), 1), else_=0))
+    rows = conn.execute(
+        select(t.jobs.c.status, func.count(), later).group_by(t.jobs.c.status)
+    ).all()
+    depth: dict[str, int] = {}
+    for status, count, due_later in rows:
+        if status == READY:
+            depth[SCHEDULED] = int(due_later or 0)
+            depth[READY] = int(count) - depth[SCHEDULED]
+        else:
+            depth[str(status)] = int(count)
+    return {status: n for status, n in depth.items() if n}
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    """Jobs by their row's status (`ready` counts the scheduled ones too)."""
+    depth = queue_depth(conn)
+    ready = depth.pop(READY, 0) + depth.pop(SCHEDULED, 0)
+    return {**({READY: ready} if ready else {}), **depth}
 
 
 def finish(conn: Connection, job: ClaimedJob) -> None:
@@ -371,8 +397,7 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t.jobs.c.status, func.count()).group_by(t.jobs.c.status))
-            return {str(status): int(n) for status, n in rows}
+            return count_by_status(conn)
 
     def retry_dead(self, saga_id: str) -> bool:
         """Put a dead job of the saga back in line, with its failure count reset."""

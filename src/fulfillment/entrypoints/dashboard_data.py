@@ -19,8 +19,8 @@ from sqlalchemy import and_, case, func, select
 
 from fulfillment import views
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
-from fulfillment.adapters.job_queue import READY
+from fulfillment.adapters.db import read_connection
+from fulfillment.adapters.job_queue import queue_depth
 from fulfillment.adapters.mapper import to_utc
 from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus, SagaStatus
@@ -46,7 +46,7 @@ def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
 
 def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
     """Outcome counts, throughput per minute, queue depth, stuck sagas, projection lag."""
-    s, j = t.order_summaries, t.jobs
+    s = t.order_summaries
     now = app.clock.now()
     # Whole minutes, so a bucket's count only grows while it is the newest one.
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -58,7 +58,6 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
             for lo, hi in pairwise(edges)
         ]
 
-    db_now = db_now_epoch(backend_of(app.engine))
     with read_connection(app.engine) as conn:
         orders = {
             str(status): int(n)
@@ -78,13 +77,7 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
         placed_row = conn.execute(
             select(*per_minute(s.c.placed_at)).where(s.c.placed_at >= edges[0])
         ).one()
-        queue_rows = conn.execute(
-            select(
-                j.c.status,
-                func.count(),
-                func.sum(case((j.c.run_at > db_now, 1), else_=0)),
-            ).group_by(j.c.status)
-        ).all()
+        depth = queue_depth(conn)
     finished: dict[str, list[int]] = {st: [int(n or 0) for n in ns] for st, *ns in finished_rows}
     zeros = [0] * minutes
     placed = [int(n or 0) for n in placed_row]
@@ -94,13 +87,7 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
         for i, lo in enumerate(edges[:-1])
     ]
     finished_last5 = sum(sum(n[-5:]) for n in series.values())
-    queue = {"ready": 0, "scheduled": 0, "running": 0, "dead": 0}
-    for status, count, later in queue_rows:
-        if status == READY:
-            queue["scheduled"] += int(later or 0)
-            queue["ready"] += int(count) - int(later or 0)
-        else:
-            queue[str(status)] = queue.get(str(status), 0) + int(count)
+    queue = {status: depth.get(status, 0) for status in ("ready", "scheduled", "running", "dead")}
     stuck, more = views.list_sagas(app, views.STUCK, STUCK_SHOWN, None)
     return {
         "now": iso(now),

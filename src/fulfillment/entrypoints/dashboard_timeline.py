@@ -11,7 +11,7 @@ Nothing here writes. Times are ISO 8601 UTC; durations are milliseconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +20,7 @@ from fulfillment import views
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
-from fulfillment.adapters.mapper import StoredEvent, to_utc
+from fulfillment.adapters.mapper import StoredEvent
 from fulfillment.adapters.projections import summarize
 from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
@@ -81,7 +81,6 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
     started = saga.started_at
     finished = saga.finished_at
     updated_at = stored[-1].recorded_at
-    stuck_since = app.clock.now() - timedelta(seconds=app.settings.step_timeout_seconds)
     saga_status = saga.status.value if saga.status else SagaStatus.RUNNING.value
     steps = [_step_view(saga, step, walk, job) for step, _ in DEFINITION]
     steps.append(_complete_view(saga, job))
@@ -107,9 +106,7 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
             "deadline_at": iso(saga.deadline_at),
             "duration_ms": duration_ms(started, finished),
             "updated_at": iso(updated_at),
-            "stuck": views.is_stuck(
-                saga_status, job["status"] if job else None, to_utc(updated_at), stuck_since
-            ),
+            "stuck": views.is_stuck(app, order_id),
         },
         "steps": steps,
         "compensation": {

@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, func, select
 from fulfillment.adapters import metric_counters as c
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch
+from fulfillment.adapters.job_queue import count_by_status
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES
 from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step
@@ -98,12 +99,7 @@ def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LI
             behind = int(
                 conn.execute(select(func.count()).where(e.c.position > checkpoint)).scalar_one()
             )
-        by_status = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                select(jobs.c.status, func.count()).group_by(jobs.c.status)
-            )
-        }
+        by_status = count_by_status(conn)
         now = db_now_epoch(backend_of(conn))
         ready, oldest, db_now = conn.execute(
             select(func.count(), func.min(jobs.c.run_at), now).where(
