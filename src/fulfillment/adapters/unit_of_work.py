@@ -74,7 +74,10 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             if self._conn is not None and not self._conn.closed:
                 self._conn.close()
             self._conn = None
-            raise translate(exc) or exc from exc
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         except PoolTimeout as exc:  # no free connection within the pool's bound
             raise DatabaseBusy(str(exc)) from exc
         self.events = SqlAlchemyEventStore(
