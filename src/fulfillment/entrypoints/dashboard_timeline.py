@@ -150,20 +150,15 @@ class _Walk:
                     "retry_in_seconds": event.retry_in_seconds,
                 }
             )
-        elif isinstance(
-            event,
-            ev.PrescriptionCreationFailed
-            | ev.InventoryReservationFailed
-            | ev.ShipmentInitiationFailed,
-        ):
+        elif kind in _FAILURE:
             tried = self.attempts[_FAILURE[kind]]
             tried.append(
                 {
                     **base,
                     "attempt": len(tried) + 1,
                     "outcome": "failed",
-                    "error": event.error,
-                    "reason": event.reason,
+                    "error": getattr(event, "error", None),
+                    "reason": getattr(event, "reason", None),
                 }
             )
         elif isinstance(event, ev.SagaCompensationStarted):
