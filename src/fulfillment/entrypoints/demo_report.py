@@ -21,6 +21,7 @@ from fulfillment.domain.events import (
     OrderFulfilled,
     SagaStepAttemptFailed,
 )
+from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.status import FailureReason
 from fulfillment.domain.values import OrderLine
 from fulfillment.entrypoints.demo_mix import CATALOGUE
@@ -217,8 +218,8 @@ def print_compensated_example(app: App, tally: EventTally, console: Console) -> 
         "Its events in commit order; the steps that had succeeded are undone last-in-first-out:",
         highlight=False,
     )
-    undo = {"SagaCompensationStarted", "ShipmentCancelled", "InventoryReleased"}
-    undo |= {"PrescriptionCancelled", "OrderCancelled"}
+    undo = {"SagaCompensationStarted", "OrderCancelled"}
+    undo |= {c.recorded_by.__name__ for c in ORDER_SAGA.compensations}
     for n, stored in enumerate(history, start=1):
         style = "yellow" if stored.type in undo else "cyan"
         note = ""
