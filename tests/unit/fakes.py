@@ -528,7 +528,10 @@ class FakeJobQueue(AbstractJobQueue):
             raise LeaseLost(f"job {job.id} is no longer held by this worker")
         return row
 
-    def claim(self, limit: int, worker_id: str, lease_seconds: float) -> list[ClaimedJob]:
+    def claim(
+        self, limit: int, worker_id: str, lease_seconds: float, chain: bool = False
+    ) -> list[ClaimedJob]:
+        """As the port says; `chain` is accepted and ignored: the fake never chains."""
         now = self.db.now()
         due = sorted(
             (j for j in self.db.jobs.values() if j.status == READY and j.run_at <= now),
@@ -584,7 +587,9 @@ class FakeJobQueue(AbstractJobQueue):
         )
 
     def release(self, job: ClaimedJob, delay_seconds: float = 0.0) -> None:
-        row = self._held(job)
+        row = self.db.jobs.get(job.id)
+        if row is None or row.claim_token != job.claim_token:
+            return  # a late release by an old holder changes nothing, as in SQL
         self.db.jobs[job.id] = replace(
             row,
             status=READY,
