@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from fulfillment.bootstrap import App
 from fulfillment.domain.events import DomainEvent, OrderCancelled
+from fulfillment.service_layer.messagebus import DatabaseBusy
 from fulfillment.service_layer.unit_of_work import StreamAppend
 
 WRITERS = 4
@@ -30,11 +31,20 @@ def _write(app: App, writer: int, start: threading.Barrier, errors: list[BaseExc
                 OrderCancelled(order_id=order_id, reason=str(i), occurred_at=datetime.now(UTC))
                 for i in range(EVENTS_PER_TRANSACTION)
             ]
-            with app.uow() as uow:
-                uow.events.append([StreamAppend(f"order-{order_id}", 0, events, order_id)])
-                # Hold the transaction open after the insert: commits land out of insert order.
-                threading.Event().wait(rng.uniform(0, 0.02))
-                uow.conn.commit()
+            for _attempt in range(20):
+                try:
+                    with app.uow() as uow:
+                        uow.events.append([StreamAppend(f"order-{order_id}", 0, events, order_id)])
+                        # Hold the transaction open after the insert: commits land out of
+                        # insert order.
+                        threading.Event().wait(rng.uniform(0, 0.02))
+                        uow.conn.commit()
+                    break
+                except DatabaseBusy:
+                    # SQLite's busy handler is not fair: a writer can wait out its bounded
+                    # lock wait behind the others. Nothing was written; try again, as the
+                    # worker does (the job is postponed).
+                    continue
     except BaseException as exc:
         errors.append(exc)
 
