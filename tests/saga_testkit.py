@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from fulfillment.bootstrap import App
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.entrypoints.worker import Worker
 from fulfillment.service_layer import commands as c
@@ -80,7 +81,7 @@ def order_of(app: App, order_id: str) -> Order:
     return order
 
 
-def saga_of(app: App, order_id: str) -> OrderFulfillmentSaga:
+def saga_of(app: App, order_id: str) -> Saga:
     with app.uow() as uow:
         saga = uow.sagas.get(order_id)
     assert saga is not None
@@ -121,3 +122,29 @@ def wait_until(
     if seconds_until(condition, timeout, poll) is None:
         detail = f"\n{context()}" if context is not None else ""
         raise AssertionError(f"{what}: not reached within {timeout}s{detail}")
+
+
+# --- faults -----------------------------------------------------------------------------
+
+
+def failing_job(
+    app: Any, kind: str, error: Callable[[], Exception], times: int | None = None
+) -> Callable[[], None]:
+    """Make the saga jobs of kind `kind` raise `error()` (the first `times` of them, or
+    every one); returns what puts the real handler back."""
+    real = app.bus.handlers[c.RunSagaJob]
+    failed = 0
+
+    def handler(cmd: c.RunSagaJob, uow: Any) -> Any:
+        nonlocal failed
+        if cmd.kind == kind and (times is None or failed < times):
+            failed += 1
+            raise error()
+        return real(cmd, uow)
+
+    app.bus.handlers[c.RunSagaJob] = handler
+
+    def restore() -> None:
+        app.bus.handlers[c.RunSagaJob] = real
+
+    return restore

@@ -17,11 +17,13 @@ from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
 from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.config import Settings
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.observability.telemetry import JobTelemetry
 from fulfillment.observability.tracing import NO_TRACING, Tracing, setup_tracing
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer import handlers as h
+from fulfillment.service_layer import saga_engine
 from fulfillment.service_layer.job_runner import JobRunner
 from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.messagebus import Handler, MessageBus
@@ -55,7 +57,7 @@ class App:
 
     def prefetch_sagas(self, saga_ids: list[str]) -> None:
         """Read the streams of freshly claimed sagas into the cache, in one query."""
-        streams = [OrderFulfillmentSaga.stream_id_for(saga_id) for saga_id in saga_ids]
+        streams = [Saga.stream_id_for(saga_id) for saga_id in saga_ids]
         with read_connection(self.engine) as conn:
             SqlAlchemyEventStore(conn, self.mapper, self.cache).prefetch(streams)
 
@@ -66,25 +68,16 @@ class App:
         self.engine.dispose()
 
 
-def build_handlers(
-    clock: Clock, carrier: Carrier, retry: RetryPolicy, timeouts: h.Timeouts
-) -> dict[type[c.Command], Handler]:
+def build_handlers(deps: saga_engine.EngineDeps) -> dict[type[c.Command], Handler]:
     p = functools.partial
     return {
-        c.CreateOrder: p(h.create_order, clock=clock, timeouts=timeouts),
-        c.StartOrderFulfillmentSaga: p(
-            h.start_order_fulfillment_saga, clock=clock, timeouts=timeouts
-        ),
-        c.CreatePrescription: p(h.create_prescription, clock=clock, timeouts=timeouts),
-        c.ReserveInventory: p(h.reserve_inventory, clock=clock, timeouts=timeouts),
-        c.InitiateShipment: p(h.initiate_shipment, clock=clock, timeouts=timeouts, carrier=carrier),
-        c.CompleteOrderFulfillment: p(h.complete_order_fulfillment, clock=clock),
-        c.CancelShipment: p(h.cancel_shipment, clock=clock, carrier=carrier),
-        c.ReleaseInventory: p(h.release_inventory, clock=clock),
-        c.CancelPrescription: p(h.cancel_prescription, clock=clock),
-        c.RecordStepFailure: p(h.record_step_failure, clock=clock, retry=retry),
-        c.RecordCompensationFailure: p(h.record_compensation_failure, clock=clock, retry=retry),
-        c.ResumeSaga: p(h.resume_saga, clock=clock),
+        c.CreateOrder: p(h.create_order, deps=deps),
+        c.StartOrderFulfillmentSaga: p(h.start_order_fulfillment_saga, deps=deps),
+        c.RunSagaJob: p(saga_engine.run_saga_job, deps=deps),
+        c.RecordJobFailure: p(saga_engine.record_job_failure, deps=deps),
+        c.SignalSaga: p(saga_engine.signal_saga, deps=deps),
+        c.StartSaga: p(saga_engine.start_saga, deps=deps),
+        c.ResumeSaga: p(saga_engine.resume_saga, deps=deps),
         c.SetInventory: h.set_inventory,
     }
 
@@ -123,7 +116,8 @@ def bootstrap(
         failure_rate=settings.carrier_failure_rate,
     )
     retry = retry or RetryPolicy(settings.max_attempts, settings.retry_backoff_seconds)
-    timeouts = h.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
+    timeouts = saga_engine.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
+    REGISTRY.load(settings.saga_modules)
 
     # The job threads of this process commit their steps in groups (1: each on its own).
     group = (
@@ -140,14 +134,15 @@ def bootstrap(
     def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache, group=group)
 
-    bus = MessageBus(uow_factory, build_handlers(clock, carrier, retry, timeouts))
+    deps = saga_engine.EngineDeps(clock, carrier, retry, timeouts)
+    bus = MessageBus(uow_factory, build_handlers(deps))
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures, group=group)
     tracing = tracing or setup_tracing()
     # Every job runs with its log fields bound (and in a span when tracing is on).
     telemetry = JobTelemetry(
         uow_factory,
         tracing,
-        cached_saga=lambda saga_id: cache.get(OrderFulfillmentSaga.stream_id_for(saga_id)),
+        cached_saga=lambda saga_id: cache.get(Saga.stream_id_for(saga_id)),
     )
     runner = JobRunner(
         bus,

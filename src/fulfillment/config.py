@@ -69,6 +69,8 @@ class Settings:
     db_statement_timeout_seconds: float | None = None
     db_keepalive_seconds: float | None = None
     db_pool_timeout_seconds: float | None = None
+    #: Modules that register more saga definitions (docs/sagas.md).
+    saga_modules: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -116,6 +118,9 @@ class Settings:
             db_statement_timeout_seconds=_optional(env, "FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS"),
             db_keepalive_seconds=_optional(env, "FULFILLMENT_DB_KEEPALIVE_SECONDS"),
             db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
+            saga_modules=tuple(
+                m.strip() for m in env.get("FULFILLMENT_SAGA_MODULES", "").split(",") if m.strip()
+            ),
         )
         settings.validate()
         return settings

@@ -31,8 +31,9 @@ from fulfillment.adapters.mapper import StoredEvent, to_utc
 from fulfillment.adapters.projections import Projector, row_from_db, summarize
 from fulfillment.adapters.services import SqlAlchemyInventoryService
 from fulfillment.bootstrap import App
+from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import DEFINITION, STEP_OF, OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.domain.status import OrderStatus, SagaStatus
 
 MAX_LIMIT = 1000
@@ -169,7 +170,7 @@ def is_stuck(app: App, saga_id: str) -> bool:
 
 
 def _streams(order_id: str) -> list[str]:
-    return [Order.stream_id_for(order_id), OrderFulfillmentSaga.stream_id_for(order_id)]
+    return [Order.stream_id_for(order_id), Saga.stream_id_for(order_id)]
 
 
 def _read_streams(app: App, order_id: str) -> list[StoredEvent]:
@@ -287,7 +288,7 @@ def saga_detail(app: App, saga_id: str) -> dict[str, Any] | None:
     stored = [e for e in _read_streams(app, saga_id) if e.stream_id.startswith("saga-")]
     if not stored:
         return None
-    saga = OrderFulfillmentSaga.replay(
+    saga = Saga.replay(
         saga_id,
         (app.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at) for e in stored),
     )
@@ -296,37 +297,56 @@ def saga_detail(app: App, saga_id: str) -> dict[str, Any] | None:
         job_row = conn.execute(select(t.jobs).where(t.jobs.c.saga_id == saga_id)).first()
     job = _job_view(job_row._mapping) if job_row is not None else None
     updated_at = stored[-1].recorded_at
+    definition = saga.spec
+    shipment = saga.result(ev.ShipmentInitiated)
+    waiting = saga.waiting
     return {
         "saga_id": saga.id,
-        "order_id": saga.order_id,
+        "order_id": getattr(saga.started, "order_id", None),
         "status": saga.status.value,
         "reason": saga.failure_reason,
-        "failed_step": saga.failed_step.value if saga.failed_step else None,
+        "failed_step": saga.failed_step,
         "parked_error": saga.parked_error,
-        "definition_version": saga.definition_version,
+        "definition": definition.name,
+        "definition_version": definition.version,
         "started_at": saga.started_at.isoformat() if saga.started_at else None,
         "deadline_at": saga.deadline_at.isoformat() if saga.deadline_at else None,
         "finished_at": saga.finished_at.isoformat() if saga.finished_at else None,
         "updated_at": updated_at.isoformat(),
         "steps": [
             {
-                "name": step.value,
-                "status": saga.steps[step].status.value,
-                "attempts": saga.steps[step].attempts,
-                "compensation_attempts": saga.steps[step].compensation_attempts,
-                "errors": list(saga.steps[step].errors),
+                "name": step.name,
+                "kind": definition.kind_of(step.name),
+                "status": saga.steps[step.name].status.value,
+                "attempts": saga.steps[step.name].attempts,
+                "compensation_attempts": saga.steps[step.name].compensation_attempts,
+                "errors": list(saga.steps[step.name].errors),
             }
-            for step, _ in DEFINITION
+            for step in definition.steps
+            if step is not definition.pivot
         ],
+        "waiting": {
+            "wait": waiting.name,
+            "signals": [s.name for s in waiting.signals],
+            "since": _iso(saga.steps[waiting.name].started_at),
+            "timeout_at": _iso(saga.steps[waiting.name].due_at),
+        }
+        if waiting is not None
+        else None,
         "pending_compensations": [
-            {"name": c.value, "undoes": STEP_OF[c].value} for c in reversed(saga.compensation_stack)
+            {"name": c, "undoes": definition.undone_by(c).name}
+            for c in reversed(saga.compensation_stack)
         ]
         if saga.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED)
         else [],
-        "tracking_number": saga.tracking_number,
+        "tracking_number": shipment.tracking_number if shipment is not None else None,
         "stuck": is_stuck(app, saga_id),
         "job": job,
     }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 # --- events -------------------------------------------------------------------------------

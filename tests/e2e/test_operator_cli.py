@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import saga_testkit
+from saga_testkit import failing_job
 
 from fulfillment import views
 from fulfillment.adapters.db import create_nullpool_engine
@@ -25,7 +26,6 @@ from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.errors import TransientFailure
 from fulfillment.service_layer import commands as c
-from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
 SCRIPT = Path(sys.executable).with_name("fulfillment")
 
@@ -98,15 +98,12 @@ run_jobs = partial(saga_testkit.run_jobs, concurrency=2)
 
 def park_an_order(app: App, order_id: str) -> Any:
     """The order goes nowhere and its reservation's release keeps failing: it parks."""
-    real_release = app.bus.handlers[c.ReleaseInventory]
-
-    def release_fails(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
-        raise TransientFailure("inventory service unreachable")
-
-    app.bus.handlers[c.ReleaseInventory] = release_fails
+    restore = failing_job(
+        app, "release_inventory", lambda: TransientFailure("inventory service unreachable")
+    )
     place_order(app, order_id, country="ZZ")
     run_jobs(app)
-    return real_release
+    return restore
 
 
 def line_of(output: str, text: str) -> str:
@@ -211,7 +208,7 @@ def test_a_parked_saga_is_listed_as_stuck_and_retried(cli: Cli, app: App) -> Non
     assert "release_inventory" in out and "retried" in out
     assert views.saga_detail(app, "o-parked")["status"] == "compensating"  # type: ignore[index]
 
-    app.bus.handlers[c.ReleaseInventory] = real_release  # the inventory service is back
+    real_release()  # the inventory service is back
     run_jobs(app)
     assert "cancelled" in line_of(cli("orders", "list"), "o-parked")
     assert "nothing to retry" in cli("sagas", "retry", "o-parked", expect=1)
@@ -219,12 +216,9 @@ def test_a_parked_saga_is_listed_as_stuck_and_retried(cli: Cli, app: App) -> Non
 
 
 def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> None:
-    real_prescription = app.bus.handlers[c.CreatePrescription]
-
-    def broken(cmd: c.CreatePrescription, uow: AbstractUnitOfWork) -> None:
-        raise RuntimeError("prescription registry bug")
-
-    app.bus.handlers[c.CreatePrescription] = broken
+    restore = failing_job(
+        app, "create_prescription", lambda: RuntimeError("prescription registry bug")
+    )
     app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
     place_order(app, "o-dead")
     run_jobs(app)
@@ -234,7 +228,7 @@ def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> No
     out = cli("sagas", "retry", "o-dead")
     assert "dead job create_prescription is back in the queue" in out
 
-    app.bus.handlers[c.CreatePrescription] = real_prescription
+    restore()
     run_jobs(app)
     assert "fulfilled" in line_of(cli("orders", "list"), "o-dead")
 
@@ -245,12 +239,9 @@ def test_sagas_retry_puts_a_dead_job_back_in_the_queue(cli: Cli, app: App) -> No
 def test_jobs_list_shows_a_dead_job_with_its_error_and_jobs_retry_revives_it(
     cli: Cli, app: App
 ) -> None:
-    real_prescription = app.bus.handlers[c.CreatePrescription]
-
-    def broken(cmd: c.CreatePrescription, uow: AbstractUnitOfWork) -> None:
-        raise RuntimeError("prescription registry bug")
-
-    app.bus.handlers[c.CreatePrescription] = broken
+    restore = failing_job(
+        app, "create_prescription", lambda: RuntimeError("prescription registry bug")
+    )
     app.bus.handle(c.SetInventory(sku="PARACETAMOL", on_hand=10))
     place_order(app, "o-dead")
     run_jobs(app)
@@ -276,7 +267,7 @@ def test_jobs_list_shows_a_dead_job_with_its_error_and_jobs_retry_revives_it(
     assert "saga o-dead: dead job create_prescription is back in the queue" in out
     assert "no dead jobs" in cli("jobs", "list", "--status", "dead")
 
-    app.bus.handlers[c.CreatePrescription] = real_prescription
+    restore()
     run_jobs(app)
     assert "fulfilled" in line_of(cli("orders", "list"), "o-dead")
     assert "no dead job for saga 'o-dead' (it has no job)" in cli(

@@ -18,7 +18,7 @@ import pytest
 import saga_testkit
 from fastapi.testclient import TestClient
 from rich.console import Console
-from saga_testkit import run_jobs
+from saga_testkit import failing_job, run_jobs
 
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
@@ -29,7 +29,6 @@ from fulfillment.entrypoints.dashboard import SHELL_PATHS
 from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.service_layer import commands as c
-from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
 MakeApp = Callable[..., App]
 STATIC = Path(__file__).parents[2] / "src" / "fulfillment" / "entrypoints" / "static"
@@ -141,17 +140,9 @@ def test_a_fulfilled_order_has_every_step_succeeded_with_durations_and_nothing_t
 def test_a_retried_step_shows_each_attempt_and_its_error(make_app: MakeApp) -> None:
     app = make_app()
     app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=5))
-    real = app.bus.handlers[c.ReserveInventory]
-    calls = 0
-
-    def flaky(cmd: c.ReserveInventory, uow: AbstractUnitOfWork) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise TransientFailure("inventory service timed out")
-        return real(cmd, uow)
-
-    app.bus.handlers[c.ReserveInventory] = flaky
+    failing_job(
+        app, "reserve_inventory", lambda: TransientFailure("inventory service timed out"), 1
+    )
     place_order(app, "o-flaky")
     run_jobs(app)
 
@@ -173,10 +164,7 @@ def test_a_parked_saga_shows_the_failing_compensation_and_what_is_left_to_undo(
 ) -> None:
     app = make_app(max_attempts=2)
 
-    def release_fails(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
-        raise TransientFailure("inventory service unreachable")
-
-    app.bus.handlers[c.ReleaseInventory] = release_fails
+    failing_job(app, "release_inventory", lambda: TransientFailure("inventory service unreachable"))
     app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=5))
     place_order(app, "o-parked", country="BR")
     run_jobs(app)
@@ -226,10 +214,7 @@ def test_the_overview_counts_outcomes_throughput_queue_and_stuck_sagas(
 ) -> None:
     app = make_app(max_attempts=2)
 
-    def release_fails(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
-        raise TransientFailure("inventory service unreachable")
-
-    app.bus.handlers[c.ReleaseInventory] = release_fails
+    failing_job(app, "release_inventory", lambda: TransientFailure("inventory service unreachable"))
     app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=5))
     place_order(app, "o-ok-1")
     place_order(app, "o-ok-2")

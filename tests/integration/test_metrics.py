@@ -14,7 +14,7 @@ from functools import partial
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from saga_testkit import place_order, run_jobs
+from saga_testkit import failing_job, place_order, run_jobs
 from sqlalchemy import func, select, update
 
 from fulfillment.adapters import job_queue
@@ -241,10 +241,7 @@ def test_a_compensation_that_keeps_failing_parks_the_saga_and_is_counted(
 ) -> None:
     app = make_app(carrier=SimulatedCarrier(("US",)))
 
-    def stock_system_down(command: c.ReleaseInventory, uow: object) -> None:
-        raise TransientFailure("inventory service unavailable")
-
-    app.bus.handlers[c.ReleaseInventory] = stock_system_down
+    failing_job(app, "release_inventory", lambda: TransientFailure("inventory service unavailable"))
     app.bus.handle(c.SetInventory(SKU, 5))
     place(app, "stuck", country="JP")  # shipment fails, releasing the stock keeps failing
     run_jobs(app, 2)

@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 import saga_testkit
-from saga_testkit import run_jobs
+from saga_testkit import failing_job, run_jobs
 from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
@@ -23,7 +23,6 @@ from fulfillment.adapters.projections import Projector, ProjectorThread, row_fro
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
 from fulfillment.service_layer import commands as c
-from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
 MakeApp = Callable[..., App]
 
@@ -40,14 +39,11 @@ def stock(app: App, sku: str, on_hand: int) -> None:
 
 
 def release_keeps_failing(app: App) -> Callable[..., Any]:
-    """Make the release-inventory compensation fail transiently; returns the real handler."""
+    """Make the release-inventory compensation fail transiently; returns what restores it."""
 
-    def failing(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
-        raise TransientFailure("inventory service unreachable")
-
-    real = app.bus.handlers[c.ReleaseInventory]
-    app.bus.handlers[c.ReleaseInventory] = failing
-    return real
+    return failing_job(
+        app, "release_inventory", lambda: TransientFailure("inventory service unreachable")
+    )
 
 
 def summaries(app: App) -> dict[str, dict[str, Any]]:
@@ -115,7 +111,7 @@ def test_a_cancelled_order_shows_its_reason_and_the_undone_steps(app: App) -> No
 def test_an_order_whose_compensation_keeps_failing_needs_attention(make_app: MakeApp) -> None:
     app = make_app(max_attempts=2)
     stock(app, "ASPIRIN", 10)
-    real_release = release_keeps_failing(app)
+    restore_release = release_keeps_failing(app)
     place_order(app, "o-parked", country="ZZ")
     run_jobs(app)
     projector = Projector(app.engine, app.mapper)
@@ -128,7 +124,7 @@ def test_an_order_whose_compensation_keeps_failing_needs_attention(make_app: Mak
     assert row["finished_at"] is None
 
     # The operator fixes the inventory service and retries: the order ends cancelled.
-    app.bus.handlers[c.ReleaseInventory] = real_release
+    restore_release()
     app.bus.handle(c.ResumeSaga(saga_id="o-parked"))
     run_jobs(app)
     projector.catch_up()

@@ -16,6 +16,8 @@ from sqlalchemy import Table, func, select
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.bootstrap import App
+from fulfillment.domain.events import PrescriptionCreated
+from fulfillment.service_layer import order_saga
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.unit_of_work import StreamAppend
@@ -96,9 +98,15 @@ def test_a_handler_that_raises_after_its_effects_leaves_nothing_behind(app: App)
 
     with pytest.raises(Boom), app.uow(job) as uow:
         saga = uow.sagas.get(ORDER)
-        assert saga is not None and saga.prescription is not None
-        prescription_id = uow.prescriptions.create(ORDER, saga.prescription, date(2030, 1, 1))
-        saga.record_prescription_created(prescription_id, at=app.clock.now())
+        assert saga is not None
+        details = order_saga.started(saga).prescription
+        prescription_id = uow.prescriptions.create(ORDER, details, date(2030, 1, 1))
+        saga.succeed(
+            "create_prescription",
+            PrescriptionCreated(
+                occurred_at=app.clock.now(), saga_id=ORDER, prescription_id=prescription_id
+            ),
+        )
         uow.inventory.set_on_hand("SKU-NEW", 3)
         uow.events.append([StreamAppend("order-stray", 0, saga.pending_events, ORDER)])
         raise Boom

@@ -170,18 +170,16 @@ def test_a_bad_listing_query_is_refused(
 def _scenario_with_stuck_sagas(app: App) -> None:
     """o-done completes; o-parked parks on a failing release; o-dead's job dies."""
 
-    def release_fails(cmd: c.ReleaseInventory, uow: AbstractUnitOfWork) -> None:
-        raise TransientFailure("inventory service unreachable")
+    real = app.bus.handlers[c.RunSagaJob]
 
-    real_prescription = app.bus.handlers[c.CreatePrescription]
-
-    def prescription_bug(cmd: c.CreatePrescription, uow: AbstractUnitOfWork) -> Any:
-        if cmd.saga_id == "o-dead":
+    def faults(cmd: c.RunSagaJob, uow: AbstractUnitOfWork) -> Any:
+        if cmd.kind == "release_inventory":
+            raise TransientFailure("inventory service unreachable")
+        if cmd.kind == "create_prescription" and cmd.saga_id == "o-dead":
             raise RuntimeError("a bug in the prescription adapter")
-        return real_prescription(cmd, uow)
+        return real(cmd, uow)
 
-    app.bus.handlers[c.ReleaseInventory] = release_fails
-    app.bus.handlers[c.CreatePrescription] = prescription_bug
+    app.bus.handlers[c.RunSagaJob] = faults
     app.bus.handle(c.SetInventory(sku="IBUPROFEN", on_hand=5))
     place_order(app, "o-done")
     place_order(app, "o-parked", country="ZZ")

@@ -6,8 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from fulfillment.domain.events import OrderCreated
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.service_layer import order_saga
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
 TODAY = T0.date()
@@ -65,5 +66,5 @@ def placed_order(order_id: str = "o-1") -> Order:
     )
 
 
-def started_saga(order_id: str = "o-1") -> OrderFulfillmentSaga:
-    return OrderFulfillmentSaga.start(order_created(order_id), deadline_at=at(3600), at=T0)
+def started_saga(order_id: str = "o-1") -> Saga:
+    return order_saga.start(placed_order(order_id), deadline_at=at(3600), at=T0)

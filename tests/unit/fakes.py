@@ -30,15 +30,15 @@ from fulfillment.domain.errors import (
 )
 from fulfillment.domain.events import DomainEvent
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.domain.status import PrescriptionStatus, ReservationStatus, ShipmentStatus
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress, merge_lines
 from fulfillment.service_layer import ports
-from fulfillment.service_layer.handlers import Timeouts
 from fulfillment.service_layer.job_runner import AbstractJobQueue, JobOutcome, JobRunner
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
 from fulfillment.service_layer.messagebus import ConcurrencyError, MessageBus
 from fulfillment.service_layer.retry import RetryPolicy
+from fulfillment.service_layer.saga_engine import EngineDeps, Timeouts
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork, StreamAppend
 
 from .builders import T0
@@ -144,10 +144,8 @@ class FakeDatabase:
     def order(self, order_id: str) -> Order:
         return Order.replay(order_id, self.load(Order.stream_id_for(order_id)))
 
-    def saga(self, saga_id: str) -> OrderFulfillmentSaga:
-        return OrderFulfillmentSaga.replay(
-            saga_id, self.load(OrderFulfillmentSaga.stream_id_for(saga_id))
-        )
+    def saga(self, saga_id: str) -> Saga:
+        return Saga.replay(saga_id, self.load(Saga.stream_id_for(saga_id)))
 
     def job_of(self, saga_id: str) -> JobRow | None:
         return next((j for j in self.jobs.values() if j.saga_id == saga_id), None)
@@ -318,6 +316,7 @@ class FakeSagaJobs(ports.SagaJobs):
     def __init__(self, db: FakeDatabase) -> None:
         self.db = db
         self.revived: set[int] = set()
+        self.cancelled: set[int] = set()
 
     def _row(self, saga_id: str) -> JobRow | None:
         return next((j for j in self.db.jobs.values() if j.saga_id == saga_id), None)
@@ -332,6 +331,11 @@ class FakeSagaJobs(ports.SagaJobs):
             return False
         self.revived.add(row.id)
         return True
+
+    def cancel(self, saga_id: str) -> None:
+        row = self._row(saga_id)
+        if row is not None:
+            self.cancelled.add(row.id)
 
 
 class FakeCarrier(ports.Carrier):
@@ -395,15 +399,15 @@ class FakeSagaRepository(ports.SagaRepository):
         self.db = db
         self.track = track
 
-    def get(self, saga_id: str) -> OrderFulfillmentSaga | None:
-        events = self.db.load(OrderFulfillmentSaga.stream_id_for(saga_id))
+    def get(self, saga_id: str) -> Saga | None:
+        events = self.db.load(Saga.stream_id_for(saga_id))
         if not events:
             return None
-        saga = OrderFulfillmentSaga.replay(saga_id, events)
+        saga = Saga.replay(saga_id, events)
         self.track(saga)
         return saga
 
-    def add(self, saga: OrderFulfillmentSaga) -> None:
+    def add(self, saga: Saga) -> None:
         self.track(saga)
 
 
@@ -445,6 +449,8 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         finished = self.job.id if self.job is not None else None
         if finished is not None:
             del db.jobs[finished]
+        for job_id in self.jobs.cancelled:
+            db.jobs.pop(job_id, None)
         for spec in jobs:
             job_id = next(db._job_ids)
             db.jobs[job_id] = JobRow(
@@ -463,6 +469,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                         metadata={
                             "correlation_id": append.correlation_id,
                             "causation_id": self.causation_id,
+                            **({"sender": append.sender} if append.sender else {}),
                         },
                         recorded_at=event.occurred_at,
                     )
@@ -501,7 +508,9 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         for append in appends:
             if len(db.stream(append.stream_id)) != append.expected_version:
                 raise ConcurrencyError(f"{append.stream_id} moved past {append.expected_version}")
-        busy = {j.saga_id for j in db.jobs.values() if self.job is None or j.id != self.job.id}
+        gone = {self.job.id} if self.job is not None else set()
+        gone |= self.jobs.cancelled
+        busy = {j.saga_id for j in db.jobs.values() if j.id not in gone}
         for spec in jobs:
             if spec.saga_id in busy:
                 raise ConcurrencyError(f"saga {spec.saga_id} already has a job")
@@ -659,7 +668,7 @@ def make_fake_app(
     db = FakeDatabase()
     carrier = carrier or FakeCarrier()
     retry = retry or RetryPolicy(max_attempts=3, base_seconds=1.0)
-    handlers = build_handlers(db.clock, carrier, retry, timeouts or Timeouts())
+    handlers = build_handlers(EngineDeps(db.clock, carrier, retry, timeouts or Timeouts()))
     bus = MessageBus(lambda job: FakeUnitOfWork(db, job), handlers)
     queue = FakeJobQueue(db)
     runner = JobRunner(bus, queue, retry, max_job_failures)

@@ -2,7 +2,7 @@
 docs/api.md, not from the aggregate.
 
 `SagaModel.legal()` says which commands the business allows in a state; the tests drive
-the real `OrderFulfillmentSaga` with every command in every reachable state and check it
+the real `Saga` with every command in every reachable state and check it
 agrees: the legal ones record events, the others raise `IllegalTransition`.
 """
 
@@ -12,8 +12,10 @@ import copy
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, FailureReason, SagaStatus, Step
+from fulfillment.domain import events as ev
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.status import FailureReason, SagaStatus
+from fulfillment.service_layer.order_saga import Compensation, Step
 
 from .builders import lines
 
@@ -46,24 +48,25 @@ class Command:
     def __str__(self) -> str:
         return f"{self.name}({self.target})" if self.target is not None else self.name
 
-    def apply(self, saga: OrderFulfillmentSaga, at: datetime) -> None:
+    def apply(self, saga: Saga, at: datetime) -> None:
         step = self.target if isinstance(self.target, Step) else None
         compensation = self.target if isinstance(self.target, Compensation) else None
         match self.name:
-            case "succeed" if step is Step.CREATE_PRESCRIPTION:
-                saga.record_prescription_created(IDS[step], at=at)
-            case "succeed" if step is Step.RESERVE_INVENTORY:
-                saga.record_inventory_reserved(IDS[step], lines(), at=at)
-            case "succeed" if step is Step.INITIATE_SHIPMENT:
-                saga.record_shipment_initiated(IDS[step], "simulated-post", TRACKING, at=at)
+            case "succeed" if step is not None:
+                saga.succeed(step, success_event(step, saga.id, at))
             case "attempt_failed" if step is not None:
                 saga.record_attempt_failed(step, "carrier down", retry_in_seconds=1.5, at=at)
             case "fail" if step is not None:
                 saga.fail_step(step, REASON[step], f"{step} failed", at=at)
             case "complete":
-                saga.complete(at=at)
+                saga.succeed(
+                    Step.COMPLETE,
+                    ev.OrderFulfillmentSagaCompleted(
+                        occurred_at=at, saga_id=saga.id, tracking_number=TRACKING
+                    ),
+                )
             case "compensated" if compensation is not None:
-                saga.record_compensated(compensation, at=at)
+                saga.record_compensated(compensation, compensation_event(compensation, saga.id, at))
             case "compensation_attempt_failed" if compensation is not None:
                 saga.record_compensation_attempt_failed(
                     compensation, "service away", retry_in_seconds=2.5, at=at
@@ -74,6 +77,40 @@ class Command:
                 saga.retry_compensation(at=at)
             case _:
                 raise AssertionError(f"unknown command {self}")
+
+
+def success_event(step: Step, saga_id: str, at: datetime) -> ev.DomainEvent:
+    """What the step's action returns (the order saga's events)."""
+    if step is Step.CREATE_PRESCRIPTION:
+        return ev.PrescriptionCreated(occurred_at=at, saga_id=saga_id, prescription_id=IDS[step])
+    if step is Step.RESERVE_INVENTORY:
+        return ev.InventoryReserved(
+            occurred_at=at, saga_id=saga_id, reservation_id=IDS[step], lines=lines()
+        )
+    return ev.ShipmentInitiated(
+        occurred_at=at,
+        saga_id=saga_id,
+        shipment_id=IDS[step],
+        carrier="simulated-post",
+        tracking_number=TRACKING,
+    )
+
+
+def compensation_event(compensation: Compensation, saga_id: str, at: datetime) -> ev.DomainEvent:
+    if compensation is Compensation.CANCEL_PRESCRIPTION:
+        return ev.PrescriptionCancelled(
+            occurred_at=at, saga_id=saga_id, prescription_id=IDS[Step.CREATE_PRESCRIPTION]
+        )
+    if compensation is Compensation.RELEASE_INVENTORY:
+        return ev.InventoryReleased(
+            occurred_at=at, saga_id=saga_id, reservation_id=IDS[Step.RESERVE_INVENTORY]
+        )
+    return ev.ShipmentCancelled(
+        occurred_at=at,
+        saga_id=saga_id,
+        shipment_id=IDS[Step.INITIATE_SHIPMENT],
+        tracking_number=TRACKING,
+    )
 
 
 def succeed(step: Step) -> Command:
@@ -165,7 +202,7 @@ class SagaModel:
         return self  # attempt failures change counters, not the phase
 
 
-def state(saga: OrderFulfillmentSaga) -> dict[str, object]:
+def state(saga: Saga) -> dict[str, object]:
     """A deep snapshot of everything the saga knows, minus unsaved-event bookkeeping."""
     return copy.deepcopy(
         {k: v for k, v in vars(saga).items() if k not in ("_pending", "stored_version")}

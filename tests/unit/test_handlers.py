@@ -11,13 +11,11 @@ from fulfillment.domain.errors import InvalidInventory
 from fulfillment.domain.events import OrderCancelled, OrderFulfilled, SagaCompensationStarted
 from fulfillment.domain.order import Order
 from fulfillment.domain.status import (
-    Compensation,
     OrderStatus,
     PrescriptionStatus,
     ReservationStatus,
     SagaStatus,
     ShipmentStatus,
-    Step,
 )
 from fulfillment.domain.values import OrderLine
 from fulfillment.service_layer import commands as c
@@ -25,6 +23,7 @@ from fulfillment.service_layer.handlers import NotFound, NothingToResume
 from fulfillment.service_layer.job_runner import JobOutcome
 from fulfillment.service_layer.jobs import JobSpec
 from fulfillment.service_layer.messagebus import ConcurrencyError
+from fulfillment.service_layer.order_saga import ORDER_SAGA, Compensation, Step
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
 from fulfillment.service_layer.retry import RetryPolicy
 
@@ -474,7 +473,7 @@ def test_resuming_a_saga_whose_job_is_dead_puts_the_job_back_in_line(app: FakeAp
 # --- late and duplicate jobs -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", sorted(c.JOB_COMMANDS))
+@pytest.mark.parametrize("kind", sorted(ORDER_SAGA.job_kinds))
 def test_a_duplicate_job_after_the_saga_ended_changes_nothing_but_is_consumed(
     app: FakeApp, kind: str
 ) -> None:
@@ -490,7 +489,7 @@ def test_a_duplicate_job_after_the_saga_ended_changes_nothing_but_is_consumed(
     assert app.db.jobs == {}
 
 
-@pytest.mark.parametrize("kind", sorted(c.JOB_COMMANDS))
+@pytest.mark.parametrize("kind", sorted(ORDER_SAGA.job_kinds))
 def test_a_duplicate_job_after_compensation_changes_nothing_but_is_consumed(
     app: FakeApp, kind: str
 ) -> None:
@@ -505,7 +504,7 @@ def test_a_duplicate_job_after_compensation_changes_nothing_but_is_consumed(
     assert app.db.jobs == {}
 
 
-@pytest.mark.parametrize("kind", sorted(set(c.JOB_COMMANDS) - {"reserve_inventory"}))
+@pytest.mark.parametrize("kind", sorted(set(ORDER_SAGA.job_kinds) - {"reserve_inventory"}))
 def test_a_job_that_is_not_due_mid_saga_changes_nothing(app: FakeApp, kind: str) -> None:
     place_order(app)
     app.run_next()  # the prescription exists; reserve_inventory is due
@@ -524,7 +523,7 @@ def test_a_late_failure_report_for_a_step_already_done_changes_nothing(app: Fake
     before = snapshot(app)
 
     app.bus.handle(
-        c.RecordStepFailure("o-1", Step.CREATE_PRESCRIPTION, "late", "prescription_expired")
+        c.RecordJobFailure("o-1", Step.CREATE_PRESCRIPTION, "late", "prescription_expired")
     )
 
     assert snapshot(app) == before

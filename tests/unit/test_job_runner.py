@@ -7,6 +7,7 @@ import pytest
 from fulfillment.domain.status import OrderStatus, SagaStatus
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.job_runner import JobOutcome
+from fulfillment.service_layer.order_saga import ORDER_SAGA
 from fulfillment.service_layer.ports import StockLevel
 
 from .builders import address, lines, prescription
@@ -34,7 +35,7 @@ def ghost_job(app: FakeApp) -> None:
 
 
 def test_every_job_kind_has_a_handler_on_the_bus(app: FakeApp) -> None:
-    assert set(c.JOB_COMMANDS) == {
+    assert set(ORDER_SAGA.job_kinds) == {
         "create_prescription",
         "reserve_inventory",
         "initiate_shipment",
@@ -43,7 +44,7 @@ def test_every_job_kind_has_a_handler_on_the_bus(app: FakeApp) -> None:
         "cancel_prescription",
         "cancel_shipment",
     }
-    assert all(command in app.bus.handlers for command in c.JOB_COMMANDS.values())
+    assert c.RunSagaJob in app.bus.handlers and c.RecordJobFailure in app.bus.handlers
 
 
 def test_a_job_that_crashes_backs_off_and_keeps_its_place(app: FakeApp) -> None:
@@ -84,17 +85,17 @@ def test_a_conflict_that_outlasts_the_bus_retries_backs_the_job_off_then_it_succ
     assert app.db.order("o-1").status is OrderStatus.FULFILLED
 
 
-def test_completion_is_retried_until_done_never_compensated(app: FakeApp) -> None:
+def test_completion_is_retried_forward_past_its_attempts_never_compensated(app: FakeApp) -> None:
     place_order(app)
-    app.db.faults["inventory.consume"] = 2
+    app.db.faults["inventory.consume"] = 5  # more than the 3 attempts a step gets
 
     ran = app.run_until_idle()
 
     assert [outcome for kind, outcome in ran if kind == "complete"] == [
-        JobOutcome.JOB_FAILED,
-        JobOutcome.JOB_FAILED,
+        *[JobOutcome.RETRY_SCHEDULED] * 5,
         JobOutcome.DONE,
     ]
+    assert app.db.event_types("saga-o-1").count("SagaStepAttemptFailed") == 5
     assert "SagaCompensationStarted" not in app.db.event_types("saga-o-1")
     assert app.db.order("o-1").status is OrderStatus.FULFILLED
     assert app.db.inventory[ASPIRIN] == StockLevel(ASPIRIN, 8, 0)

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES, DomainEvent, OrderCancelled
-from fulfillment.domain.status import Compensation, Step
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 
 from .builders import T0, address, at, lines, prescription
@@ -43,10 +42,11 @@ SAMPLES: dict[Any, Any] = {
     int: 3,
     float: 1.25,
     datetime: at(3600.5),
-    Step: Step.RESERVE_INVENTORY,
     tuple[OrderLine, ...]: lines(("ASPIRIN-100", 2), ("IBUPROFEN-200", 1)),
-    tuple[Compensation, ...]: (Compensation.RELEASE_INVENTORY, Compensation.CANCEL_PRESCRIPTION),
-    Compensation: Compensation.RELEASE_INVENTORY,
+    tuple[str, ...]: ("release_inventory", "cancel_prescription"),
+    str | None: None,
+    datetime | None: at(7200.25),
+    dict[str, Any]: {"decision": "approve", "note": None, "n": [1, 2]},
     PrescriptionDetails: prescription(date(2031, 12, 31)),
     ShippingAddress: address("GB"),
 }
@@ -57,9 +57,10 @@ STRATEGIES: dict[Any, st.SearchStrategy[Any]] = {
     int: st.integers(-(2**53), 2**53),
     float: st.floats(allow_nan=False, allow_infinity=False),
     datetime: st.datetimes(timezones=st.just(UTC)),
-    Step: st.sampled_from(Step),
-    Compensation: st.sampled_from(Compensation),
-    tuple[Compensation, ...]: st.lists(st.sampled_from(Compensation), max_size=3).map(tuple),
+    tuple[str, ...]: st.lists(text, max_size=3).map(tuple),
+    str | None: st.none() | text,
+    datetime | None: st.none() | st.datetimes(timezones=st.just(UTC)),
+    dict[str, Any]: st.dictionaries(text, st.none() | text | st.integers(-100, 100), max_size=3),
     tuple[OrderLine, ...]: st.lists(
         st.builds(OrderLine, text, st.integers(1, 10_000)), max_size=4
     ).map(tuple),

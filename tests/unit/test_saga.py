@@ -1,4 +1,4 @@
-"""The OrderFulfillmentSaga aggregate: every legal transition, every illegal one, and replay."""
+"""The Saga aggregate: every legal transition, every illegal one, and replay."""
 
 from __future__ import annotations
 
@@ -26,8 +26,10 @@ from fulfillment.domain.events import (
     ShipmentInitiated,
     ShipmentInitiationFailed,
 )
-from fulfillment.domain.saga import DEFINITION_VERSION, OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, SagaStatus, Step, StepStatus
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.status import SagaStatus, StepStatus
+from fulfillment.service_layer import order_saga
+from fulfillment.service_layer.order_saga import ORDER_SAGA, Compensation, Step
 
 from .builders import T0, address, at, lines, order_created, prescription, started_saga
 from .saga_model import (
@@ -58,7 +60,7 @@ CP, RI, CS = (
 ALL_STEPS_SUCCEED = tuple(succeed(s) for s in STEPS)
 
 
-def run(saga: OrderFulfillmentSaga, *commands: Command) -> list[DomainEvent]:
+def run(saga: Saga, *commands: Command) -> list[DomainEvent]:
     """Apply the commands one second apart; return the events they recorded."""
     before = len(saga.pending_events)
     for command in commands:
@@ -66,18 +68,18 @@ def run(saga: OrderFulfillmentSaga, *commands: Command) -> list[DomainEvent]:
     return saga.pending_events[before:]
 
 
-def saga_after(*commands: Command) -> OrderFulfillmentSaga:
+def saga_after(*commands: Command) -> Saga:
     saga = started_saga()
     run(saga, *commands)
     return saga
 
 
-def due(saga: OrderFulfillmentSaga) -> tuple[SagaStatus | None, Compensation | None]:
+def due(saga: Saga) -> tuple[SagaStatus | None, Compensation | None]:
     """The saga's status and the compensation it awaits (read afresh, not narrowed)."""
     return saga.status, saga.next_compensation
 
 
-def assert_refused(saga: OrderFulfillmentSaga, command: Command) -> None:
+def assert_refused(saga: Saga, command: Command) -> None:
     """The command raises IllegalTransition and leaves no trace."""
     before, recorded = state(saga), saga.pending_events
     with pytest.raises(IllegalTransition):
@@ -86,8 +88,8 @@ def assert_refused(saga: OrderFulfillmentSaga, command: Command) -> None:
     assert saga.pending_events == recorded
 
 
-def assert_replays_to_same_state(saga: OrderFulfillmentSaga) -> None:
-    replayed = OrderFulfillmentSaga.replay(saga.id, saga.pending_events)
+def assert_replays_to_same_state(saga: Saga) -> None:
+    replayed = Saga.replay(saga.id, saga.pending_events)
     assert state(replayed) == state(saga)
 
 
@@ -97,12 +99,13 @@ def assert_replays_to_same_state(saga: OrderFulfillmentSaga) -> None:
 def test_a_new_saga_copies_the_order_and_awaits_the_prescription() -> None:
     saga = started_saga("o-7")
 
-    assert saga.id == saga.order_id == "o-7"
+    order = order_saga.started(saga)
+    assert saga.id == order.order_id == "o-7"
     assert saga.stream_id == "saga-o-7"
     assert saga.status is SagaStatus.RUNNING
     assert saga.next_step is Step.CREATE_PRESCRIPTION
-    assert saga.definition_version == DEFINITION_VERSION
-    assert (saga.items, saga.prescription, saga.shipping_address) == (
+    assert saga.definition is ORDER_SAGA
+    assert (order.items, order.prescription, order.shipping_address) == (
         lines(),
         prescription(),
         address(),
@@ -113,7 +116,7 @@ def test_a_new_saga_copies_the_order_and_awaits_the_prescription() -> None:
             occurred_at=T0,
             saga_id="o-7",
             order_id="o-7",
-            definition_version=DEFINITION_VERSION,
+            definition_version=ORDER_SAGA.version,
             customer_id="c-1",
             items=lines(),
             prescription=prescription(),
@@ -131,7 +134,7 @@ def test_the_happy_path_runs_the_three_steps_in_order_then_completes() -> None:
         run(saga, command)
 
     assert next_steps == list(STEPS)
-    assert saga.next_step is None and saga.ready_to_complete
+    assert saga.next_step is Step.COMPLETE
     run(saga, COMPLETE)
 
     assert [type(e) for e in saga.pending_events] == [
@@ -146,12 +149,15 @@ def test_the_happy_path_runs_the_three_steps_in_order_then_completes() -> None:
     )
     assert saga.status is SagaStatus.COMPLETED and saga.status.is_terminal
     assert saga.finished_at == at(4)
-    assert (saga.prescription_id, saga.reservation_id, saga.shipment_id) == tuple(
-        IDS[s] for s in STEPS
-    )
+    created = saga.result(PrescriptionCreated)
+    reserved = saga.result(InventoryReserved)
+    shipped = saga.result(ShipmentInitiated)
+    assert created and reserved and shipped
+    ids = (created.prescription_id, reserved.reservation_id, shipped.shipment_id)
+    assert ids == tuple(IDS[s] for s in STEPS)
     assert all((s.status, s.attempts) == (StepStatus.SUCCEEDED, 1) for s in saga.steps.values())
     assert saga.compensation_stack == [CP, RI, CS]
-    assert not saga.ready_to_complete
+    assert saga.next_step is None
 
 
 def test_each_steps_deadline_clock_starts_when_the_previous_step_succeeded() -> None:
@@ -428,12 +434,12 @@ def test_a_parked_saga_waits_for_the_operator() -> None:
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=str)
 def test_a_saga_never_started_accepts_no_command(command: Command) -> None:
-    assert_refused(OrderFulfillmentSaga("o-1"), command)
+    assert_refused(Saga("o-1"), command)
 
 
 def test_a_saga_refuses_to_replay_an_event_of_another_stream() -> None:
-    with pytest.raises(TypeError):
-        OrderFulfillmentSaga.replay("o-1", [order_created()])
+    with pytest.raises(LookupError, match="starts no registered saga"):
+        Saga.replay("o-1", [order_created()])
 
 
 # --- every command in every reachable state ------------------------------------------------
@@ -478,8 +484,8 @@ def test_the_saga_tells_what_is_due_in_every_reachable_state(
     remaining = STEPS[len(model.succeeded) :]
 
     assert saga.status is model.status
-    assert saga.next_step is (remaining[0] if running and remaining else None)
-    assert saga.ready_to_complete is (running and not remaining)
+    due = (remaining[0] if remaining else Step.COMPLETE) if running else None
+    assert saga.next_step is due
     assert saga.next_compensation is (model.to_undo[0] if model.phase == "compensating" else None)
     assert all(saga.awaits(s) is (s is saga.next_step) for s in STEPS)
     assert saga.status.is_terminal is (model.phase in ("completed", "compensated"))

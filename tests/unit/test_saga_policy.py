@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fulfillment.domain.order_saga import COMPLETE
-from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, Step
-from fulfillment.service_layer.commands import JOB_COMMANDS
+from fulfillment.domain.saga import Saga
 from fulfillment.service_layer.jobs import JobSpec
+from fulfillment.service_layer.order_saga import COMPLETE, ORDER_SAGA, Compensation, Step
 from fulfillment.service_layer.saga_policy import next_job
 
 from .builders import at, started_saga
@@ -33,7 +31,7 @@ TWO_STEPS = (succeed(RX), succeed(RES))
 
 def policy_after(
     before: tuple[Command, ...], command: Command | None
-) -> tuple[OrderFulfillmentSaga, JobSpec | None]:
+) -> tuple[Saga, JobSpec | None]:
     """Run `before` (already stored), then `command` in a new transaction: what job follows?"""
     saga = started_saga()
     for c in before:
@@ -85,7 +83,7 @@ def test_each_event_is_followed_by_the_job_of_the_table(
         assert job is None
     else:
         assert job == JobSpec(saga.id, kind, 0.0)
-        assert kind in JOB_COMMANDS
+        assert kind in ORDER_SAGA.job_kinds
 
 
 def test_a_transient_step_failure_runs_the_same_step_again_after_the_backoff() -> None:

@@ -16,11 +16,11 @@ from fulfillment.domain.events import (
     ShipmentCancelled,
     ShipmentInitiated,
 )
-from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, Step
+from fulfillment.domain.saga import Saga
+from fulfillment.service_layer.order_saga import Compensation
 
 from .builders import at, started_saga
-from .saga_model import ALL_COMMANDS, Command, SagaModel, state
+from .saga_model import ALL_COMMANDS, STEPS, Command, SagaModel, state
 
 SUCCESS_UNDONE_BY = {
     PrescriptionCreated: Compensation.CANCEL_PRESCRIPTION,
@@ -35,7 +35,7 @@ UNDO_EVENT = {
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[OrderFulfillmentSaga, SagaModel, list[Command]]:
+def histories(draw: st.DrawFn) -> tuple[Saga, SagaModel, list[Command]]:
     """A started saga driven by up to 40 legal commands, with illegal ones tried in between."""
     saga, model, applied = started_saga(), SagaModel(), []
     for _ in range(draw(st.integers(0, 40))):
@@ -64,11 +64,11 @@ def histories(draw: st.DrawFn) -> tuple[OrderFulfillmentSaga, SagaModel, list[Co
 @settings(max_examples=300, deadline=None)
 @given(histories())
 def test_replaying_the_recorded_events_gives_the_live_state(
-    history: tuple[OrderFulfillmentSaga, SagaModel, list[Command]],
+    history: tuple[Saga, SagaModel, list[Command]],
 ) -> None:
     saga, _, _ = history
 
-    replayed = OrderFulfillmentSaga.replay(saga.id, saga.pending_events)
+    replayed = Saga.replay(saga.id, saga.pending_events)
 
     assert state(replayed) == state(saga)
 
@@ -76,7 +76,7 @@ def test_replaying_the_recorded_events_gives_the_live_state(
 @settings(max_examples=300, deadline=None)
 @given(histories(), st.data())
 def test_a_saga_reloaded_at_any_point_goes_on_exactly_like_the_live_one(
-    history: tuple[OrderFulfillmentSaga, SagaModel, list[Command]], data: st.DataObject
+    history: tuple[Saga, SagaModel, list[Command]], data: st.DataObject
 ) -> None:
     saga, _, applied = history
     cut = data.draw(st.integers(0, len(applied)))
@@ -84,7 +84,7 @@ def test_a_saga_reloaded_at_any_point_goes_on_exactly_like_the_live_one(
     for command in applied[:cut]:
         command.apply(before_reload, at(before_reload.version))
 
-    reloaded = OrderFulfillmentSaga.replay(saga.id, before_reload.pending_events)
+    reloaded = Saga.replay(saga.id, before_reload.pending_events)
     assert reloaded.stored_version == before_reload.version
     for command in applied[cut:]:
         command.apply(reloaded, at(reloaded.version))
@@ -96,7 +96,7 @@ def test_a_saga_reloaded_at_any_point_goes_on_exactly_like_the_live_one(
 @settings(max_examples=300, deadline=None)
 @given(histories())
 def test_compensations_always_undo_the_succeeded_steps_in_reverse_order(
-    history: tuple[OrderFulfillmentSaga, SagaModel, list[Command]],
+    history: tuple[Saga, SagaModel, list[Command]],
 ) -> None:
     saga, _, _ = history
     events = saga.pending_events
@@ -118,10 +118,10 @@ def test_compensations_always_undo_the_succeeded_steps_in_reverse_order(
 @settings(max_examples=200, deadline=None)
 @given(histories())
 def test_every_attempt_of_a_step_is_counted(
-    history: tuple[OrderFulfillmentSaga, SagaModel, list[Command]],
+    history: tuple[Saga, SagaModel, list[Command]],
 ) -> None:
     saga, _, applied = history
-    for step in Step:
+    for step in STEPS:
         retries = sum(
             1
             for e in saga.pending_events

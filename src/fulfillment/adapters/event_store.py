@@ -170,7 +170,12 @@ class SqlAlchemyEventStore:
         """The `events` rows of `appends`, for `INSERT_EVENTS` (here or by a group commit)."""
         rows = []
         for append in appends:
-            metadata = {"correlation_id": append.correlation_id, "causation_id": causation_id}
+            metadata: dict[str, str | None] = {
+                "correlation_id": append.correlation_id,
+                "causation_id": causation_id,
+            }
+            if append.sender is not None:
+                metadata["sender"] = append.sender
             for offset, event in enumerate(append.events, start=1):
                 rows.append(
                     {

@@ -430,3 +430,6 @@ class SqlAlchemySagaJobs(SagaJobs):
             )
         )
         return bool(result.rowcount)
+
+    def cancel(self, saga_id: str) -> None:
+        self.conn.execute(delete(t.jobs).where(t.jobs.c.saga_id == saga_id))

@@ -7,6 +7,7 @@ Every event passes through here on its way in and out of the store, so upcasting
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ def _encode(value: Any) -> Any:
 
 def _decoder(hint: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        present = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = _decoder(present[0]) if len(present) == 1 else _identity
+        return lambda raw: None if raw is None else inner(raw)
     if origin is tuple:
         item = _decoder(typing.get_args(hint)[0])
         return lambda raw: tuple(item(v) for v in raw)
@@ -78,7 +83,11 @@ def _decoder(hint: Any) -> Callable[[Any], Any]:
             return lambda raw: to_utc(datetime.fromisoformat(raw))
         if hint is date:
             return date.fromisoformat
-    return lambda raw: raw
+    return _identity
+
+
+def _identity(raw: Any) -> Any:
+    return raw
 
 
 _SCHEMAS: dict[type[DomainEvent], tuple[tuple[str, Callable[[Any], Any]], ...]] = {}

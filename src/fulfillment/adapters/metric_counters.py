@@ -31,8 +31,8 @@ from fulfillment.adapters.db import backend_of
 from fulfillment.adapters.mapper import EventMapper, to_utc
 from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
-from fulfillment.domain.order_saga import ORDER_SAGA
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga_definition import REGISTRY, StepSpec
 from fulfillment.domain.status import FailureReason, SagaStatus
 
 SAGAS_STARTED = "fulfillment_sagas_started"
@@ -69,15 +69,37 @@ EVENT_COLUMNS = (
     t.events.c.recorded_at,
 )
 
-# Event type -> the step or compensation it records (the order saga's definition).
-_STEP_SUCCEEDED = {s.succeeded.__name__: str(s.name) for s in ORDER_SAGA.forward}
-_STEP_FAILED = {s.failed.__name__: str(s.name) for s in ORDER_SAGA.forward if s.failed is not None}
-_COMPENSATED = {c.recorded_by.__name__: str(c.name) for c in ORDER_SAGA.compensations}
+
+def _outcome_maps() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Event type -> the step it succeeds or fails, the compensation it records, from
+    every registered saga definition (the pivot's success counts as a saga's end)."""
+    succeeded: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    compensated: dict[str, str] = {}
+    for definition in REGISTRY.all():
+        for step in definition.steps:
+            if not isinstance(step, StepSpec) or step.pivot:
+                continue
+            succeeded[step.succeeded.__name__] = step.name
+            if step.failed is not None:
+                failed[step.failed.__name__] = step.name
+        for compensation in definition.compensations:
+            compensated[compensation.recorded_by.__name__] = compensation.name
+    return succeeded, failed, compensated
+
+
+def known_labels() -> tuple[list[str], list[str]]:
+    """The `step` and `compensation` label values of every registered definition, in
+    their definitions' order (each series is reported from zero)."""
+    succeeded, _, compensated = _outcome_maps()
+    return list(dict.fromkeys(succeeded.values())), list(dict.fromkeys(compensated.values()))
+
+
 # The order's terminal events are appended in the transaction that ends its saga.
 _FINISHED = {ev.OrderFulfilled.__name__: COMPLETED, ev.OrderCancelled.__name__: COMPENSATED}
 _SAGA_STARTED = ev.OrderFulfillmentSagaStarted.__name__
 _ORDER_PREFIX = Order.stream_prefix + "-"
-_SAGA_PREFIX = OrderFulfillmentSaga.stream_prefix + "-"
+_SAGA_PREFIX = Saga.stream_prefix + "-"
 
 
 def labels_key(labels: Mapping[str, str]) -> str:
@@ -160,6 +182,7 @@ def count_events(conn: Connection, mapper: EventMapper, rows: Sequence[Row[Any]]
     counts = Counts()
     started: dict[str, datetime] = {}
     finished: list[tuple[str, str, datetime]] = []
+    _STEP_SUCCEEDED, _STEP_FAILED, _COMPENSATED = _outcome_maps()
     for row in rows:
         kind = str(row.type)
         counts.add(EVENTS_APPENDED, type=kind)
@@ -184,19 +207,15 @@ def count_events(conn: Connection, mapper: EventMapper, rows: Sequence[Row[Any]]
         elif kind == ev.SagaStepAttemptFailed.__name__:
             attempt = _decode(mapper, row)
             assert isinstance(attempt, ev.SagaStepAttemptFailed)
-            counts.add(STEP_ATTEMPTS, step=attempt.step.value, outcome=RETRIED)
+            counts.add(STEP_ATTEMPTS, step=attempt.step, outcome=RETRIED)
         elif kind == ev.CompensationAttemptFailed.__name__:
             failure = _decode(mapper, row)
             assert isinstance(failure, ev.CompensationAttemptFailed)
-            counts.add(
-                COMPENSATION_FAILURES, compensation=failure.compensation.value, outcome=RETRIED
-            )
+            counts.add(COMPENSATION_FAILURES, compensation=failure.compensation, outcome=RETRIED)
         elif kind == ev.SagaCompensationFailed.__name__:
             parked = _decode(mapper, row)
             assert isinstance(parked, ev.SagaCompensationFailed)
-            counts.add(
-                COMPENSATION_FAILURES, compensation=parked.compensation.value, outcome=PARKED
-            )
+            counts.add(COMPENSATION_FAILURES, compensation=parked.compensation, outcome=PARKED)
     missing = sorted({order_id for order_id, _, _ in finished} - started.keys())
     started.update(saga_start_times(conn, missing))
     for order_id, outcome, at in finished:
@@ -215,7 +234,7 @@ def saga_start_times(conn: Connection, order_ids: Iterable[str]) -> dict[str, da
     ids = list(order_ids)
     found: dict[str, datetime] = {}
     for i in range(0, len(ids), 500):
-        streams = [OrderFulfillmentSaga.stream_id_for(oid) for oid in ids[i : i + 500]]
+        streams = [Saga.stream_id_for(oid) for oid in ids[i : i + 500]]
         rows = conn.execute(
             select(t.events.c.stream_id, t.events.c.recorded_at).where(
                 t.events.c.stream_id.in_(streams), t.events.c.type == _SAGA_STARTED

@@ -3,7 +3,7 @@
 The projector reads the events after its checkpoint in position order, which is commit
 order (see ``adapters/db.py``), so it never steps over an event that committed late.
 For each batch it reloads the streams of the orders the batch touches, replays them
-through the domain (``Order`` and ``OrderFulfillmentSaga``: the saga's rules live in one
+through the domain (``Order`` and ``Saga``: the saga's rules live in one
 place) and replaces their ``order_summaries`` rows. The rows and the new checkpoint are
 written in ONE transaction, and the checkpoint only moves if it still holds the position
 the batch was read after (a tracking record, as in eventsourcing): a batch applied twice,
@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -45,15 +45,18 @@ from fulfillment.adapters.metric_counters import (
     count_events,
     reset_counts,
 )
+from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import DEFINITION, OrderFulfillmentSaga
-from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, Step, StepStatus
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga_definition import SagaDefinition
+from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, StepStatus
+from fulfillment.service_layer.order_saga import ORDER_SAGA
 
 log = logging.getLogger("fulfillment.projections")
 
 ORDER_SUMMARIES = "order_summaries"
 DEFAULT_BATCH_SIZE = 500
-_STREAM_PREFIXES = (Order.stream_prefix + "-", OrderFulfillmentSaga.stream_prefix + "-")
+_STREAM_PREFIXES = (Order.stream_prefix + "-", Saga.stream_prefix + "-")
 
 Row = dict[str, Any]
 
@@ -72,23 +75,50 @@ def summarize(order_id: str, stored: Sequence[StoredEvent], mapper: EventMapper)
     `stored` may hold events of other streams too; they are ignored. None when the
     order's stream is empty (an unknown order).
     """
+    replayed = replay_order(order_id, stored, mapper)
+    return summary_of(*replayed) if replayed is not None else None
+
+
+#: An order and its saga (None before it starts), replayed once, with the positions of
+#: the first and the last of their events.
+Replayed = tuple[Order, Saga | None, StoredEvent, StoredEvent]
+
+
+def replay_order(
+    order_id: str,
+    stored: Sequence[StoredEvent],
+    mapper: EventMapper,
+    watch: Callable[[StoredEvent, Any], None] | None = None,
+) -> Replayed | None:
+    """The order and its saga folded from `stored` (each event decoded once; `watch`
+    sees each saga event as it is applied); None for an unknown order."""
     order_stream = Order.stream_id_for(order_id)
-    saga_stream = OrderFulfillmentSaga.stream_id_for(order_id)
-    order_events = [e for e in stored if e.stream_id == order_stream]
+    saga_stream = Saga.stream_id_for(order_id)
+    order_events = sorted((e for e in stored if e.stream_id == order_stream), key=_version)
     if not order_events:
         return None
-    saga_events = [e for e in stored if e.stream_id == saga_stream]
+    saga_events = sorted((e for e in stored if e.stream_id == saga_stream), key=_version)
 
-    def decode(events: list[StoredEvent]) -> Iterator[Any]:
-        for e in sorted(events, key=lambda e: e.version):
-            yield mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+    def decode(events: list[StoredEvent], tap: bool) -> Iterator[Any]:
+        for e in events:
+            event = mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+            if tap and watch is not None:
+                watch(e, event)
+            yield event
 
-    order = Order.replay(order_id, decode(order_events))
-    saga = OrderFulfillmentSaga.replay(order_id, decode(saga_events)) if saga_events else None
+    order = Order.replay(order_id, decode(order_events, False))
+    saga = Saga.replay(order_id, decode(saga_events, True)) if saga_events else None
     last = max(order_events + saga_events, key=lambda e: e.position)
-    created = min(order_events, key=lambda e: e.version)
-    assert order.status is not None and order.placed_at is not None
+    return order, saga, order_events[0], last
 
+
+def _version(event: StoredEvent) -> int:
+    return event.version
+
+
+def summary_of(order: Order, saga: Saga | None, created: StoredEvent, last: StoredEvent) -> Row:
+    """The `order_summaries` row of a replayed order and saga."""
+    assert order.status is not None and order.placed_at is not None
     # A saga that has not started yet (its order was created before sagas existed) is
     # about to run: it shows as running with every step pending.
     saga_status = saga.status if saga is not None and saga.status else SagaStatus.RUNNING
@@ -98,23 +128,27 @@ def summarize(order_id: str, stored: Sequence[StoredEvent], mapper: EventMapper)
         else order.status
     )
     reason = order.reason or (saga.failure_reason if saga is not None else None)
+    definition: SagaDefinition = saga.spec if saga is not None else ORDER_SAGA
     steps = [
         {
-            "name": step.value,
-            "status": saga.steps[step].status.value if saga else StepStatus.PENDING.value,
-            "attempts": saga.steps[step].attempts if saga else 0,
+            "name": step.name,
+            "status": saga.steps[step.name].status.value if saga else StepStatus.PENDING.value,
+            "attempts": saga.steps[step.name].attempts if saga else 0,
         }
-        for step, _ in DEFINITION
+        # The pivot's outcome is the order's status.
+        for step in definition.steps
+        if step is not definition.pivot
     ]
     shipment = None
-    if saga is not None and saga.tracking_number:
-        cancelled = saga.steps[Step.INITIATE_SHIPMENT].status is StepStatus.COMPENSATED
+    booked = saga.result(ev.ShipmentInitiated) if saga is not None else None
+    if saga is not None and booked is not None:
+        cancelled = saga.was_compensated(ev.ShipmentCancelled)
         shipment = {
-            "tracking_number": saga.tracking_number,
+            "tracking_number": booked.tracking_number,
             "status": (ShipmentStatus.CANCELLED if cancelled else ShipmentStatus.INITIATED).value,
         }
     return {
-        "order_id": order_id,
+        "order_id": order.id,
         "created_position": created.position,
         "status": status.value,
         "reason": reason[:100] if reason else None,
@@ -236,7 +270,7 @@ class Projector:
                 for oid in order_ids
                 for stream in (
                     Order.stream_id_for(oid),
-                    OrderFulfillmentSaga.stream_id_for(oid),
+                    Saga.stream_id_for(oid),
                 )
             ]
             stored = SqlAlchemyEventStore(conn, self.mapper).read_streams(streams)

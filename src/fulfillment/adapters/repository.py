@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.service_layer import ports
 
 Track = Callable[[Aggregate], None]
@@ -40,5 +40,5 @@ class SqlAlchemyOrderRepository(_EventSourcedRepository[Order], ports.OrderRepos
     kind = Order
 
 
-class SqlAlchemySagaRepository(_EventSourcedRepository[OrderFulfillmentSaga], ports.SagaRepository):
-    kind = OrderFulfillmentSaga
+class SqlAlchemySagaRepository(_EventSourcedRepository[Saga], ports.SagaRepository):
+    kind = Saga

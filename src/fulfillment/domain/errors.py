@@ -14,13 +14,14 @@ class IllegalTransition(DomainError):
 
 
 class BusinessRuleViolation(DomainError):
-    """A step cannot succeed, whatever the number of attempts: it fails for good."""
+    """A step cannot succeed, whatever the number of attempts: it fails for good with
+    `reason` (a `FailureReason`, or a reason a saga definition names)."""
 
-    reason: FailureReason
+    reason: str
 
-    def __init__(self, reason: FailureReason, message: str) -> None:
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason = str(reason)
 
 
 class PrescriptionExpired(BusinessRuleViolation):

@@ -1,7 +1,8 @@
 """Domain events: immutable facts, past tense, each with an `event_version`.
 
 The names are part of the public contract (docs/api.md). `EVENT_TYPES` is the
-one registry of them; the mapper in `adapters` turns them into stored rows and back,
+one registry of them (a saga definition registers the events it declares); the
+mapper in `adapters` turns them into stored rows and back,
 upcasting old versions on the way in.
 """
 
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from fulfillment.domain.status import Compensation, Step
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 
 
@@ -109,7 +109,7 @@ class SagaStepAttemptFailed(DomainEvent):
     """A transient failure of one attempt; the step runs again after `retry_in_seconds`."""
 
     saga_id: str
-    step: Step
+    step: str
     attempt: int
     error: str
     retry_in_seconds: float
@@ -126,9 +126,9 @@ class OrderFulfillmentSagaCompleted(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class SagaCompensationStarted(DomainEvent):
     saga_id: str
-    failed_step: Step
+    failed_step: str
     reason: str
-    compensations: tuple[Compensation, ...]
+    compensations: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +153,7 @@ class PrescriptionCancelled(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class CompensationAttemptFailed(DomainEvent):
     saga_id: str
-    compensation: Compensation
+    compensation: str
     attempt: int
     error: str
     retry_in_seconds: float
@@ -164,14 +164,49 @@ class SagaCompensationFailed(DomainEvent):
     """Compensation kept failing: the saga parks until an operator retries it."""
 
     saga_id: str
-    compensation: Compensation
+    compensation: str
     error: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class SagaCompensationRetried(DomainEvent):
     saga_id: str
-    compensation: Compensation
+    compensation: str
+
+
+# --- Any saga's waits (fulfillment.domain.saga_definition.WaitSpec) --------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaWaitStarted(DomainEvent):
+    """The saga now waits at `wait` for a signal, until `timeout_at` (None: no timeout)."""
+
+    saga_id: str
+    wait: str
+    timeout_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaSignalReceived(DomainEvent):
+    """A signal the saga's wait accepted, with its validated payload and where it led
+    (`continue`, `fail` with `reason`, or `wait`). Its sender is in the metadata."""
+
+    saga_id: str
+    wait: str
+    signal: str
+    payload: dict[str, Any]
+    outcome: str
+    reason: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SagaWaitTimedOut(DomainEvent):
+    """No accepted signal before the wait's timeout: its timeout outcome applies."""
+
+    saga_id: str
+    wait: str
+    outcome: str
+    reason: str | None
 
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
@@ -196,5 +231,16 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         CompensationAttemptFailed,
         SagaCompensationFailed,
         SagaCompensationRetried,
+        SagaWaitStarted,
+        SagaSignalReceived,
+        SagaWaitTimedOut,
     )
 }
+
+
+def register_event_types(*classes: type[DomainEvent]) -> None:
+    """Make events declared elsewhere (a saga definition's) known to the mapper; a
+    name already taken by another class is refused."""
+    for cls in classes:
+        if EVENT_TYPES.setdefault(cls.__name__, cls) is not cls:
+            raise ValueError(f"event type {cls.__name__} is already registered")

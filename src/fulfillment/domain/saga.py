@@ -1,197 +1,222 @@
-"""The OrderFulfillmentSaga aggregate: which steps ran, what must be undone, and how it ends.
+"""The saga aggregate: which steps ran, what must be undone, and how it ends, for any
+saga type (`fulfillment.domain.saga_definition`).
 
-Its state is derived only from its events. Each forward step that succeeds pushes its
-compensation on a stack; when a step fails for good the stack is popped last-in-first-out.
+Its state is derived only from its events, read through the definition the saga
+started under (its first event names it, with its version). Each step that succeeds
+pushes its compensation on a stack; when a step or a wait fails for good the stack is
+popped last in, first out. A saga whose steps and waits have all succeeded is completed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.errors import IllegalTransition
 from fulfillment.domain.events import (
     CompensationAttemptFailed,
     DomainEvent,
-    InventoryReleased,
-    InventoryReserved,
-    OrderCreated,
-    OrderFulfillmentSagaCompleted,
-    OrderFulfillmentSagaStarted,
-    PrescriptionCancelled,
-    PrescriptionCreated,
     SagaCompensationFailed,
     SagaCompensationRetried,
     SagaCompensationStarted,
+    SagaSignalReceived,
     SagaStepAttemptFailed,
-    ShipmentCancelled,
-    ShipmentInitiated,
+    SagaWaitStarted,
+    SagaWaitTimedOut,
 )
-from fulfillment.domain.order_saga import ORDER_SAGA
-from fulfillment.domain.status import Compensation, SagaStatus, Step, StepStatus
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-
-DEFINITION_VERSION = ORDER_SAGA.version
-
-#: The forward steps in order, each with the compensation that undoes it (ORDER_SAGA's).
-DEFINITION: tuple[tuple[Step, Compensation], ...] = tuple(
-    (Step(s.name), Compensation(s.compensation.name))
-    for s in ORDER_SAGA.forward
-    if s.compensation is not None
+from fulfillment.domain.saga_definition import (
+    REGISTRY,
+    Outcome,
+    SagaDefinition,
+    StepSpec,
+    WaitSpec,
+    at_or_none,
+    resolve_timeout,
 )
-COMPENSATION_OF: dict[Step, Compensation] = dict(DEFINITION)
-STEP_OF: dict[Compensation, Step] = {c: s for s, c in DEFINITION}
-FAILURE_EVENT = {Step(s.name): s.failed for s in ORDER_SAGA.forward}
+from fulfillment.domain.status import SagaStatus, StepStatus
+
+E = TypeVar("E", bound=DomainEvent)
+#: Configured wait timeouts by wait name (FULFILLMENT_*_TIMEOUT_SECONDS), or None.
+WaitTimeouts = Mapping[str, float] | None
+
+
+class SignalNotExpected(IllegalTransition):
+    """The saga is not waiting for this signal (any more): nothing changes (409)."""
 
 
 @dataclass
 class StepState:
+    """A step's or a wait's progress (a wait: `waiting`, then `succeeded` or `failed`)."""
+
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: When the next attempt is due (after a transient failure), or the wait's timeout.
+    due_at: datetime | None = None
     compensation_attempts: int = 0
     compensated_at: datetime | None = None
+    compensation_due_at: datetime | None = None
+    signals: list[str] = field(default_factory=list)
 
 
-class OrderFulfillmentSaga(Aggregate):
+class Saga(Aggregate):
     stream_prefix = "saga"
 
     def __init__(self, aggregate_id: str) -> None:
         super().__init__(aggregate_id)
+        self.definition: SagaDefinition | None = None
         self.status: SagaStatus | None = None
-        self.order_id = ""
-        self.definition_version = DEFINITION_VERSION
-        self.customer_id = ""
-        self.items: tuple[OrderLine, ...] = ()
-        self.prescription: PrescriptionDetails | None = None
-        self.shipping_address: ShippingAddress | None = None
+        self.started: DomainEvent | None = None
         self.started_at: datetime | None = None
         self.deadline_at: datetime | None = None
         self.finished_at: datetime | None = None
-        self.steps: dict[Step, StepState] = {step: StepState() for step, _ in DEFINITION}
-        self.compensation_stack: list[Compensation] = []
-        self.prescription_id: str | None = None
-        self.reservation_id: str | None = None
-        self.reserved_lines: tuple[OrderLine, ...] = ()
-        self.shipment_id: str | None = None
-        self.carrier: str | None = None
-        self.tracking_number: str | None = None
-        self.failed_step: Step | None = None
+        self.steps: dict[str, StepState] = {}
+        self.results: dict[str, DomainEvent] = {}
+        self.compensation_stack: list[str] = []
+        self.compensated: list[DomainEvent] = []
+        self.failed_step: str | None = None
         self.failure_reason: str | None = None
         self.parked_error: str | None = None
+        self._current = 0  # index of the first element not succeeded
 
     # --- starting -------------------------------------------------------------
 
     @classmethod
     def start(
-        cls, order: OrderCreated, *, deadline_at: datetime, at: datetime
-    ) -> OrderFulfillmentSaga:
-        """A saga per order; its id is the order's id."""
-        saga = cls(order.order_id)
-        saga._record(
-            OrderFulfillmentSagaStarted(
-                occurred_at=at,
-                saga_id=order.order_id,
-                order_id=order.order_id,
-                definition_version=DEFINITION_VERSION,
-                customer_id=order.customer_id,
-                items=order.items,
-                prescription=order.prescription,
-                shipping_address=order.shipping_address,
-                deadline_at=deadline_at,
-            )
-        )
+        cls, definition: SagaDefinition, started: DomainEvent, *, timeouts: WaitTimeouts = None
+    ) -> Saga:
+        """A saga of `definition`, started by its `started` event (its saga_id is the id)."""
+        if not isinstance(started, definition.started):
+            raise TypeError(f"saga {definition.name} starts with {definition.started.__name__}")
+        if getattr(started, "definition_version") != definition.version:  # noqa: B009
+            raise ValueError(f"{type(started).__name__} names another version")
+        saga = cls(getattr(started, "saga_id"))  # noqa: B009
+        saga._record(started)
+        saga._enter(started.occurred_at, timeouts)
         return saga
 
     # --- queries --------------------------------------------------------------
 
     @property
-    def next_step(self) -> Step | None:
-        """The forward step to run now, or None (all done, or not running)."""
-        if self.status is not SagaStatus.RUNNING:
+    def spec(self) -> SagaDefinition:
+        assert self.definition is not None, "a saga is defined by its first event"
+        return self.definition
+
+    @property
+    def current(self) -> StepSpec | WaitSpec | None:
+        """The step to run, or the wait the saga is in, while it runs; else None."""
+        if self.status is not SagaStatus.RUNNING or self._current >= len(self.spec.steps):
             return None
-        for step, _ in DEFINITION:
-            if self.steps[step].status is StepStatus.PENDING:
-                return step
-        return None
+        return self.spec.steps[self._current]
 
     @property
-    def ready_to_complete(self) -> bool:
-        return self.status is SagaStatus.RUNNING and all(
-            s.status is StepStatus.SUCCEEDED for s in self.steps.values()
-        )
+    def next_step(self) -> str | None:
+        """The step to run now (not a wait), or None."""
+        current = self.current
+        return current.name if isinstance(current, StepSpec) else None
 
     @property
-    def next_compensation(self) -> Compensation | None:
+    def waiting(self) -> WaitSpec | None:
+        """The wait the saga is in, or None."""
+        current = self.current
+        return current if isinstance(current, WaitSpec) else None
+
+    @property
+    def next_compensation(self) -> str | None:
         if self.status is not SagaStatus.COMPENSATING or not self.compensation_stack:
             return None
         return self.compensation_stack[-1]
 
-    def awaits(self, step: Step) -> bool:
-        return self.next_step is step
+    @property
+    def next_job(self) -> tuple[str, datetime | None] | None:
+        """The job this saga needs now, with when it is due (None: at once), or None
+        (ended, parked, or waiting without a timeout)."""
+        current = self.current
+        if current is not None:
+            state = self.steps[current.name]
+            if isinstance(current, WaitSpec) and state.due_at is None:
+                return None
+            return current.name, state.due_at
+        compensation = self.next_compensation
+        if compensation is not None:
+            step = self.spec.undone_by(compensation)
+            return compensation, self.steps[step.name].compensation_due_at
+        return None
 
-    def attempts(self, step: Step) -> int:
+    def awaits(self, step: str) -> bool:
+        return self.next_step == step
+
+    def attempts(self, step: str) -> int:
         return self.steps[step].attempts
 
-    def compensation_attempts(self, compensation: Compensation) -> int:
-        return self.steps[STEP_OF[compensation]].compensation_attempts
+    def compensation_attempts(self, compensation: str) -> int:
+        return self.steps[self.spec.undone_by(compensation).name].compensation_attempts
 
-    def step_started_at(self, step: Step) -> datetime | None:
+    def attempt_of(self, job_kind: str) -> int | None:
+        """Which try a job of this kind is (1 for the first), None for an unknown kind."""
+        kind = self.spec.kind_of(job_kind)
+        if kind == "compensation":
+            return self.compensation_attempts(job_kind) + 1
+        return self.attempts(job_kind) + 1 if kind is not None else None
+
+    def step_started_at(self, step: str) -> datetime | None:
         return self.steps[step].started_at
+
+    def result(self, event_type: type[E]) -> E | None:
+        """The success event of that type this saga recorded, if any."""
+        for event in self.results.values():
+            if isinstance(event, event_type):
+                return event
+        return None
+
+    def was_compensated(self, event_type: type[DomainEvent]) -> bool:
+        return any(isinstance(e, event_type) for e in self.compensated)
 
     # --- guards ---------------------------------------------------------------
 
-    def check_awaits(self, step: Step) -> None:
+    def check_awaits(self, step: str) -> None:
         if not self.awaits(step):
             raise IllegalTransition(
                 f"saga {self.id} does not await {step} "
                 f"(status {self.status}, next {self.next_step})"
             )
 
-    def check_compensating(self, compensation: Compensation) -> None:
-        if self.next_compensation is not compensation:
+    def check_compensating(self, compensation: str) -> None:
+        if self.next_compensation != compensation:
             raise IllegalTransition(
                 f"saga {self.id} is not compensating {compensation} "
                 f"(status {self.status}, stack {self.compensation_stack})"
             )
 
+    def check_signal(self, signal: str) -> WaitSpec:
+        wait = self.waiting
+        if wait is None or wait.signal(signal) is None:
+            where = f"waits at {wait.name}" if wait else f"is {self.status or 'not started'}"
+            expected = ", ".join(s.name for s in wait.signals) if wait else "none"
+            raise SignalNotExpected(
+                f"saga {self.id} {where}: it does not expect the signal {signal!r}"
+                f" (expected: {expected})"
+            )
+        return wait
+
     # --- forward steps --------------------------------------------------------
 
-    def record_prescription_created(self, prescription_id: str, *, at: datetime) -> None:
-        self.check_awaits(Step.CREATE_PRESCRIPTION)
-        self._record(
-            PrescriptionCreated(occurred_at=at, saga_id=self.id, prescription_id=prescription_id)
-        )
-
-    def record_inventory_reserved(
-        self, reservation_id: str, lines: tuple[OrderLine, ...], *, at: datetime
-    ) -> None:
-        self.check_awaits(Step.RESERVE_INVENTORY)
-        self._record(
-            InventoryReserved(
-                occurred_at=at, saga_id=self.id, reservation_id=reservation_id, lines=lines
-            )
-        )
-
-    def record_shipment_initiated(
-        self, shipment_id: str, carrier: str, tracking_number: str, *, at: datetime
-    ) -> None:
-        self.check_awaits(Step.INITIATE_SHIPMENT)
-        self._record(
-            ShipmentInitiated(
-                occurred_at=at,
-                saga_id=self.id,
-                shipment_id=shipment_id,
-                carrier=carrier,
-                tracking_number=tracking_number,
-            )
-        )
+    def succeed(self, step: str, event: DomainEvent, *, timeouts: WaitTimeouts = None) -> None:
+        """Record the step's success event (what its action returned)."""
+        self.check_awaits(step)
+        expected = self.spec.step(step).succeeded
+        if not isinstance(event, expected):
+            raise TypeError(f"step {step} succeeds with {expected.__name__}")
+        self._record(event)
+        self._enter(event.occurred_at, timeouts)
 
     def record_attempt_failed(
-        self, step: Step, error: str, *, retry_in_seconds: float, at: datetime
+        self, step: str, error: str, *, retry_in_seconds: float, at: datetime
     ) -> None:
         """A transient failure: the step will be tried again."""
         self.check_awaits(step)
@@ -206,12 +231,16 @@ class OrderFulfillmentSaga(Aggregate):
             )
         )
 
-    def fail_step(self, step: Step, reason: str, error: str, *, at: datetime) -> None:
+    def fail_step(self, step: str, reason: str, error: str, *, at: datetime) -> None:
         """The step failed for good: record it and start compensating, LIFO."""
         self.check_awaits(step)
-        failed = FAILURE_EVENT[step]
-        assert failed is not None  # a forward step always declares its failure event
+        failed = self.spec.step(step).failed
+        if failed is None:
+            raise IllegalTransition(f"step {step} only goes forward: it cannot fail")
         self._record(failed(occurred_at=at, saga_id=self.id, reason=reason, error=error))  # type: ignore[call-arg]
+        self._start_compensating(step, reason, at)
+
+    def _start_compensating(self, step: str, reason: str, at: datetime) -> None:
         self._record(
             SagaCompensationStarted(
                 occurred_at=at,
@@ -222,42 +251,81 @@ class OrderFulfillmentSaga(Aggregate):
             )
         )
 
-    def complete(self, *, at: datetime) -> None:
-        if not self.ready_to_complete or self.tracking_number is None:
-            raise IllegalTransition(f"saga {self.id} cannot complete in status {self.status}")
+    def _enter(self, at: datetime, timeouts: WaitTimeouts) -> None:
+        """Entering a wait is recorded, with its timeout."""
+        wait = self.waiting
+        if wait is not None and self.steps[wait.name].status is StepStatus.PENDING:
+            timeout_at = at_or_none(at, resolve_timeout(wait, timeouts))
+            self._record(
+                SagaWaitStarted(
+                    occurred_at=at, saga_id=self.id, wait=wait.name, timeout_at=timeout_at
+                )
+            )
+
+    # --- waits ----------------------------------------------------------------
+
+    def receive_signal(
+        self,
+        signal: str,
+        payload: dict[str, Any],
+        outcome: Outcome,
+        *,
+        at: datetime,
+        timeouts: WaitTimeouts = None,
+    ) -> None:
+        """A signal the wait accepts (SignalNotExpected otherwise), and its outcome."""
+        wait = self.check_signal(signal)
         self._record(
-            OrderFulfillmentSagaCompleted(
-                occurred_at=at, saga_id=self.id, tracking_number=self.tracking_number
+            SagaSignalReceived(
+                occurred_at=at,
+                saga_id=self.id,
+                wait=wait.name,
+                signal=signal,
+                payload=payload,
+                outcome=outcome.kind,
+                reason=outcome.reason,
             )
         )
+        self._after_wait(wait, outcome, at, timeouts)
+
+    def time_out(self, wait: str, *, at: datetime, timeouts: WaitTimeouts = None) -> None:
+        """The wait's timer fired: its timeout outcome applies."""
+        current = self.waiting
+        if current is None or current.name != wait:
+            raise IllegalTransition(f"saga {self.id} does not wait at {wait}")
+        outcome = current.on_timeout
+        self._record(
+            SagaWaitTimedOut(
+                occurred_at=at,
+                saga_id=self.id,
+                wait=wait,
+                outcome=outcome.kind,
+                reason=outcome.reason,
+            )
+        )
+        self._after_wait(current, outcome, at, timeouts)
+
+    def _after_wait(
+        self, wait: WaitSpec, outcome: Outcome, at: datetime, timeouts: WaitTimeouts
+    ) -> None:
+        if outcome.kind == "fail":
+            assert outcome.reason is not None
+            self._start_compensating(wait.name, outcome.reason, at)
+        elif outcome.kind == "continue":
+            self._enter(at, timeouts)
 
     # --- compensations --------------------------------------------------------
 
-    def record_compensated(self, compensation: Compensation, *, at: datetime) -> None:
+    def record_compensated(self, compensation: str, event: DomainEvent) -> None:
+        """Record the compensation's event (what its action returned)."""
         self.check_compensating(compensation)
-        event: DomainEvent
-        if compensation is Compensation.CANCEL_SHIPMENT:
-            assert self.shipment_id is not None and self.tracking_number is not None
-            event = ShipmentCancelled(
-                occurred_at=at,
-                saga_id=self.id,
-                shipment_id=self.shipment_id,
-                tracking_number=self.tracking_number,
-            )
-        elif compensation is Compensation.RELEASE_INVENTORY:
-            assert self.reservation_id is not None
-            event = InventoryReleased(
-                occurred_at=at, saga_id=self.id, reservation_id=self.reservation_id
-            )
-        else:
-            assert self.prescription_id is not None
-            event = PrescriptionCancelled(
-                occurred_at=at, saga_id=self.id, prescription_id=self.prescription_id
-            )
+        expected = self.spec.compensation(compensation).recorded_by
+        if not isinstance(event, expected):
+            raise TypeError(f"compensation {compensation} is recorded by {expected.__name__}")
         self._record(event)
 
     def record_compensation_attempt_failed(
-        self, compensation: Compensation, error: str, *, retry_in_seconds: float, at: datetime
+        self, compensation: str, error: str, *, retry_in_seconds: float, at: datetime
     ) -> None:
         self.check_compensating(compensation)
         self._record(
@@ -271,7 +339,7 @@ class OrderFulfillmentSaga(Aggregate):
             )
         )
 
-    def park(self, compensation: Compensation, error: str, *, at: datetime) -> None:
+    def park(self, compensation: str, error: str, *, at: datetime) -> None:
         """Compensation keeps failing: stop and wait for an operator."""
         self.check_compensating(compensation)
         self._record(
@@ -292,66 +360,57 @@ class OrderFulfillmentSaga(Aggregate):
     # --- state ----------------------------------------------------------------
 
     def _apply(self, event: DomainEvent) -> None:
-        """The event's own data (its `_when_` method, if any), then what ORDER_SAGA says
-        it records: a step's success or failure for good, or a compensation."""
-        name = type(event).__name__
-        own = getattr(self, f"_when_{name}", None)
+        """The engine's own events by type, then what the definition says an event
+        records: the saga's start, a step's success or failure, or a compensation."""
+        if self.definition is None:
+            self._started(event)
+            return
+        own = _ENGINE_EVENTS.get(type(event))
         if own is not None:
-            own(event)
-        if (step := ORDER_SAGA.succeeded_by(name)) is not None:
-            if not step.pivot:
-                self._step_succeeded(Step(step.name), event.occurred_at)
-        elif (step := ORDER_SAGA.failed_by(name)) is not None:
-            self._step_failed(Step(step.name), event)
-        elif (step := ORDER_SAGA.compensated_by(name)) is not None:
-            assert step.compensation is not None
-            self._compensated(Compensation(step.compensation.name), event.occurred_at)
-        elif own is None:
-            raise TypeError(f"{type(self).__name__} cannot apply {name}")
+            own(self, event)
+            return
+        name = type(event).__name__
+        spec = self.definition
+        if (step := spec.succeeded_by(name)) is not None:
+            self._step_succeeded(step.name, event)
+        elif (step := spec.failed_by(name)) is not None:
+            self._step_failed(step.name, event)
+        elif (step := spec.compensated_by(name)) is not None:
+            self._compensated(step, event)
+        else:
+            raise TypeError(f"saga {spec.name} v{spec.version} cannot apply {name}")
 
-    def _step_succeeded(self, step: Step, at: datetime) -> None:
+    def _started(self, event: DomainEvent) -> None:
+        self.definition = REGISTRY.for_start(event)
+        self.steps = {s.name: StepState() for s in self.definition.steps}
+        self.status = SagaStatus.RUNNING
+        self.started = event
+        self.started_at = event.occurred_at
+        self.deadline_at = getattr(event, "deadline_at", None)
+        self.steps[self.definition.steps[0].name].started_at = event.occurred_at
+
+    def _advance(self, at: datetime) -> None:
+        """The current element is done: the next one starts, or the saga completes."""
+        self._current += 1
+        if self._current < len(self.spec.steps):
+            self.steps[self.spec.steps[self._current].name].started_at = at
+        else:
+            self.status = SagaStatus.COMPLETED
+            self.finished_at = at
+
+    def _step_succeeded(self, step: str, event: DomainEvent) -> None:
         state = self.steps[step]
         state.status = StepStatus.SUCCEEDED
         state.attempts += 1
-        state.finished_at = at
-        self.compensation_stack.append(COMPENSATION_OF[step])
-        nxt = self.next_step
-        if nxt is not None:
-            self.steps[nxt].started_at = at
+        state.finished_at = event.occurred_at
+        state.due_at = None
+        self.results[step] = event
+        compensation = self.spec.step(step).compensation
+        if compensation is not None:
+            self.compensation_stack.append(compensation.name)
+        self._advance(event.occurred_at)
 
-    def _when_OrderFulfillmentSagaStarted(self, event: OrderFulfillmentSagaStarted) -> None:
-        self.status = SagaStatus.RUNNING
-        self.order_id = event.order_id
-        self.definition_version = event.definition_version
-        self.customer_id = event.customer_id
-        self.items = event.items
-        self.prescription = event.prescription
-        self.shipping_address = event.shipping_address
-        self.started_at = event.occurred_at
-        self.deadline_at = event.deadline_at
-        self.steps[DEFINITION[0][0]].started_at = event.occurred_at
-
-    # A step's success, failure and compensation are kept by `_apply` (ORDER_SAGA);
-    # these keep what the events carry.
-
-    def _when_PrescriptionCreated(self, event: PrescriptionCreated) -> None:
-        self.prescription_id = event.prescription_id
-
-    def _when_InventoryReserved(self, event: InventoryReserved) -> None:
-        self.reservation_id = event.reservation_id
-        self.reserved_lines = event.lines
-
-    def _when_ShipmentInitiated(self, event: ShipmentInitiated) -> None:
-        self.shipment_id = event.shipment_id
-        self.carrier = event.carrier
-        self.tracking_number = event.tracking_number
-
-    def _when_SagaStepAttemptFailed(self, event: SagaStepAttemptFailed) -> None:
-        state = self.steps[event.step]
-        state.attempts += 1
-        state.errors.append(event.error)
-
-    def _step_failed(self, step: Step, event: DomainEvent) -> None:
+    def _step_failed(self, step: str, event: DomainEvent) -> None:
         state = self.steps[step]
         state.status = StepStatus.FAILED
         state.attempts += 1
@@ -360,13 +419,16 @@ class OrderFulfillmentSaga(Aggregate):
         self.failed_step = step
         self.failure_reason = getattr(event, "reason", None)
 
-    def _when_OrderFulfillmentSagaCompleted(self, event: OrderFulfillmentSagaCompleted) -> None:
-        self.status = SagaStatus.COMPLETED
-        self.finished_at = event.occurred_at
-
-    def _when_SagaCompensationStarted(self, event: SagaCompensationStarted) -> None:
-        self.failed_step = event.failed_step
-        self.failure_reason = event.reason
+    def _compensated(self, step: StepSpec, event: DomainEvent) -> None:
+        assert step.compensation is not None
+        popped = self.compensation_stack.pop()
+        assert popped == step.compensation.name, (popped, step.compensation.name)
+        state = self.steps[step.name]
+        state.status = StepStatus.COMPENSATED
+        state.compensation_attempts += 1
+        state.compensated_at = event.occurred_at
+        state.compensation_due_at = None
+        self.compensated.append(event)
         self._after_compensation_progress(event.occurred_at)
 
     def _after_compensation_progress(self, at: datetime) -> None:
@@ -376,31 +438,78 @@ class OrderFulfillmentSaga(Aggregate):
             self.status = SagaStatus.COMPENSATED
             self.finished_at = at
 
-    def _compensated(self, compensation: Compensation, at: datetime) -> None:
-        popped = self.compensation_stack.pop()
-        assert popped is compensation, (popped, compensation)
-        state = self.steps[STEP_OF[compensation]]
-        state.status = StepStatus.COMPENSATED
-        state.compensation_attempts += 1
-        state.compensated_at = at
-        self._after_compensation_progress(at)
+    def _when_attempt_failed(self, event: SagaStepAttemptFailed) -> None:
+        state = self.steps[event.step]
+        state.attempts += 1
+        state.errors.append(event.error)
+        state.due_at = at_or_none(event.occurred_at, event.retry_in_seconds)
 
-    def _when_CompensationAttemptFailed(self, event: CompensationAttemptFailed) -> None:
-        state = self.steps[STEP_OF[event.compensation]]
+    def _when_compensation_started(self, event: SagaCompensationStarted) -> None:
+        self.failed_step = event.failed_step
+        self.failure_reason = event.reason
+        self._after_compensation_progress(event.occurred_at)
+
+    def _when_compensation_attempt_failed(self, event: CompensationAttemptFailed) -> None:
+        state = self.steps[self.spec.undone_by(event.compensation).name]
         state.compensation_attempts += 1
         state.errors.append(event.error)
+        state.compensation_due_at = at_or_none(event.occurred_at, event.retry_in_seconds)
 
-    def _when_SagaCompensationFailed(self, event: SagaCompensationFailed) -> None:
+    def _when_compensation_failed(self, event: SagaCompensationFailed) -> None:
         self.status = SagaStatus.COMPENSATION_FAILED
         self.parked_error = event.error
-        state = self.steps[STEP_OF[event.compensation]]
+        state = self.steps[self.spec.undone_by(event.compensation).name]
         state.status = StepStatus.COMPENSATION_FAILED
         state.compensation_attempts += 1
         state.errors.append(event.error)
 
-    def _when_SagaCompensationRetried(self, event: SagaCompensationRetried) -> None:
+    def _when_compensation_retried(self, event: SagaCompensationRetried) -> None:
         self.status = SagaStatus.COMPENSATING
         self.parked_error = None
-        state = self.steps[STEP_OF[event.compensation]]
+        state = self.steps[self.spec.undone_by(event.compensation).name]
         state.status = StepStatus.SUCCEEDED
         state.compensation_attempts = 0
+        state.compensation_due_at = None
+
+    def _when_wait_started(self, event: SagaWaitStarted) -> None:
+        state = self.steps[event.wait]
+        state.status = StepStatus.WAITING
+        state.started_at = event.occurred_at
+        state.due_at = event.timeout_at
+
+    def _when_signal_received(self, event: SagaSignalReceived) -> None:
+        self.steps[event.wait].signals.append(event.signal)
+        self._wait_outcome(event.wait, event.outcome, event.reason, event)
+
+    def _when_wait_timed_out(self, event: SagaWaitTimedOut) -> None:
+        self._wait_outcome(event.wait, event.outcome, event.reason, event)
+
+    def _wait_outcome(
+        self, wait: str, outcome: str, reason: str | None, event: DomainEvent
+    ) -> None:
+        state = self.steps[wait]
+        state.attempts += 1
+        if outcome == "continue":
+            state.status = StepStatus.SUCCEEDED
+            state.finished_at = event.occurred_at
+            state.due_at = None
+            self.results[wait] = event
+            self._advance(event.occurred_at)
+        elif outcome == "fail":
+            state.status = StepStatus.FAILED
+            state.finished_at = event.occurred_at
+            state.due_at = None
+            self.failed_step = wait
+            self.failure_reason = reason
+
+
+_ENGINE_EVENTS: dict[type[DomainEvent], Any] = {
+    SagaStepAttemptFailed: Saga._when_attempt_failed,
+    SagaCompensationStarted: Saga._when_compensation_started,
+    CompensationAttemptFailed: Saga._when_compensation_attempt_failed,
+    SagaCompensationFailed: Saga._when_compensation_failed,
+    SagaCompensationRetried: Saga._when_compensation_retried,
+    SagaWaitStarted: Saga._when_wait_started,
+    SagaSignalReceived: Saga._when_signal_received,
+    SagaWaitTimedOut: Saga._when_wait_timed_out,
+}

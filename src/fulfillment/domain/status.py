@@ -26,26 +26,11 @@ class SagaStatus(StrEnum):
 
 class StepStatus(StrEnum):
     PENDING = "pending"
+    WAITING = "waiting"  # a wait, for its signals
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
-
-
-class Step(StrEnum):
-    """The forward steps of the saga, in order."""
-
-    CREATE_PRESCRIPTION = "create_prescription"
-    RESERVE_INVENTORY = "reserve_inventory"
-    INITIATE_SHIPMENT = "initiate_shipment"
-
-
-class Compensation(StrEnum):
-    """The action that undoes a step."""
-
-    CANCEL_PRESCRIPTION = "cancel_prescription"
-    RELEASE_INVENTORY = "release_inventory"
-    CANCEL_SHIPMENT = "cancel_shipment"
 
 
 class PrescriptionStatus(StrEnum):
@@ -74,3 +59,4 @@ class FailureReason(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     STEP_TIMEOUT = "step_timeout"
     SAGA_TIMEOUT = "saga_timeout"
+    NOT_RETRIED = "not_retried"  # an error its step declares not to retry

@@ -19,7 +19,7 @@ from fulfillment import views
 from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
-from fulfillment.domain.order_saga import ORDER_SAGA
+from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.service_layer import commands as c
@@ -29,7 +29,7 @@ from fulfillment.service_layer.messagebus import ConcurrencyError
 sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
 
-_SHORT_STEP = {str(s.name): s.short for s in ORDER_SAGA.steps}
+_SHORT_STEP = {s.name: s.short for d in REGISTRY.all() for s in d.steps}
 _SHORT_STATUS = {
     "pending": "-",
     "succeeded": "ok",

@@ -1,9 +1,10 @@
 """One order's saga as a timeline: what the dashboard and `fulfillment sagas show` display.
 
-`order_timeline` reads the order's two streams once and returns every step (and the final
-`complete`) with its status, attempts, errors, start, end and duration; the compensations
-in the order they ran (last-in-first-out), then the ones still to run; the queued job;
-the whole event history.
+`order_timeline` reads the order's two streams once, folds each event once (the order
+summary, the saga's state and each attempt come from that one pass) and returns every
+step and wait of the saga's definition (the pivot, `complete`, last) with its status,
+attempts, errors, start, end and duration; the compensations in the order they ran
+(last in, first out), then the ones still to run; the queued job; the whole history.
 
 Nothing here writes. Times are ISO 8601 UTC; durations are milliseconds.
 """
@@ -21,24 +22,18 @@ from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.mapper import StoredEvent
-from fulfillment.adapters.projections import summarize
+from fulfillment.adapters.projections import replay_order, summary_of
 from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
-from fulfillment.domain.order_saga import COMPLETE, ORDER_SAGA
-from fulfillment.domain.saga import DEFINITION, STEP_OF, OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, SagaStatus, Step, StepStatus
+from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga_definition import REGISTRY, SagaDefinition, StepSpec, WaitSpec
+from fulfillment.domain.status import SagaStatus, StepStatus
 from fulfillment.entrypoints.dashboard_data import duration_ms, iso
 
 #: Statuses a step shows: the domain's, plus `running` (being worked on now) and
 #: `skipped` (will never run: the saga failed before it).
 RUNNING, SKIPPED = "running", "skipped"
-
-# Event class -> the step or compensation it records (the order saga's definition).
-_SUCCESS = {s.succeeded: Step(s.name) for s in ORDER_SAGA.forward}
-_FAILURE = {s.failed: Step(s.name) for s in ORDER_SAGA.forward if s.failed is not None}
-_COMPENSATED = {c.recorded_by: Compensation(c.name) for c in ORDER_SAGA.compensations}
-_EVENT_OF_COMPENSATION = {c: e.__name__ for e, c in _COMPENSATED.items()}
 
 
 def _job_view(row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
@@ -60,30 +55,27 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
     """The saga of `order_id` as a timeline; None if there is no such order."""
     with read_connection(app.engine) as conn:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(
-            [Order.stream_id_for(order_id), OrderFulfillmentSaga.stream_id_for(order_id)]
+            [Order.stream_id_for(order_id), Saga.stream_id_for(order_id)]
         )
         job_row = conn.execute(select(t.jobs).where(t.jobs.c.saga_id == order_id)).first()
-    summary = summarize(order_id, stored, app.mapper)
-    if summary is None:
-        return None
-    job = _job_view(job_row._mapping if job_row is not None else None)
-    saga_stream = OrderFulfillmentSaga.stream_id_for(order_id)
-    saga_events = [
-        (e, app.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at))
-        for e in stored
-        if e.stream_id == saga_stream
-    ]
-    saga = OrderFulfillmentSaga.replay(order_id, (event for _, event in saga_events))
     walk = _Walk()
-    for stored_event, event in saga_events:
-        walk.see(stored_event, event)
-
+    replayed = replay_order(order_id, stored, app.mapper, watch=walk.see)
+    if replayed is None:
+        return None
+    order, saga, created, last = replayed
+    summary = summary_of(order, saga, created, last)
+    job = _job_view(job_row._mapping if job_row is not None else None)
+    if saga is None:  # not started yet: the order saga, every step pending
+        saga = Saga(order_id)
     started = saga.started_at
     finished = saga.finished_at
-    updated_at = stored[-1].recorded_at
     saga_status = saga.status.value if saga.status else SagaStatus.RUNNING.value
-    steps = [_step_view(saga, step, walk, job) for step, _ in DEFINITION]
-    steps.append(_complete_view(saga, job))
+    definition = saga.definition
+    steps = (
+        [_step_view(saga, step, walk, job) for step in definition.steps]
+        if definition is not None
+        else []
+    )
     return {
         "order": {
             "order_id": order_id,
@@ -98,14 +90,15 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
             "saga_id": order_id,
             "status": saga_status,
             "reason": saga.failure_reason,
-            "failed_step": saga.failed_step.value if saga.failed_step else None,
+            "failed_step": saga.failed_step,
             "parked_error": saga.parked_error,
-            "definition_version": saga.definition_version,
+            "definition": definition.name if definition else None,
+            "definition_version": definition.version if definition else None,
             "started_at": iso(started),
             "finished_at": iso(finished),
             "deadline_at": iso(saga.deadline_at),
             "duration_ms": duration_ms(started, finished),
-            "updated_at": iso(updated_at),
+            "updated_at": iso(last.recorded_at),
             "stuck": views.is_stuck(app, order_id),
         },
         "steps": steps,
@@ -121,27 +114,31 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
 
 
 class _Walk:
-    """What the saga's events say that its state does not keep: each attempt, in order."""
+    """What the saga's events say that its state does not keep: each attempt, in order.
+    It sees each event as the saga's replay applies it (`replay_order(watch=...)`)."""
 
     def __init__(self) -> None:
-        self.attempts: dict[Step, list[dict[str, Any]]] = {s: [] for s, _ in DEFINITION}
-        self.compensation_attempts: dict[Compensation, list[dict[str, Any]]] = {
-            c: [] for _, c in DEFINITION
-        }
+        self.attempts: dict[str, list[dict[str, Any]]] = {}
+        self.compensation_attempts: dict[str, list[dict[str, Any]]] = {}
         self.compensations: list[dict[str, Any]] = []
         self.compensation_started_at: datetime | None = None
         self.planned: list[str] = []
         self._mark: datetime | None = None  # when the next compensation became due
+        self._definition: SagaDefinition | None = None
 
     def see(self, stored: StoredEvent, event: ev.DomainEvent) -> None:
+        if self._definition is None:
+            self._definition = REGISTRY.for_start(event)
+            return
+        definition = self._definition
         at = event.occurred_at
         base = {"at": iso(at), "position": stored.position, "event": stored.type}
-        kind = type(event)
-        if kind in _SUCCESS:
-            tried = self.attempts[_SUCCESS[kind]]
+        name = type(event).__name__
+        if (step := definition.succeeded_by(name)) is not None:
+            tried = self.attempts.setdefault(step.name, [])
             tried.append({**base, "attempt": len(tried) + 1, "outcome": "succeeded"})
         elif isinstance(event, ev.SagaStepAttemptFailed):
-            self.attempts[event.step].append(
+            self.attempts.setdefault(event.step, []).append(
                 {
                     **base,
                     "attempt": event.attempt,
@@ -150,8 +147,8 @@ class _Walk:
                     "retry_in_seconds": event.retry_in_seconds,
                 }
             )
-        elif kind in _FAILURE:
-            tried = self.attempts[_FAILURE[kind]]
+        elif (step := definition.failed_by(name)) is not None:
+            tried = self.attempts.setdefault(step.name, [])
             tried.append(
                 {
                     **base,
@@ -161,19 +158,33 @@ class _Walk:
                     "reason": getattr(event, "reason", None),
                 }
             )
+        elif isinstance(event, ev.SagaSignalReceived | ev.SagaWaitTimedOut):
+            tried = self.attempts.setdefault(event.wait, [])
+            signal = event.signal if isinstance(event, ev.SagaSignalReceived) else "timeout"
+            tried.append(
+                {
+                    **base,
+                    "attempt": len(tried) + 1,
+                    "outcome": {"continue": "succeeded", "fail": "failed"}.get(
+                        event.outcome, "waiting"
+                    ),
+                    "signal": signal,
+                    "reason": event.reason,
+                }
+            )
         elif isinstance(event, ev.SagaCompensationStarted):
             self.compensation_started_at = at
-            self.planned = [c.value for c in event.compensations]
+            self.planned = list(event.compensations)
             self._mark = at
-        elif kind in _COMPENSATED:
-            compensation = _COMPENSATED[kind]
-            tried = self.compensation_attempts[compensation]
+        elif (step := definition.compensated_by(name)) is not None and step.compensation:
+            compensation = step.compensation.name
+            tried = self.compensation_attempts.setdefault(compensation, [])
             tried.append({**base, "attempt": len(tried) + 1, "outcome": "succeeded"})
             self.compensations.append(
                 {
                     "order": len(self.compensations) + 1,
-                    "name": compensation.value,
-                    "undoes": STEP_OF[compensation].value,
+                    "name": compensation,
+                    "undoes": step.name,
                     "event": stored.type,
                     "position": stored.position,
                     "status": "done",
@@ -185,8 +196,7 @@ class _Walk:
             )
             self._mark = at
         elif isinstance(event, ev.CompensationAttemptFailed):
-            tried = self.compensation_attempts[event.compensation]
-            tried.append(
+            self.compensation_attempts.setdefault(event.compensation, []).append(
                 {
                     **base,
                     "attempt": event.attempt,
@@ -196,22 +206,22 @@ class _Walk:
                 }
             )
         elif isinstance(event, ev.SagaCompensationFailed):
-            tried = self.compensation_attempts[event.compensation]
+            tried = self.compensation_attempts.setdefault(event.compensation, [])
             tried.append(
                 {**base, "attempt": len(tried) + 1, "outcome": "failed", "error": event.error}
             )
         elif isinstance(event, ev.SagaCompensationRetried):
-            self.compensation_attempts[event.compensation].append(
+            self.compensation_attempts.setdefault(event.compensation, []).append(
                 {**base, "attempt": None, "outcome": "operator_retry"}
             )
             self._mark = at
 
 
-def _display_status(saga: OrderFulfillmentSaga, step: Step) -> str:
-    status = saga.steps[step].status
+def _display_status(saga: Saga, element: StepSpec | WaitSpec) -> str:
+    status = saga.steps[element.name].status
     if status is not StepStatus.PENDING:
         return status.value
-    if saga.next_step is step:
+    if saga.next_step == element.name:
         return RUNNING
     if saga.status is not None and saga.status is not SagaStatus.RUNNING:
         return SKIPPED
@@ -219,74 +229,54 @@ def _display_status(saga: OrderFulfillmentSaga, step: Step) -> str:
 
 
 def _step_view(
-    saga: OrderFulfillmentSaga, step: Step, walk: _Walk, job: dict[str, Any] | None
+    saga: Saga, element: StepSpec | WaitSpec, walk: _Walk, job: dict[str, Any] | None
 ) -> dict[str, Any]:
-    state = saga.steps[step]
-    compensation = dict(DEFINITION)[step]
-    ran = next((c for c in walk.compensations if c["name"] == compensation.value), None)
-    compensating = saga.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED)
+    state = saga.steps[element.name]
+    compensation = element.compensation if isinstance(element, StepSpec) else None
     undo: dict[str, Any] | None = None
-    if ran is not None or (compensating and compensation in saga.compensation_stack):
-        if ran is not None:
-            undo_status = "done"
-        elif state.status is StepStatus.COMPENSATION_FAILED:
-            undo_status = "failed"
-        elif saga.next_compensation is compensation:
-            undo_status = RUNNING
-        else:
-            undo_status = "pending"
-        undo = {
-            "name": compensation.value,
-            "event": _EVENT_OF_COMPENSATION[compensation],
-            "status": undo_status,
-            "at": iso(state.compensated_at),
-            "attempts": walk.compensation_attempts[compensation],
-        }
+    kinds = {element.name}
+    if compensation is not None:
+        kinds.add(compensation.name)
+        ran = next((c for c in walk.compensations if c["name"] == compensation.name), None)
+        compensating = saga.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED)
+        if ran is not None or (compensating and compensation.name in saga.compensation_stack):
+            if ran is not None:
+                undo_status = "done"
+            elif state.status is StepStatus.COMPENSATION_FAILED:
+                undo_status = "failed"
+            elif saga.next_compensation == compensation.name:
+                undo_status = RUNNING
+            else:
+                undo_status = "pending"
+            undo = {
+                "name": compensation.name,
+                "event": compensation.recorded_by.__name__,
+                "status": undo_status,
+                "at": iso(state.compensated_at),
+                "attempts": walk.compensation_attempts.get(compensation.name, []),
+            }
+    is_current = saga.next_step == element.name or saga.waiting is element
+    waiting = isinstance(element, WaitSpec)
     return {
-        "name": step.value,
-        "status": _display_status(saga, step),
+        "name": element.name,
+        "kind": "wait" if waiting else "pivot" if getattr(element, "pivot", False) else "step",
+        "title": element.title,
+        "description": element.description,
+        "status": _display_status(saga, element),
         "attempts": state.attempts,
         "errors": list(state.errors),
-        "attempt_log": walk.attempts[step],
-        "started_at": iso(state.started_at) if state.attempts or saga.next_step is step else None,
+        "attempt_log": walk.attempts.get(element.name, []),
+        "started_at": iso(state.started_at) if state.attempts or is_current else None,
         "finished_at": iso(state.finished_at),
         "duration_ms": duration_ms(state.started_at, state.finished_at),
         "compensation": undo,
-        "job": job if job is not None and job["kind"] in (step.value, compensation.value) else None,
+        "signals": [s.name for s in element.signals] if isinstance(element, WaitSpec) else [],
+        "timeout_at": iso(state.due_at) if waiting else None,
+        "job": job if job is not None and job["kind"] in kinds else None,
     }
 
 
-def _complete_view(saga: OrderFulfillmentSaga, job: dict[str, Any] | None) -> dict[str, Any]:
-    shipped = saga.steps[Step.INITIATE_SHIPMENT]
-    if saga.status is SagaStatus.COMPLETED:
-        status = StepStatus.SUCCEEDED.value
-    elif saga.ready_to_complete:
-        status = RUNNING
-    elif saga.status in (
-        SagaStatus.COMPENSATING,
-        SagaStatus.COMPENSATED,
-        SagaStatus.COMPENSATION_FAILED,
-    ):
-        status = SKIPPED
-    else:
-        status = StepStatus.PENDING.value
-    started = shipped.finished_at if shipped.status is StepStatus.SUCCEEDED else None
-    finished = saga.finished_at if saga.status is SagaStatus.COMPLETED else None
-    return {
-        "name": COMPLETE,
-        "status": status,
-        "attempts": 1 if finished else 0,
-        "errors": [],
-        "attempt_log": [],
-        "started_at": iso(started),
-        "finished_at": iso(finished),
-        "duration_ms": duration_ms(started, finished),
-        "compensation": None,
-        "job": job if job is not None and job["kind"] == COMPLETE else None,
-    }
-
-
-def _pending_compensations(saga: OrderFulfillmentSaga) -> list[dict[str, Any]]:
+def _pending_compensations(saga: Saga) -> list[dict[str, Any]]:
     """Still to undo, next first (the top of the LIFO stack)."""
     if saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
         return []
@@ -296,9 +286,9 @@ def _pending_compensations(saga: OrderFulfillmentSaga) -> list[dict[str, Any]]:
         status = "failed" if parked else RUNNING if n == 0 else "pending"
         pending.append(
             {
-                "name": compensation.value,
-                "undoes": STEP_OF[compensation].value,
-                "event": _EVENT_OF_COMPENSATION[compensation],
+                "name": compensation,
+                "undoes": saga.spec.undone_by(compensation).name,
+                "event": saga.spec.compensation(compensation).recorded_by.__name__,
                 "status": status,
                 "error": saga.parked_error if parked else None,
             }

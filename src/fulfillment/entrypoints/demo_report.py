@@ -21,10 +21,10 @@ from fulfillment.domain.events import (
     OrderFulfilled,
     SagaStepAttemptFailed,
 )
-from fulfillment.domain.order_saga import ORDER_SAGA
 from fulfillment.domain.status import FailureReason
 from fulfillment.domain.values import OrderLine
 from fulfillment.entrypoints.demo_mix import CATALOGUE
+from fulfillment.service_layer.order_saga import ORDER_SAGA
 
 FULFILLED = "fulfilled"
 STUCK = "stuck (not finished)"

@@ -38,7 +38,7 @@ from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.job_queue import count_by_status
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES
-from fulfillment.domain.status import Compensation, OrderStatus, SagaStatus, Step
+from fulfillment.domain.status import OrderStatus, SagaStatus
 
 #: The projection whose checkpoint the counters follow (adapters.projections.ORDER_SUMMARIES).
 PROJECTION = "order_summaries"
@@ -184,8 +184,7 @@ def _gauge(
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
     """The Prometheus families of one snapshot (names, types and labels: docs/observability.md)."""
     counts = snap.counts
-    steps = [s.value for s in Step]
-    compensations = [x.value for x in Compensation]
+    steps, compensations = c.known_labels()
     yield _counter(c.SAGAS_STARTED, "Sagas started (one per order).", counts, [], [[]])
     yield _counter(
         c.SAGAS_FINISHED,

@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fulfillment.domain.events import DomainEvent
-from fulfillment.domain.order_saga import ORDER_SAGA
-from fulfillment.domain.saga import OrderFulfillmentSaga
-from fulfillment.domain.status import Compensation, Step
+from fulfillment.domain.saga import Saga
 from fulfillment.observability.logging import job_context
 from fulfillment.observability.tracing import NO_TRACING, SpanHandle, Tracing
 from fulfillment.service_layer.job_runner import JobOutcome, JobWatch
@@ -29,19 +27,19 @@ log = logging.getLogger("fulfillment.jobs")
 UnitOfWorkFactory = Callable[[ClaimedJob | None], AbstractUnitOfWork]
 #: The events of a saga this process knows, by saga id (its stream cache), or ().
 CachedSaga = Callable[[str], Sequence[DomainEvent]]
-_STEPS = {str(s.name): Step(s.name) for s in ORDER_SAGA.forward}
-_COMPENSATIONS = {str(x.name): Compensation(x.name) for x in ORDER_SAGA.compensations}
 #: Outcomes that mark the span as failed (a retry is not a failure of the saga yet).
 _FAILED = (JobOutcome.STEP_FAILED, JobOutcome.JOB_FAILED)
 
 
-def job_type(kind: str) -> str:
-    """step, compensation, or completion (the job that settles a fulfilled order)."""
-    if kind in _STEPS:
-        return "step"
-    if kind in _COMPENSATIONS:
-        return "compensation"
-    return "completion"
+def job_type(saga: Saga | None, kind: str) -> str:
+    """step, wait (its timer), compensation, or completion (the pivot, after which the
+    saga only goes forward: the order saga's `complete`), from the saga's definition."""
+    if saga is None or saga.definition is None:
+        return "unknown"
+    pivot = saga.definition.pivot
+    if pivot is not None and pivot.name == kind:
+        return "completion"
+    return saga.definition.kind_of(kind) or "unknown"
 
 
 class _Watch:
@@ -79,13 +77,13 @@ class JobTelemetry:
         self.tracing = tracing
         self.cached_saga = cached_saga
 
-    def _saga(self, job: ClaimedJob) -> OrderFulfillmentSaga | None:
+    def _saga(self, job: ClaimedJob) -> Saga | None:
         # The worker reads a saga into the cache when it claims its job, and a
         # continuation follows a commit of this thread: the cache holds the saga as it is.
         if self.cached_saga is not None:
             events = self.cached_saga(job.saga_id)
             if events:
-                return OrderFulfillmentSaga.replay(job.saga_id, events)
+                return Saga.replay(job.saga_id, events)
         try:
             uow = self.uow_factory(None)
             with uow.read_only():
@@ -94,33 +92,25 @@ class JobTelemetry:
             log.debug("attempt of job %s unknown", job.id, exc_info=True)
             return None
 
-    def attempt_of(self, job: ClaimedJob) -> int:
-        """Which try of its step (or compensation) this job is, 1 for the first.
-
-        From the saga's events; `complete`, which only the queue retries, counts the
-        job's own failures.
-        """
-        step, compensation = _STEPS.get(job.kind), _COMPENSATIONS.get(job.kind)
-        saga = self._saga(job) if step is not None or compensation is not None else None
-        if saga is None:
-            return job.failures + 1
-        if step is not None:
-            return saga.attempts(step) + 1
-        assert compensation is not None
-        return saga.compensation_attempts(compensation) + 1
+    def attempt_of(self, saga: Saga | None, job: ClaimedJob) -> int:
+        """Which try of its step (or compensation) this job is, 1 for the first: from
+        the saga's events, else from the job's own failures."""
+        attempt = saga.attempt_of(job.kind) if saga is not None else None
+        return attempt if attempt is not None else job.failures + 1
 
     @contextmanager
     def watch(self, job: ClaimedJob) -> Iterator[JobWatch]:
         """Run the block with the job's log fields bound and inside its span."""
+        saga = self._saga(job)
         fields: dict[str, Any] = {
             "order_id": job.saga_id,  # saga id == order id
             "saga_id": job.saga_id,
             "job_id": job.id,
             "step": job.kind,
-            "attempt": self.attempt_of(job),
+            "attempt": self.attempt_of(saga, job),
             "correlation_id": job.saga_id,
         }
-        attributes = {**fields, "job_type": job_type(job.kind)}
+        attributes = {**fields, "job_type": job_type(saga, job.kind)}
 
         with (
             self.tracing.span(job.kind, job.saga_id, attributes) as span,

@@ -1,11 +1,10 @@
-"""Commands: imperative, frozen, one handler each. Every step takes one dataclass input."""
+"""Commands: imperative, frozen, one handler each."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from fulfillment.domain.order_saga import COMPLETE
-from fulfillment.domain.status import Compensation, Step
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.service_layer.ports import IdempotencyRecord
 
@@ -39,53 +38,41 @@ class SagaCommand(Command):
 
 
 @dataclass(frozen=True)
-class CreatePrescription(SagaCommand):
-    pass
+class RunSagaJob(SagaCommand):
+    """Run the saga's job of kind `kind` (a step, a wait's timer, or a compensation):
+    the job queue carries these."""
+
+    kind: str
 
 
 @dataclass(frozen=True)
-class ReserveInventory(SagaCommand):
-    pass
+class RecordJobFailure(SagaCommand):
+    """A step or compensation raised: retry it with backoff, or fail it for good (and
+    compensate), or park the saga."""
 
-
-@dataclass(frozen=True)
-class InitiateShipment(SagaCommand):
-    pass
-
-
-@dataclass(frozen=True)
-class CompleteOrderFulfillment(SagaCommand):
-    pass
-
-
-@dataclass(frozen=True)
-class CancelShipment(SagaCommand):
-    pass
-
-
-@dataclass(frozen=True)
-class ReleaseInventory(SagaCommand):
-    pass
-
-
-@dataclass(frozen=True)
-class CancelPrescription(SagaCommand):
-    pass
-
-
-@dataclass(frozen=True)
-class RecordStepFailure(SagaCommand):
-    """A forward step raised: retry it with backoff, or fail it for good and compensate."""
-
-    step: Step
+    kind: str
     error: str
     reason: str | None  # a business reason: fail for good; None: transient
 
 
 @dataclass(frozen=True)
-class RecordCompensationFailure(SagaCommand):
-    compensation: Compensation
-    error: str
+class SignalSaga(SagaCommand):
+    """Deliver the signal `signal` with its JSON `payload` to the saga's wait."""
+
+    signal: str
+    payload: dict[str, Any]
+    sender: str
+    idempotency: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True)
+class StartSaga(SagaCommand):
+    """Start a saga of the registered definition `name` (at `version`, else its newest);
+    `data`: its start event's fields."""
+
+    name: str
+    data: dict[str, Any]
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,15 +85,3 @@ class ResumeSaga(SagaCommand):
 class SetInventory(Command):
     sku: str
     on_hand: int
-
-
-#: The job kind the queue stores -> the command it runs.
-JOB_COMMANDS: dict[str, type[SagaCommand]] = {
-    Step.CREATE_PRESCRIPTION.value: CreatePrescription,
-    Step.RESERVE_INVENTORY.value: ReserveInventory,
-    Step.INITIATE_SHIPMENT.value: InitiateShipment,
-    COMPLETE: CompleteOrderFulfillment,
-    Compensation.CANCEL_SHIPMENT.value: CancelShipment,
-    Compensation.RELEASE_INVENTORY.value: ReleaseInventory,
-    Compensation.CANCEL_PRESCRIPTION.value: CancelPrescription,
-}

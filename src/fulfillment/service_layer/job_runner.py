@@ -24,19 +24,13 @@ from enum import StrEnum
 from typing import Protocol
 
 from fulfillment.domain.errors import BusinessRuleViolation, TransientFailure
-from fulfillment.domain.order_saga import ORDER_SAGA
-from fulfillment.domain.status import Compensation, Step
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import ClaimedJob, LeaseLost
 from fulfillment.service_layer.messagebus import DatabaseBusy, MessageBus
 from fulfillment.service_layer.retry import RetryPolicy
+from fulfillment.service_layer.saga_engine import FailureHandled
 
 log = logging.getLogger("fulfillment.jobs")
-
-# The job kinds that can fail (and how), from the order saga's definition; the pivot's
-# failures are retried as the job's own (it is never compensated).
-STEPS = {str(s.name): Step(s.name) for s in ORDER_SAGA.forward}
-COMPENSATIONS = {str(x.name): Compensation(x.name) for x in ORDER_SAGA.compensations}
 
 
 class JobOutcome(StrEnum):
@@ -134,13 +128,13 @@ class JobRunner:
 
     def _run(self, job: ClaimedJob) -> tuple[JobResult, str | None]:
         """The job's result, and the error that led to it, if any."""
-        command = c.JOB_COMMANDS[job.kind](saga_id=job.saga_id)
+        command = c.RunSagaJob(saga_id=job.saga_id, kind=job.kind)
         try:
             try:
                 _, handed_over = self.bus.handle_job(command, job)
                 return JobResult(JobOutcome.DONE, handed_over), None
             except BusinessRuleViolation as exc:
-                reason = exc.reason.value
+                reason = exc.reason
                 return self._record_failure(job, str(exc), reason), f"{reason}: {exc}"
             except TransientFailure as exc:
                 error = str(exc) or type(exc).__name__
@@ -156,31 +150,20 @@ class JobRunner:
             return JobResult(self._fail_job(job, exc)), f"{type(exc).__name__}: {exc}"
 
     def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobResult:
-        if job.kind in STEPS:
-            # A transient failure on the last attempt fails the step too (retries_exhausted).
-            failed, handed_over = self.bus.handle_job(
-                c.RecordStepFailure(
-                    saga_id=job.saga_id, step=STEPS[job.kind], error=error, reason=reason
-                ),
-                job,
-            )
-            if failed:
-                # A business outcome, not a fault of the system: info, with the reason.
-                why = reason or "retries_exhausted"
-                log.info("step %s failed (%s): %s; compensating", job.kind, why, error)
-                return JobResult(JobOutcome.STEP_FAILED, handed_over)
-            log.info("step %s attempt failed, retrying after a backoff: %s", job.kind, error)
-            return JobResult(JobOutcome.RETRY_SCHEDULED, handed_over)
-        if job.kind in COMPENSATIONS:
-            _, handed_over = self.bus.handle_job(
-                c.RecordCompensationFailure(
-                    saga_id=job.saga_id, compensation=COMPENSATIONS[job.kind], error=error
-                ),
-                job,
-            )
-            log.warning("compensation %s failed: %s", job.kind, error)
-            return JobResult(JobOutcome.RETRY_SCHEDULED, handed_over)
-        raise RuntimeError(f"job {job.kind} failed: {error}")
+        # A transient failure on the last attempt fails the step too (retries_exhausted).
+        handled, handed_over = self.bus.handle_job(
+            c.RecordJobFailure(saga_id=job.saga_id, kind=job.kind, error=error, reason=reason),
+            job,
+        )
+        if handled is FailureHandled.FAILED:
+            # A business outcome, not a fault of the system: info, with the reason.
+            why = reason or "retries_exhausted"
+            log.info("step %s failed (%s): %s; compensating", job.kind, why, error)
+            return JobResult(JobOutcome.STEP_FAILED, handed_over)
+        if handled is FailureHandled.IGNORED:  # the saga had moved on: the job is gone
+            return JobResult(JobOutcome.DONE, handed_over)
+        log.info("%s attempt failed, retrying after a backoff: %s", job.kind, error)
+        return JobResult(JobOutcome.RETRY_SCHEDULED, handed_over)
 
     def _postpone(self, job: ClaimedJob, exc: Exception) -> JobOutcome:
         delay = self.busy_delay_seconds * random.uniform(0.5, 1.5)

@@ -8,7 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from fulfillment.domain.order import Order
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 
 
@@ -102,10 +102,10 @@ class OrderRepository(abc.ABC):
 
 class SagaRepository(abc.ABC):
     @abc.abstractmethod
-    def get(self, saga_id: str) -> OrderFulfillmentSaga | None: ...
+    def get(self, saga_id: str) -> Saga | None: ...
 
     @abc.abstractmethod
-    def add(self, saga: OrderFulfillmentSaga) -> None: ...
+    def add(self, saga: Saga) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,8 @@ class SagaJobs(abc.ABC):
     def revive(self, saga_id: str) -> bool:
         """Put the saga's dead job back in line now, its failure count reset; False if it
         has none (any more)."""
+
+    @abc.abstractmethod
+    def cancel(self, saga_id: str) -> None:
+        """Remove the saga's job, whatever its state (a wait's timer that a signal makes
+        way for; a worker that holds it loses it, and its commit fails)."""

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: attempt n waits base * 2**(n-1), jittered to 50..100%."""
+    """Exponential backoff with jitter: attempt n waits base * 2**(n-1), at most
+    `cap_seconds`, jittered to 50..100%."""
 
     max_attempts: int = 3
     base_seconds: float = 60.0
+    cap_seconds: float | None = None
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def exhausted(self, attempts_made: int) -> bool:
@@ -19,5 +21,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        ceiling = self.base_seconds * (2 ** max(0, attempt - 1))
+        ceiling = self.base_seconds * (2 ** min(60, max(0, attempt - 1)))
+        if self.cap_seconds is not None:
+            ceiling = min(ceiling, self.cap_seconds)
         return float(ceiling / 2 + self.rng.uniform(0, ceiling / 2))

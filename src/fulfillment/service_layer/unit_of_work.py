@@ -14,7 +14,7 @@ from typing import Self
 
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.events import DomainEvent
-from fulfillment.domain.saga import OrderFulfillmentSaga
+from fulfillment.domain.saga import Saga
 from fulfillment.service_layer import ports
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
 from fulfillment.service_layer.saga_policy import next_job
@@ -26,6 +26,9 @@ class StreamAppend:
     expected_version: int
     events: list[DomainEvent]
     correlation_id: str
+    #: Who asked for these events (an API key's name, `cli`, `anonymous`), kept in
+    #: their metadata; None for the system's own steps.
+    sender: str | None = None
 
 
 class AbstractUnitOfWork(abc.ABC):
@@ -46,6 +49,8 @@ class AbstractUnitOfWork(abc.ABC):
         #: What the last commit handed over: its saga's next job, still claimed by this
         #: worker and due now, for the same thread to run (None: nothing to chain).
         self.handed_over: ClaimedJob | None = None
+        #: Who asked for this transaction's events (their metadata's `sender`), if anyone.
+        self.sender: str | None = None
         self._seen: dict[str, Aggregate] = {}
 
     def __enter__(self) -> Self:
@@ -82,8 +87,10 @@ class AbstractUnitOfWork(abc.ABC):
                 continue
             events = aggregate.pending_events
             correlation = aggregate.id
-            appends.append(StreamAppend(aggregate.stream_id, expected, events, correlation))
-            if isinstance(aggregate, OrderFulfillmentSaga):
+            appends.append(
+                StreamAppend(aggregate.stream_id, expected, events, correlation, self.sender)
+            )
+            if isinstance(aggregate, Saga):
                 spec = next_job(aggregate, events)
                 if spec is not None:
                     jobs.append(spec)

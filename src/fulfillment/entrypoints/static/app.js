@@ -11,18 +11,7 @@
   const PAGE_SIZE = 25;
   const KEY_STORAGE = "fulfillment.apiKey";
 
-  const STEP_LABELS = {
-    create_prescription: "Create prescription",
-    reserve_inventory: "Reserve inventory",
-    initiate_shipment: "Initiate shipment",
-    complete: "Complete",
-  };
-  const STEP_HINTS = {
-    create_prescription: "prescription checked and registered",
-    reserve_inventory: "stock held for every line",
-    initiate_shipment: "carrier booked, tracking number issued",
-    complete: "stock consumed, prescription dispensed",
-  };
+  // Step titles, hints and their order come with each timeline, from the saga's definition.
   const STATUS_ICONS = {
     succeeded: "\u2713",
     failed: "\u2715",
@@ -512,7 +501,7 @@
       h("a", { class: "back", href: "#/" }, "\u2190 All orders"),
       head,
       h("section", { class: "panel" },
-        h("div", { class: "panel-head" }, h("h2", {}, "Saga steps"), h("span", { class: "muted" }, "create_prescription \u2192 reserve_inventory \u2192 initiate_shipment \u2192 complete")),
+        h("div", { class: "panel-head" }, h("h2", {}, "Saga steps"), h("span", { class: "muted", id: "flow-caption" })),
         flow,
         gantt),
       h("section", { class: "panel" },
@@ -568,6 +557,8 @@
   function renderFlow(el, t) {
     const start = t.saga.started_at;
     const cards = [];
+    const caption = document.getElementById("flow-caption");
+    if (caption) caption.textContent = t.steps.map((step) => step.name).join(" \u2192 ");
     t.steps.forEach((step, i) => {
       if (i) cards.push(h("div", { class: `arrow ${step.status === "pending" || step.status === "skipped" ? "dim" : ""}`, "aria-hidden": "true" }));
       cards.push(stepCard(step, i + 1, start));
@@ -609,9 +600,9 @@
       h("div", { class: "step-top" },
         h("span", { class: "step-num" }, n),
         h("span", { class: "step-icon" }, STATUS_ICONS[step.status] || "")),
-      h("h3", {}, STEP_LABELS[step.name] || pretty(step.name)),
+      h("h3", {}, step.title || pretty(step.name)),
       h("code", { class: "step-id" }, step.name),
-      h("p", { class: "hint" }, STEP_HINTS[step.name] || ""),
+      h("p", { class: "hint" }, step.description || (step.kind === "wait" ? `waits for ${step.signals.join(", ")}` : "")),
       h("div", { class: "states" }, states),
       stats,
       undo,
