@@ -50,11 +50,13 @@ class WorkerProcess:
         log_path: Path,
         concurrency: int = 8,
         command: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
         **settings: object,
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILLMENT_")}
         env["FULFILLMENT_DATABASE_URL"] = database_url
         env.update({f"FULFILLMENT_{k.upper()}": str(v) for k, v in settings.items()})
+        env.update(extra_env or {})
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -132,10 +134,14 @@ def worker_processes(tmp_path: Path, database_url: str) -> Iterator[Callable[...
     started: list[WorkerProcess] = []
 
     def start(
-        concurrency: int = 8, *, command: list[str] | None = None, **settings: object
+        concurrency: int = 8,
+        *,
+        command: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        **settings: object,
     ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(database_url, log, concurrency, command, **settings)
+        worker = WorkerProcess(database_url, log, concurrency, command, extra_env, **settings)
         started.append(worker)
         return worker
 

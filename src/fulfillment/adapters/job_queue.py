@@ -22,11 +22,13 @@ from sqlalchemy import (
     Engine,
     Executable,
     Select,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    or_,
     select,
     tuple_,
     update,
@@ -398,6 +400,17 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return count_by_status(conn)
+
+    def has_work_within(self, seconds: float) -> bool:
+        """Whether a job is running, or ready and due within `seconds` (a retry's short
+        backoff); a wait's timer due later is no work yet."""
+        j = t.jobs
+        horizon = db_now_epoch(backend_of(self.engine)) + seconds
+        query = select(j.c.id).where(
+            or_(j.c.status == RUNNING, and_(j.c.status == READY, j.c.run_at <= horizon))
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
 
     def retry_dead(self, saga_id: str) -> bool:
         """Put a dead job of the saga back in line, with its failure count reset."""

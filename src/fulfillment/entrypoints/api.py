@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
 import anyio
-from fastapi import FastAPI, Header, Path, Query
+from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -24,6 +24,7 @@ from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
+from fulfillment.domain.saga_definition import MAX_NAME_LENGTH
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
 from fulfillment.entrypoints.api_errors import (
@@ -32,11 +33,13 @@ from fulfillment.entrypoints.api_errors import (
     BodySizeLimit,
     error_response,
     install_error_handlers,
+    sender_of,
 )
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
 from fulfillment.observability.metrics import Metrics
-from fulfillment.service_layer.commands import CreateOrder, SetInventory
+from fulfillment.service_layer.commands import CreateOrder, SetInventory, SignalSaga
 from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
+from fulfillment.service_layer.saga_engine import SignalAccepted, signal_idempotency
 
 log = logging.getLogger("fulfillment.api")
 
@@ -52,6 +55,10 @@ Sku = Annotated[
 OrderId = Annotated[
     str,
     Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
+]
+SignalName = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_NAME_LENGTH, pattern=s.NO_CONTROL_CHARACTERS),
 ]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"1..{MAX_LIMIT}")]
 Cursor = Annotated[
@@ -273,6 +280,39 @@ def create_api(
         except ValueError as exc:
             raise ApiError(422, "invalid_cursor", str(exc)) from exc
         return JSONResponse(_page(items, next_cursor))
+
+    @api.post(
+        "/sagas/{saga_id}/signals/{name}",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": s.SignalAccepted, "description": "Delivered to the saga's wait"},
+            200: {"model": s.SignalAccepted, "description": "Replay of an Idempotency-Key"},
+            **_errors(404, 409, 422, 503),
+        },
+        tags=["sagas"],
+    )
+    def post_signal(
+        saga_id: OrderId,
+        name: SignalName,
+        request: Request,
+        body: Annotated[dict[str, Any], Body(description="validated by the signal's schema")],
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        """Deliver a signal to the saga's wait (docs/sagas.md): 409 `signal_not_expected`
+        when the saga does not wait for it now, 422 when the body does not match."""
+        record = None
+        if idempotency_key is not None:
+            fingerprint = request_hash({"signal": name, "body": body})
+            record = signal_idempotency(saga_id, name, idempotency_key, fingerprint)
+        accepted: SignalAccepted = app.bus.handle(
+            SignalSaga(saga_id, name, body, sender_of(request), record)
+        )
+        if accepted.replayed:
+            return JSONResponse(
+                accepted.as_dict(), status_code=200, headers={"Idempotent-Replayed": "true"}
+            )
+        return JSONResponse(accepted.as_dict(), status_code=202)
 
     @api.get(
         "/events",

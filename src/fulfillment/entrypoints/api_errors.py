@@ -23,11 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fulfillment.adapters.db_errors import translate
 from fulfillment.domain.errors import DomainError, InvalidInventory
-from fulfillment.service_layer.handlers import IdempotencyKeyReused, NotFound
+from fulfillment.domain.saga import SignalNotExpected
 from fulfillment.service_layer.messagebus import (
     ConcurrencyError,
     DatabaseBusy,
     RetryableDatabaseError,
+)
+from fulfillment.service_layer.saga_engine import (
+    IdempotencyKeyReused,
+    InvalidSignalPayload,
+    NotFound,
 )
 
 log = logging.getLogger("fulfillment.api")
@@ -131,6 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, InvalidSignalPayload):
+            return error_response(422, "validation_error", str(exc), exc.errors)
+        if isinstance(exc, SignalNotExpected):
+            return error_response(409, "signal_not_expected", str(exc))
         if isinstance(exc, NotFound):
             return error_response(404, "not_found", str(exc))
         if isinstance(exc, InvalidInventory):
@@ -184,6 +193,15 @@ def install_error_handlers(app: FastAPI) -> None:
 # --- guards ---------------------------------------------------------------------------
 
 
+#: The request state's entry naming the API key that authenticated the request.
+SENDER = "api_key_name"
+
+
+def sender_of(request: Request) -> str:
+    """Who sent the request: the API key's name, or `anonymous` when keys are off."""
+    return str(getattr(request.state, SENDER, None) or "anonymous")
+
+
 class BearerAuth:
     """Every path but the open ones needs `Authorization: Bearer <key>` with a known key.
 
@@ -195,7 +213,9 @@ class BearerAuth:
         self.keys = [k.encode() for k in keys]
         self.open_paths = frozenset(open_paths)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _key_name(self, scope: Scope) -> str | None:
+        """The name of the key the request carries (`key1`, `key2`, ... in the order of
+        FULFILLMENT_API_KEYS), or None when it carries no known key."""
         header = b""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -203,20 +223,23 @@ class BearerAuth:
                 break
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
+            return None
         token = token.strip()
         # Compare with every key, so the time taken does not tell which one matched.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(token, key)
+        matched: str | None = None
+        for n, key in enumerate(self.keys, start=1):
+            if hmac.compare_digest(token, key):
+                matched = f"key{n}"
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("path") in self.open_paths
-            or self._authorized(scope)
-        ):
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        name = self._key_name(scope)
+        if name is not None:
+            # Who sent a request that records events (their metadata's `sender`).
+            scope.setdefault("state", {})[SENDER] = name
             await self.app(scope, receive, send)
             return
         response = error_response(

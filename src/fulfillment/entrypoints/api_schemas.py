@@ -156,6 +156,14 @@ class EventView(_Response):
     data: dict[str, Any]
 
 
+class SignalAccepted(_Response):
+    """Where a delivered signal led the saga's wait: on, to failing, or waiting again."""
+
+    saga_id: str
+    signal: str
+    outcome: Literal["continue", "fail", "wait"]
+
+
 class Page(_Response):
     """A page of a listing; pass `next_cursor` back as `cursor` for the next page."""
 

@@ -1,12 +1,14 @@
 """Operator commands for the saga machinery: `fulfillment sagas|jobs ...`.
 
-`sagas list|show|retry` read the sagas (a timeline of one saga, with its compensations in
-the order they ran) and resume the parked ones; `jobs list|retry` inspect the durable
-queue that drives them and put dead jobs back in line.
+`sagas list|show|retry|signal` read the sagas (a timeline of one saga, with its
+compensations in the order they ran), resume the parked ones and deliver signals;
+`jobs list|retry` inspect the durable queue that drives them and put dead jobs back in
+line.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -23,13 +25,12 @@ from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.service_layer import commands as c
-from fulfillment.service_layer.handlers import NotFound
 from fulfillment.service_layer.messagebus import ConcurrencyError
+from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
 
 sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
 
-_SHORT_STEP = {s.name: s.short for d in REGISTRY.all() for s in d.steps}
 _SHORT_STATUS = {
     "pending": "-",
     "succeeded": "ok",
@@ -56,13 +57,21 @@ _JOB_STATUSES = (READY, RUNNING, DEAD)
 _ERROR_WIDTH, _MIN_ERROR_WIDTH = 80, 24
 
 
+def _short_step(name: str) -> str:
+    """The step's label in its definition (`rx`, `stock`), else its name."""
+    for definition in REGISTRY.all():
+        if name in definition.job_kinds and definition.kind_of(name) != "compensation":
+            return str(definition.element(name).short)
+    return name
+
+
 def _steps(steps: list[dict[str, Any]]) -> Text:
     """`rx:ok stock:undone ship:failed(3)`: each step, its status, attempts beyond one."""
     text = Text()
     for n, step in enumerate(steps):
         if n:
             text.append(" ")
-        text.append(f"{_SHORT_STEP.get(step['name'], step['name'])}:")
+        text.append(f"{_short_step(step['name'])}:")
         status = step["status"]
         text.append(_SHORT_STATUS.get(status, status), style=ui.STATUS_STYLE.get(status, ""))
         if step["attempts"] > 1:
@@ -273,6 +282,42 @@ def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id."
     ui.console.print(
         f"saga {saga_id}: compensation [bold]{resumed.name}[/bold] retried; "
         "the saga is compensating again and a worker will run it"
+    )
+
+
+@sagas_app.command("signal")
+def sagas_signal(
+    saga_id: str = typer.Argument(..., help="The saga id."),
+    name: str = typer.Argument(..., help="The signal, as the saga's wait declares it."),
+    data: str = typer.Option("{}", "--data", help="The signal's JSON body (an object)."),
+) -> None:
+    """Deliver a signal to a saga that waits for it (sent as `cli` in its event)."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ui.fail(f"--data is not JSON: {exc}", 2) from exc
+    if not isinstance(payload, dict):
+        raise ui.fail('--data must be a JSON object, like \'{"approver": "ann"}\'', 2)
+    with ui.operator_app(catch_up=False) as app:
+        try:
+            accepted = app.bus.handle(c.SignalSaga(saga_id, name, payload, "cli"))
+        except InvalidSignalPayload as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['message']}"
+                for e in exc.errors
+            )
+            raise ui.fail(f"{exc}: {problems}", 2) from exc
+        except ConcurrencyError:
+            raise ui.fail(f"saga {saga_id} changed meanwhile; look again") from None
+        except NotFound as exc:
+            message = str(exc) if isinstance(exc, UnknownSignal) else f"unknown saga {saga_id!r}"
+            raise ui.fail(message) from exc
+        except DomainError as exc:  # not expected now (409 over HTTP)
+            raise ui.fail(str(exc)) from exc
+    where = {"continue": "moves on", "fail": "fails and compensates", "wait": "waits on"}
+    ui.console.print(
+        f"saga {saga_id}: signal [bold]{name}[/bold] delivered; "
+        f"the saga {where.get(accepted.outcome, accepted.outcome)}"
     )
 
 

@@ -31,6 +31,8 @@ log = logging.getLogger("fulfillment.worker")
 
 OutcomeHook = Callable[[ClaimedJob, JobOutcome], None]
 T = TypeVar("T")
+#: How soon a ready job must be due for `run(until_idle=True)` to wait for it.
+IDLE_HORIZON_SECONDS = 5.0
 
 
 class Worker:
@@ -74,7 +76,7 @@ class Worker:
         self._wake.set()
 
     def run(self, until_idle: bool = False, timeout: float | None = None) -> None:
-        """Run until stopped (or, with `until_idle`, until no job is ready or running)."""
+        """Run until stopped (or, with `until_idle`, until no job is running or due soon)."""
         deadline = time.monotonic() + timeout if timeout else None
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
@@ -193,8 +195,10 @@ class Worker:
                 self._safely(functools.partial(self.app.queue.heartbeat, jobs, self.lease_seconds))
 
     def _queue_idle(self) -> bool:
-        counts = self._safely(self.app.queue.counts) or {}
-        return not counts.get("ready") and not counts.get("running")
+        """No job running, and none due within IDLE_HORIZON_SECONDS (a retry's backoff
+        is waited for; a wait's timer, due much later, is not)."""
+        busy = self._safely(functools.partial(self.app.queue.has_work_within, IDLE_HORIZON_SECONDS))
+        return busy is False
 
     def _shutdown(self) -> None:
         self.stop_event.set()

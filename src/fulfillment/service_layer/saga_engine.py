@@ -337,16 +337,26 @@ def validate_payload(signal: SignalSpec, payload: Any) -> Any:
     try:
         return signal.schema.model_validate(payload)
     except pydantic.ValidationError as exc:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        # Without the input: it may be large, or a patient's name.
+        errors = [
+            {"loc": ["body", *e["loc"]], "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
         raise InvalidSignalPayload(f"invalid payload for signal {signal.name}", errors) from exc
 
 
 @dataclass(frozen=True)
 class SignalAccepted:
+    """A delivered signal: where it led (`continue`, `fail`, `wait`); `replayed` when an
+    `Idempotency-Key` had delivered it already (this is the first delivery's answer)."""
+
     saga_id: str
     signal: str
     outcome: str
     replayed: bool = False
+
+    def as_dict(self) -> dict[str, str]:
+        return {"saga_id": self.saga_id, "signal": self.signal, "outcome": self.outcome}
 
 
 def replayed(
@@ -369,8 +379,10 @@ def signal_saga(cmd: c.SignalSaga, uow: AbstractUnitOfWork, deps: EngineDeps) ->
     sender in the metadata), the outcome, and the saga's next job, which replaces the
     wait's timer. SignalNotExpected (409) when the saga does not wait for it."""
     with uow:
-        if replayed(uow, cmd.idempotency) is not None:
-            return SignalAccepted(cmd.saga_id, cmd.signal, "replayed", replayed=True)
+        stored = replayed(uow, cmd.idempotency)
+        if stored is not None:
+            first = stored.response
+            return SignalAccepted(first["saga_id"], first["signal"], first["outcome"], True)
         saga = load(uow, cmd.saga_id)
         spec = signal_spec(saga.spec, saga, cmd.signal)
         model = validate_payload(spec, cmd.payload)
@@ -383,16 +395,18 @@ def signal_saga(cmd: c.SignalSaga, uow: AbstractUnitOfWork, deps: EngineDeps) ->
         uow.jobs.cancel(saga.id)
         uow.sender = cmd.sender
         settle_if_ended(StepContext(saga, uow, now, deps))
+        accepted = SignalAccepted(saga.id, cmd.signal, outcome.kind)
         if cmd.idempotency is not None:
-            uow.idempotency.add(cmd.idempotency)
+            uow.idempotency.add(dataclasses.replace(cmd.idempotency, response=accepted.as_dict()))
         uow.commit()
-    return SignalAccepted(saga.id, cmd.signal, outcome.kind)
+    return accepted
 
 
 def signal_idempotency(saga_id: str, signal: str, key: str, body_hash: str) -> IdempotencyRecord:
-    """The stored form of a signal's `Idempotency-Key` (scoped to the saga and signal)."""
+    """The stored form of a signal's `Idempotency-Key`: scoped to the saga and the signal
+    (hashed: it fits the keys' column and never meets an order's key)."""
     scoped = hashlib.sha256(f"{saga_id}\x00{signal}\x00{key}".encode()).hexdigest()
-    return IdempotencyRecord(f"signal:{scoped}", body_hash, saga_id, {"saga_id": saga_id})
+    return IdempotencyRecord(f"signal:{scoped}", body_hash, saga_id, {})
 
 
 # --- starting ---------------------------------------------------------------------------
