@@ -195,14 +195,16 @@ class Saga(Aggregate):
 
     def check_signal(self, signal: str) -> WaitSpec:
         wait = self.waiting
-        if wait is None or wait.signal(signal) is None:
-            where = f"waits at {wait.name}" if wait else f"is {self.status or 'not started'}"
-            expected = ", ".join(s.name for s in wait.signals) if wait else "none"
-            raise SignalNotExpected(
-                f"saga {self.id} {where}: it does not expect the signal {signal!r}"
-                f" (expected: {expected})"
-            )
-        return wait
+        if wait is not None and wait.signal(signal) is not None:
+            return wait
+        if wait is not None:
+            expected = ", ".join(s.name for s in wait.signals)
+            where = f"waits at {wait.name} for {expected}"
+        elif self.next_step is not None:
+            where = f"is running its step {self.next_step}, waiting for no signal"
+        else:
+            where = f"is {self.status or 'not started'}, waiting for no signal"
+        raise SignalNotExpected(f"saga {self.id} {where}: {signal!r} is not expected now")
 
     # --- forward steps --------------------------------------------------------
 

@@ -23,7 +23,7 @@ from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
-from fulfillment.entrypoints.dashboard_timeline import order_timeline
+from fulfillment.entrypoints.dashboard_timeline import saga_timeline
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
@@ -37,6 +37,7 @@ _SHORT_STATUS = {
     "failed": "failed",
     "compensated": "undone",
     "compensation_failed": "undo-failed",
+    "waiting": "waiting",
 }
 _ICON = {
     "succeeded": "\u2713",
@@ -46,6 +47,7 @@ _ICON = {
     "running": "\u25cf",
     "pending": "\u2026",
     "skipped": "\u2013",
+    "waiting": "\u23f8",
 }
 _UNDO = {
     "done": ("\u21ba compensated", "yellow"),
@@ -159,6 +161,18 @@ def _step_notes(step: dict[str, Any], start: str | None) -> Text:
         notes.append(undo["event"], style="yellow")
         if undo["at"]:
             notes.append(f" at {_offset(start, undo['at'])}", style="dim")
+    if step["status"] == "waiting":
+        notes.append(f"waits for {', '.join(step['signals'])}")
+        if step["timeout_at"]:
+            notes.append(f" until {step['timeout_at'][:19].replace('T', ' ')}", style="dim")
+    for attempt in step["attempt_log"]:
+        if attempt.get("signal"):
+            if notes:
+                notes.append("\n")
+            notes.append(f"{attempt['signal']}", style="bold")
+            notes.append(f" -> {attempt['outcome']}")
+            if attempt.get("reason"):
+                notes.append(f" ({attempt['reason']})", style="dim")
     for attempt in step["attempt_log"] + (undo["attempts"] if undo else []):
         if attempt.get("error"):
             if notes:
@@ -180,7 +194,7 @@ def _step_notes(step: dict[str, Any], start: str | None) -> Text:
 def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
     """One saga as a timeline: steps, compensations in the order they ran, then events."""
     with ui.operator_app(catch_up=False) as app:
-        timeline = order_timeline(app, saga_id)
+        timeline = saga_timeline(app, saga_id)
     if timeline is None:
         raise ui.fail(f"unknown saga {saga_id!r}")
     order, saga = timeline["order"], timeline["saga"]
@@ -196,8 +210,12 @@ def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")
         title.append("  stuck: `fulfillment sagas retry` may help", style="bold red")
     ui.console.print(title)
     took = f"took {_duration(saga['duration_ms'])}" if saga["finished_at"] else "still running"
-    summary = Text(f"order {order['status']} \u00b7 customer {order['customer_id']} \u00b7 ")
-    summary.append(f"{ui.items_text(order['items'])} \u00b7 started {start or '-'} \u00b7 {took}")
+    if order is not None:
+        summary = Text(f"order {order['status']} \u00b7 customer {order['customer_id']} \u00b7 ")
+        summary.append(f"{ui.items_text(order['items'])} \u00b7 ")
+    else:
+        summary = Text(f"saga {saga['definition']} v{saga['definition_version']} \u00b7 ")
+    summary.append(f"started {start or '-'} \u00b7 {took}")
     ui.console.print(summary, style="dim")
     if saga["parked_error"]:
         ui.console.print(Text(f"parked on: {saga['parked_error']}", style="red"))

@@ -11,7 +11,7 @@ Nothing here writes. Times are ISO 8601 UTC; durations are milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,16 @@ def _job_view(row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
 
 def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
     """The saga of `order_id` as a timeline; None if there is no such order."""
+    return _timeline(app, order_id, of_order=True)
+
+
+def saga_timeline(app: App, saga_id: str) -> dict[str, Any] | None:
+    """Any saga as a timeline (`order` is None for a saga that fulfils no order); None
+    if there is no such saga nor order."""
+    return _timeline(app, saga_id, of_order=False)
+
+
+def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | None:
     with read_connection(app.engine) as conn:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(
             [Order.stream_id_for(order_id), Saga.stream_id_for(order_id)]
@@ -60,13 +70,18 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
         job_row = conn.execute(select(t.jobs).where(t.jobs.c.saga_id == order_id)).first()
     walk = _Walk()
     replayed = replay_order(order_id, stored, app.mapper, watch=walk.see)
-    if replayed is None:
+    summary: dict[str, Any] | None = None
+    if replayed is not None:
+        order, found, created, last = replayed
+        summary = summary_of(order, found, created, last)
+        # Not started yet: the order saga, every step pending.
+        saga = found if found is not None else Saga(order_id)
+    elif of_order or not stored:
         return None
-    order, saga, created, last = replayed
-    summary = summary_of(order, saga, created, last)
+    else:
+        saga = Saga.replay(order_id, _decoded(app, stored, walk))
+        last = stored[-1]
     job = _job_view(job_row._mapping if job_row is not None else None)
-    if saga is None:  # not started yet: the order saga, every step pending
-        saga = Saga(order_id)
     started = saga.started_at
     finished = saga.finished_at
     saga_status = saga.status.value if saga.status else SagaStatus.RUNNING.value
@@ -85,7 +100,9 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
             "items": summary["items"],
             "shipment": summary["shipment"],
             "placed_at": iso(summary["placed_at"]),
-        },
+        }
+        if summary is not None
+        else None,
         "saga": {
             "saga_id": order_id,
             "status": saga_status,
@@ -111,6 +128,13 @@ def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
         "job": job,
         "events": [e.as_dict() for e in stored],
     }
+
+
+def _decoded(app: App, stored: list[StoredEvent], walk: _Walk) -> Iterator[ev.DomainEvent]:
+    for e in stored:
+        event = app.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+        walk.see(e, event)
+        yield event
 
 
 class _Walk:
