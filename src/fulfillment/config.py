@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -147,5 +148,15 @@ class Settings:
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
+        for module in self.saga_modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ValueError(
+                    f"FULFILLMENT_SAGA_MODULES: no module named {module!r} "
+                    "(is its directory on PYTHONPATH?)"
+                )
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")

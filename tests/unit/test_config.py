@@ -145,3 +145,10 @@ def test_database_bounds_are_derived_from_the_lease_unless_set() -> None:
 def test_a_database_bound_must_be_a_positive_number(value: str) -> None:
     with pytest.raises(ValueError, match="FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS"):
         Settings.from_env({"FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS": value})
+
+
+def test_saga_modules_are_read_and_a_missing_one_is_named() -> None:
+    settings = Settings.from_env({"FULFILLMENT_SAGA_MODULES": " approval_saga , json "})
+    assert settings.saga_modules == ("approval_saga", "json")
+    with pytest.raises(ValueError, match="no module named 'no_such_sagas'"):
+        Settings.from_env({"FULFILLMENT_SAGA_MODULES": "json,no_such_sagas"})
