@@ -18,7 +18,7 @@ from datetime import date
 from typing import Any, Generic, TypeVar
 
 from fulfillment.adapters.clock import FixedClock
-from fulfillment.adapters.mapper import EventMapper, StoredEvent
+from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.bootstrap import build_handlers
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.errors import (
@@ -323,10 +323,17 @@ class FakeSagaJobs(ports.SagaJobs):
 
     def get(self, saga_id: str) -> ports.SagaJob | None:
         row = self._row(saga_id)
+        # The transaction sees its own cancellation and revival.
+        if row is not None and row.id in self.cancelled:
+            return None
+        if row is not None and row.id in self.revived:
+            return ports.SagaJob(row.kind, READY)
         return ports.SagaJob(row.kind, row.status) if row is not None else None
 
     def revive(self, saga_id: str) -> bool:
         row = self._row(saga_id)
+        if row is not None and (row.id in self.revived or row.id in self.cancelled):
+            return False  # no longer dead, or gone, in this transaction
         if row is None or row.status != DEAD:
             return False
         self.revived.add(row.id)
@@ -335,6 +342,7 @@ class FakeSagaJobs(ports.SagaJobs):
     def cancel(self, saga_id: str) -> None:
         row = self._row(saga_id)
         if row is not None:
+            self.revived.discard(row.id)  # a cancellation outlasts a revival before it
             self.cancelled.add(row.id)
 
 
@@ -469,7 +477,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                         metadata={
                             "correlation_id": append.correlation_id,
                             "causation_id": self.causation_id,
-                            **({"sender": append.sender} if append.sender else {}),
+                            **({"sender": append.sender} if append.sender is not None else {}),
                         },
                         recorded_at=event.occurred_at,
                     )
@@ -521,6 +529,55 @@ class FakeUnitOfWork(AbstractUnitOfWork):
     def rollback(self) -> None:
         for table in self._tables:
             table.writes = {}
+
+
+# --- the event store ----------------------------------------------------------------------------
+
+
+class FakeEventStore:
+    """The event store's interface (`SqlAlchemyEventStore`) on the fake's events, each
+    append one committed transaction: positions 1.. in append order, versions 1.. per
+    stream, and ConcurrencyError (nothing of the call appended) when an expected version
+    is not the stream's."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self.db = db
+
+    def append(self, appends: list[StreamAppend], causation_id: str | None = None) -> None:
+        db = self.db
+        for append in appends:
+            if len(db.stream(append.stream_id)) != append.expected_version:
+                raise ConcurrencyError(f"{append.stream_id} is not at {append.expected_version}")
+        for append in appends:
+            metadata: dict[str, str | None] = {
+                "correlation_id": append.correlation_id,
+                "causation_id": causation_id,
+            }
+            if append.sender is not None:
+                metadata["sender"] = append.sender
+            for offset, event in enumerate(append.events, start=1):
+                db.events.append(
+                    StoredEvent(
+                        position=len(db.events) + 1,
+                        stream_id=append.stream_id,
+                        version=append.expected_version + offset,
+                        type=type(event).__name__,
+                        event_version=type(event).event_version,
+                        data=json.loads(json.dumps(db.mapper.to_data(event))),
+                        metadata=dict(metadata),
+                        recorded_at=to_utc(event.occurred_at),
+                    )
+                )
+
+    def load(self, stream_id: str) -> list[DomainEvent]:
+        return self.db.load(stream_id)
+
+    def read_stream(self, stream_id: str) -> list[StoredEvent]:
+        return sorted(self.db.stream(stream_id), key=lambda e: e.version)
+
+    def read_all(self, after: int = 0, limit: int = 100) -> list[StoredEvent]:
+        """Every event with a position greater than `after`, in position order."""
+        return [e for e in self.db.events if e.position > after][:limit]
 
 
 # --- the job queue ------------------------------------------------------------------------------
