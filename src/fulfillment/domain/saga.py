@@ -83,6 +83,7 @@ class Saga(Aggregate):
         self.failure_reason: str | None = None
         self.parked_error: str | None = None
         self._current = 0  # index of the first element not succeeded
+        self._elements: tuple[StepSpec | WaitSpec, ...] = ()  # the definition's steps
 
     # --- starting -------------------------------------------------------------
 
@@ -110,9 +111,9 @@ class Saga(Aggregate):
     @property
     def current(self) -> StepSpec | WaitSpec | None:
         """The step to run, or the wait the saga is in, while it runs; else None."""
-        if self.status is not SagaStatus.RUNNING or self._current >= len(self.spec.steps):
+        if self.status is not SagaStatus.RUNNING or self._current >= len(self._elements):
             return None
-        return self.spec.steps[self._current]
+        return self._elements[self._current]
 
     @property
     def next_step(self) -> str | None:
@@ -384,7 +385,8 @@ class Saga(Aggregate):
 
     def _started(self, event: DomainEvent) -> None:
         self.definition = REGISTRY.for_start(event)
-        self.steps = {s.name: StepState() for s in self.definition.steps}
+        self._elements = self.definition.steps
+        self.steps = {s.name: StepState() for s in self._elements}
         self.status = SagaStatus.RUNNING
         self.started = event
         self.started_at = event.occurred_at
@@ -394,8 +396,8 @@ class Saga(Aggregate):
     def _advance(self, at: datetime) -> None:
         """The current element is done: the next one starts, or the saga completes."""
         self._current += 1
-        if self._current < len(self.spec.steps):
-            self.steps[self.spec.steps[self._current].name].started_at = at
+        if self._current < len(self._elements):
+            self.steps[self._elements[self._current].name].started_at = at
         else:
             self.status = SagaStatus.COMPLETED
             self.finished_at = at
@@ -407,7 +409,9 @@ class Saga(Aggregate):
         state.finished_at = event.occurred_at
         state.due_at = None
         self.results[step] = event
-        compensation = self.spec.step(step).compensation
+        spec = self.definition
+        assert spec is not None
+        compensation = spec.step(step).compensation
         if compensation is not None:
             self.compensation_stack.append(compensation.name)
         self._advance(event.occurred_at)

@@ -388,7 +388,8 @@ class SagaRegistry:
 
     def prepares(self, job_kind: str) -> bool:
         """Whether some definition runs a job of this kind with a `prepare` first."""
-        self._ensure_loaded()
+        if not self._loaded:
+            self._ensure_loaded()
         return job_kind in self._prepares
 
     def get(self, name: str, version: int | None = None) -> SagaDefinition:
@@ -406,11 +407,14 @@ class SagaRegistry:
 
     def for_start(self, event: DomainEvent) -> SagaDefinition:
         """The definition a saga's first event started it under."""
-        self._ensure_loaded()
+        if not self._loaded:
+            self._ensure_loaded()
         name = self._by_start.get(type(event).__name__)
         if name is None:
             raise UnknownSagaDefinition(f"{type(event).__name__} starts no registered saga")
-        return self.get(name, getattr(event, "definition_version"))  # noqa: B009
+        version: int = getattr(event, "definition_version")  # noqa: B009
+        found = self._by_version.get((name, version))
+        return found if found is not None else self.get(name, version)
 
     def names(self) -> list[str]:
         self._ensure_loaded()
