@@ -26,9 +26,8 @@ from fulfillment.domain.errors import TransientFailure
 from fulfillment.entrypoints import cli_common, cli_sagas
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.dashboard import SHELL_PATHS
-from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
-from fulfillment.entrypoints.dashboard_timeline import order_timeline
 from fulfillment.service_layer import commands as c
+from fulfillment.views import dashboard_orders, order_timeline, overview
 
 MakeApp = Callable[..., App]
 STATIC = Path(__file__).parents[2] / "src" / "fulfillment" / "entrypoints" / "static"

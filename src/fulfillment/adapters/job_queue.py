@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -185,11 +185,16 @@ def queue_depth(conn: Connection) -> dict[str, int]:
     return {status: n for status, n in depth.items() if n}
 
 
+def by_row_status(depth: Mapping[str, int]) -> dict[str, int]:
+    """`queue_depth` by the rows' status: `ready` counts the scheduled ones too."""
+    rest = dict(depth)
+    ready = rest.pop(READY, 0) + rest.pop(SCHEDULED, 0)
+    return {**({READY: ready} if ready else {}), **rest}
+
+
 def count_by_status(conn: Connection) -> dict[str, int]:
     """Jobs by their row's status (`ready` counts the scheduled ones too)."""
-    depth = queue_depth(conn)
-    ready = depth.pop(READY, 0) + depth.pop(SCHEDULED, 0)
-    return {**({READY: ready} if ready else {}), **depth}
+    return by_row_status(queue_depth(conn))
 
 
 def finish(conn: Connection, job: ClaimedJob) -> None:

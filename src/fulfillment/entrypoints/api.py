@@ -17,10 +17,8 @@ import anyio
 from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from fulfillment import __version__, views
-from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
@@ -341,8 +339,7 @@ def create_api(
     def health() -> JSONResponse:
         """200 when the database answers; never needs a key."""
         try:
-            with read_connection(app.engine) as conn:
-                conn.execute(text("SELECT 1"))
+            views.check_database(app)
         except Exception as exc:
             log.warning("health check: database unavailable: %s", type(exc).__name__)
             return error_response(503, "unavailable", "the database does not answer")

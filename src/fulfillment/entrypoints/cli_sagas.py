@@ -15,15 +15,12 @@ from typing import Any
 import typer
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select
 
 from fulfillment import views
-from fulfillment.adapters.db import backend_of, db_now_epoch
 from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
-from fulfillment.entrypoints.dashboard_timeline import saga_timeline
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
@@ -194,7 +191,7 @@ def _step_notes(step: dict[str, Any], start: str | None) -> Text:
 def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
     """One saga as a timeline: steps, compensations in the order they ran, then events."""
     with ui.operator_app(catch_up=False) as app:
-        timeline = saga_timeline(app, saga_id)
+        timeline = views.saga_timeline(app, saga_id)
     if timeline is None:
         raise ui.fail(f"unknown saga {saga_id!r}")
     order, saga = timeline["order"], timeline["saga"]
@@ -444,10 +441,8 @@ def jobs_list(
     if status is not None and status not in _JOB_STATUSES:
         raise ui.fail(f"unknown job status {status!r}: ready, running or dead", 2)
     with ui.operator_app(catch_up=False) as app:
-        jobs = app.queue.list(status, limit)
-        counts = app.queue.counts()
-        with app.engine.connect() as conn:
-            now = float(conn.execute(select(db_now_epoch(backend_of(conn)))).scalar_one())
+        listing = views.list_jobs(app, status, limit)
+    jobs, counts, now = listing.jobs, listing.counts, listing.now
     if jobs:
         title = f"Jobs{f' ({status})' if status else ''}"
         _print_jobs(jobs, now, title)
@@ -463,7 +458,7 @@ def jobs_list(
 def jobs_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
     """Put the saga's dead job back in the queue, its failure count reset."""
     with ui.operator_app(catch_up=False) as app:
-        job = app.queue.for_saga(saga_id)
+        job = views.job_of_saga(app, saga_id)
         if job is None or job.status != DEAD:
             state = f"its job is {job.status}" if job is not None else "it has no job"
             raise ui.fail(f"no dead job for saga {saga_id!r} ({state})")

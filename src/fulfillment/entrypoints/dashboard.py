@@ -24,8 +24,6 @@ from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
 from fulfillment.entrypoints.api_errors import ApiError
-from fulfillment.entrypoints.dashboard_data import dashboard_orders, overview
-from fulfillment.entrypoints.dashboard_timeline import order_timeline
 
 #: file name in `static/` -> (path it is served at, media type)
 _SHELL = {
@@ -80,7 +78,7 @@ def dashboard_router(app: App) -> APIRouter:
     @router.get("/api/dashboard/overview")
     def dashboard_overview() -> JSONResponse:
         """Outcome counts, throughput per minute, queue depth, stuck sagas, projection lag."""
-        return JSONResponse(overview(app), headers=_DATA_HEADERS)
+        return JSONResponse(views.overview(app), headers=_DATA_HEADERS)
 
     @router.get("/api/dashboard/orders")
     def dashboard_order_list(
@@ -92,7 +90,7 @@ def dashboard_router(app: App) -> APIRouter:
     ) -> JSONResponse:
         """A page of orders, newest first, with the times the list shows."""
         try:
-            items, next_cursor = dashboard_orders(
+            items, next_cursor = views.dashboard_orders(
                 app, status.value if status else None, limit, cursor
             )
         except views.InvalidQuery as exc:
@@ -102,7 +100,7 @@ def dashboard_router(app: App) -> APIRouter:
     @router.get("/api/dashboard/orders/{order_id}/timeline")
     def dashboard_timeline(order_id: OrderId) -> JSONResponse:
         """One order's saga: steps, compensations in the order they ran, and its events."""
-        timeline = order_timeline(app, order_id)
+        timeline = views.order_timeline(app, order_id)
         if timeline is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
         return JSONResponse(timeline, headers=_DATA_HEADERS)

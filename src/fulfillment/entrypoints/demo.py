@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fulfillment import views
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
@@ -219,7 +220,7 @@ def _follow(
                 return
             now = time.monotonic()
             deadline = deadline or now + options.timeout
-            jobs = app.queue.counts()
+            jobs = views.jobs_by_status(app)
             idle_since = (
                 (idle_since or now) if not jobs.get("ready") and not jobs.get("running") else None
             )

@@ -12,15 +12,14 @@ sagas, however many processes there are, and across restarts.
 * Gauges (jobs ready and the age of the oldest, jobs by status, projection lag, the head
   of the log, orders and sagas by status) are read live.
 
-Each app gets its own `CollectorRegistry`: no global state, tests can build many apps.
+The database read is the query side's (``views/metrics.py``, `read_snapshot`); this
+module turns its `Snapshot` into metric families. Each app gets its own
+`CollectorRegistry`: no global state, tests can build many apps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import (
@@ -30,103 +29,15 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Engine
 
 from fulfillment.adapters import metric_counters as c
-from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, db_now_epoch
-from fulfillment.adapters.job_queue import count_by_status
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES
 from fulfillment.domain.status import OrderStatus, SagaStatus
+from fulfillment.views.metrics import PROJECTION, Snapshot, read_snapshot
 
-#: The projection whose checkpoint the counters follow (adapters.projections.ORDER_SUMMARIES).
-PROJECTION = "order_summaries"
-#: At most this many not-yet-projected events are counted at a scrape. Beyond, counters
-#: show the log up to that point (still never going down) and the lag gauge says why.
-TAIL_LIMIT = 5000
 JOB_STATUSES = ("ready", "running", "dead")
-
-
-@dataclass
-class Snapshot:
-    """Everything one scrape reports, read in one database snapshot."""
-
-    counts: c.Counts = field(default_factory=c.Counts)
-    checkpoint: int = 0
-    head: int = 0
-    behind: int = 0
-    jobs: dict[str, int] = field(default_factory=dict)
-    jobs_ready: int = 0
-    oldest_ready_age: float = 0.0
-    sagas: dict[str, int] = field(default_factory=dict)
-    orders: dict[str, int] = field(default_factory=dict)
-
-
-@contextmanager
-def _snapshot_connection(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction that sees one snapshot across all its statements."""
-    if backend_of(engine) == "sqlite":
-        options: dict[str, Any] = {"sqlite_begin": "DEFERRED"}  # WAL: one snapshot
-    else:
-        options = {"isolation_level": "REPEATABLE READ"}
-    with engine.connect().execution_options(**options) as conn:
-        try:
-            yield conn
-        finally:
-            conn.rollback()
-
-
-def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LIMIT) -> Snapshot:
-    """Counters and gauges as of now (raises if the database does not answer)."""
-    e, jobs, s = t.events, t.jobs, t.order_summaries
-    cp = t.projection_checkpoints
-    with _snapshot_connection(engine) as conn:
-        checkpoint = int(
-            conn.execute(select(cp.c.position).where(cp.c.name == PROJECTION)).scalar() or 0
-        )
-        stored = c.read_counts(conn)
-        tail = conn.execute(
-            select(*c.EVENT_COLUMNS)
-            .where(e.c.position > checkpoint)
-            .order_by(e.c.position)
-            .limit(tail_limit)
-        ).all()
-        counts = stored.merge(c.count_events(conn, mapper, tail))
-        head = int(conn.execute(select(func.max(e.c.position))).scalar() or 0)
-        behind = len(tail)
-        if behind >= tail_limit:
-            behind = int(
-                conn.execute(select(func.count()).where(e.c.position > checkpoint)).scalar_one()
-            )
-        by_status = count_by_status(conn)
-        now = db_now_epoch(backend_of(conn))
-        ready, oldest, db_now = conn.execute(
-            select(func.count(), func.min(jobs.c.run_at), now).where(
-                jobs.c.status == "ready", jobs.c.run_at <= now
-            )
-        ).one()
-        sagas = {
-            str(k): int(n)
-            for k, n in conn.execute(
-                select(s.c.saga_status, func.count()).group_by(s.c.saga_status)
-            )
-        }
-        orders = {
-            str(k): int(n)
-            for k, n in conn.execute(select(s.c.status, func.count()).group_by(s.c.status))
-        }
-    return Snapshot(
-        counts=counts,
-        checkpoint=checkpoint,
-        head=head,
-        behind=behind,
-        jobs=by_status,
-        jobs_ready=int(ready or 0),
-        oldest_ready_age=max(0.0, float(db_now) - float(oldest)) if oldest is not None else 0.0,
-        sagas=sagas,
-        orders=orders,
-    )
 
 
 def _counter(

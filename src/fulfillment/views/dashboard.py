@@ -1,44 +1,35 @@
-"""What the dashboard's overview and orders list display, read from the query side.
+"""What the dashboard's overview and orders list display (``entrypoints/dashboard.py``
+serves them).
 
 * `overview`: counts by outcome, throughput per minute, queue depth, stuck sagas and
   projection lag.
-* `dashboard_orders`: a page of `views.list_orders`, with the times the list shows.
+* `dashboard_orders`: a page of `list_orders`, with the times the list shows.
 
 One saga's timeline (the dashboard's order page and `fulfillment sagas show`) is in
-`dashboard_timeline`. Nothing here writes. Times are ISO 8601 UTC; durations are
-milliseconds.
+`views.timeline`. Times are ISO 8601 UTC; durations are milliseconds.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import and_, case, func, select
 
-from fulfillment import views
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
-from fulfillment.adapters.job_queue import queue_depth
 from fulfillment.adapters.mapper import to_utc
 from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus, SagaStatus
+from fulfillment.views.common import duration_ms, iso
+from fulfillment.views.health import projection_status
+from fulfillment.views.jobs import count_jobs
+from fulfillment.views.orders import list_orders, orders_by_status
+from fulfillment.views.sagas import STUCK, list_sagas, sagas_by_status
 
 OVERVIEW_MINUTES = 30
 STUCK_SHOWN = 20
-
-
-def iso(at: datetime | None) -> str | None:
-    """`at` in UTC, ISO 8601; None stays None."""
-    return to_utc(at).isoformat() if at is not None else None
-
-
-def duration_ms(start: datetime | None, end: datetime | None) -> float | None:
-    """Milliseconds from `start` to `end`; None unless both are known."""
-    if start is None or end is None:
-        return None
-    return round((to_utc(end) - to_utc(start)).total_seconds() * 1000, 3)
 
 
 # --- the overview ---------------------------------------------------------------------------
@@ -59,16 +50,8 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
         ]
 
     with read_connection(app.engine) as conn:
-        orders = {
-            str(status): int(n)
-            for status, n in conn.execute(select(s.c.status, func.count()).group_by(s.c.status))
-        }
-        sagas = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                select(s.c.saga_status, func.count()).group_by(s.c.saga_status)
-            )
-        }
+        orders = orders_by_status(conn)
+        sagas = sagas_by_status(conn)
         finished_rows = conn.execute(
             select(s.c.status, *per_minute(s.c.finished_at))
             .where(s.c.finished_at >= edges[0])
@@ -77,7 +60,7 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
         placed_row = conn.execute(
             select(*per_minute(s.c.placed_at)).where(s.c.placed_at >= edges[0])
         ).one()
-        depth = queue_depth(conn)
+        depth = count_jobs(conn)
     finished: dict[str, list[int]] = {st: [int(n or 0) for n in ns] for st, *ns in finished_rows}
     zeros = [0] * minutes
     placed = [int(n or 0) for n in placed_row]
@@ -88,7 +71,7 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
     ]
     finished_last5 = sum(sum(n[-5:]) for n in series.values())
     queue = {status: depth.get(status, 0) for status in ("ready", "scheduled", "running", "dead")}
-    stuck, more = views.list_sagas(app, views.STUCK, STUCK_SHOWN, None)
+    stuck, more = list_sagas(app, STUCK, STUCK_SHOWN, None)
     return {
         "now": iso(now),
         "orders": {
@@ -118,7 +101,7 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
                 for x in stuck
             ],
         },
-        "projections": views.projection_status(app),
+        "projections": projection_status(app),
     }
 
 
@@ -128,9 +111,9 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
 def dashboard_orders(
     app: App, status: str | None, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """`views.list_orders`, each order with `customer_id`, `placed_at`, `updated_at`,
-    `finished_at` and `duration_ms`. Raises `views.InvalidQuery` as it does."""
-    items, next_cursor = views.list_orders(app, status, limit, cursor)
+    """`list_orders`, each order with `customer_id`, `placed_at`, `updated_at`,
+    `finished_at` and `duration_ms`. Raises `InvalidQuery` as it does."""
+    items, next_cursor = list_orders(app, status, limit, cursor)
     if not items:
         return items, next_cursor
     s = t.order_summaries

@@ -6,49 +6,31 @@ step and wait of the saga's definition (the pivot, `complete`, last) with its st
 attempts, errors, start, end and duration; the compensations in the order they ran
 (last in, first out), then the ones still to run; the queued job; the whole history.
 
-Nothing here writes. Times are ISO 8601 UTC; durations are milliseconds.
+Times are ISO 8601 UTC; durations are milliseconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
-from fulfillment import views
-from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
 from fulfillment.adapters.mapper import StoredEvent
 from fulfillment.adapters.projections import replay_order, summary_of
 from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
-from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
 from fulfillment.domain.saga_definition import REGISTRY, SagaDefinition, StepSpec, WaitSpec
 from fulfillment.domain.status import SagaStatus, StepStatus
-from fulfillment.entrypoints.dashboard_data import duration_ms, iso
+from fulfillment.views.common import duration_ms, iso, streams
+from fulfillment.views.jobs import job_row, job_view
+from fulfillment.views.sagas import is_stuck
 
 #: Statuses a step shows: the domain's, plus `running` (being worked on now) and
 #: `skipped` (will never run: the saga failed before it).
 RUNNING, SKIPPED = "running", "skipped"
-
-
-def _job_view(row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {
-        "id": int(row["id"]),
-        "kind": row["kind"],
-        "status": row["status"],
-        "failures": int(row["failures"] or 0),
-        "claims": int(row["claims"] or 0),
-        "run_at": datetime.fromtimestamp(float(row["run_at"]), UTC).isoformat(),
-        "claimed_by": row["claimed_by"],
-        "last_error": row["last_error"],
-    }
 
 
 def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
@@ -64,10 +46,8 @@ def saga_timeline(app: App, saga_id: str) -> dict[str, Any] | None:
 
 def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | None:
     with read_connection(app.engine) as conn:
-        stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(
-            [Order.stream_id_for(order_id), Saga.stream_id_for(order_id)]
-        )
-        job_row = conn.execute(select(t.jobs).where(t.jobs.c.saga_id == order_id)).first()
+        stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
+        row = job_row(conn, order_id)
     walk = _Walk()
     replayed = replay_order(order_id, stored, app.mapper, watch=walk.see)
     summary: dict[str, Any] | None = None
@@ -81,7 +61,7 @@ def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | No
     else:
         saga = Saga.replay(order_id, _decoded(app, stored, walk))
         last = stored[-1]
-    job = _job_view(job_row._mapping if job_row is not None else None)
+    job = job_view(row)
     started = saga.started_at
     finished = saga.finished_at
     saga_status = saga.status.value if saga.status else SagaStatus.RUNNING.value
@@ -116,7 +96,7 @@ def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | No
             "deadline_at": iso(saga.deadline_at),
             "duration_ms": duration_ms(started, finished),
             "updated_at": iso(last.recorded_at),
-            "stuck": views.is_stuck(app, order_id),
+            "stuck": is_stuck(app, order_id),
         },
         "steps": steps,
         "compensation": {
