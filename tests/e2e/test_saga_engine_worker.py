@@ -31,16 +31,18 @@ from .processes import WorkerProcess, fulfillment_command, worker_processes
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parents[1]
-TIMEOUT = 3.0  # the wait's timeout in the workers (APPROVAL_TIMEOUT_SECONDS)
+# The wait's timeout in the workers (APPROVAL_TIMEOUT_SECONDS): long enough for four sagas
+# to reach it and their worker to be killed before any fires, even on a slow machine.
+TIMEOUT = 6.0
 
 
-def saga_env(*, v2: bool = False) -> dict[str, str]:
+def saga_env(*, v2: bool = False, timeout: float = TIMEOUT) -> dict[str, str]:
     """What a process needs to run the approval saga: the module on its path, registered."""
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     env = {
         "PYTHONPATH": path,
         "FULFILLMENT_SAGA_MODULES": "approval_saga",
-        "APPROVAL_TIMEOUT_SECONDS": str(TIMEOUT),
+        "APPROVAL_TIMEOUT_SECONDS": str(timeout),
     }
     if v2:
         env["APPROVAL_SAGA_V2"] = "1"
@@ -53,8 +55,11 @@ def workers(tmp_path: Path, database_url: str) -> Iterator[Callable[..., WorkerP
         yield start
 
 
-def start_worker(start: Callable[..., WorkerProcess], *, v2: bool = False) -> WorkerProcess:
-    return start(2, extra_env=saga_env(v2=v2), job_lease_seconds=2, retry_backoff_seconds=0.01)
+def start_worker(
+    start: Callable[..., WorkerProcess], *, v2: bool = False, timeout: float = TIMEOUT
+) -> WorkerProcess:
+    env = saga_env(v2=v2, timeout=timeout)
+    return start(2, extra_env=env, job_lease_seconds=2, retry_backoff_seconds=0.01)
 
 
 def start_saga(app: App, saga_id: str, amount: int = 100, version: int | None = 1) -> None:
@@ -138,14 +143,14 @@ def test_sagas_started_under_v1_finish_under_v1_after_v2_is_deployed(
     app: App, workers: Callable[..., WorkerProcess]
 ) -> None:
     start_saga(app, "v-old", version=1)
-    old_worker = start_worker(workers)
+    old_worker = start_worker(workers, timeout=3600)  # no timer fires in this test
     wait_until(waiting(app, "v-old"), 60, f"the v1 saga waits\n{old_worker.output()}")
     old_worker.terminate()
     old_worker.wait(30)
 
     appr.register_v2()  # the deployment: this process and the new worker know v2
     start_saga(app, "v-new", version=None)  # the newest: v2
-    new_worker = start_worker(workers, v2=True)
+    new_worker = start_worker(workers, v2=True, timeout=3600)
     wait_until(waiting(app, "v-new"), 60, f"the v2 saga waits\n{new_worker.output()}")
     signal(app, "v-old", "approve", {"approver": "ann"})
     signal(app, "v-new", "approve", {"approver": "ann"})
