@@ -141,6 +141,29 @@ class FakeDatabase:
     def event_types(self, stream_id: str) -> list[str]:
         return [e.type for e in self.stream(stream_id)]
 
+    def store(self, appends: list[StreamAppend], causation_id: str | None) -> None:
+        """Append the events as the SQL store writes its rows (checks done by the caller)."""
+        for append in appends:
+            metadata: dict[str, str | None] = {
+                "correlation_id": append.correlation_id,
+                "causation_id": causation_id,
+            }
+            if append.sender is not None:
+                metadata["sender"] = append.sender
+            for offset, event in enumerate(append.events, start=1):
+                self.events.append(
+                    StoredEvent(
+                        position=len(self.events) + 1,
+                        stream_id=append.stream_id,
+                        version=append.expected_version + offset,
+                        type=type(event).__name__,
+                        event_version=type(event).event_version,
+                        data=json.loads(json.dumps(self.mapper.to_data(event))),
+                        metadata=dict(metadata),
+                        recorded_at=to_utc(event.occurred_at),
+                    )
+                )
+
     def order(self, order_id: str) -> Order:
         return Order.replay(order_id, self.load(Order.stream_id_for(order_id)))
 
@@ -464,24 +487,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             db.jobs[job_id] = JobRow(
                 job_id, spec.saga_id, spec.kind, READY, db.now() + spec.delay_seconds
             )
-        for append in appends:
-            for offset, event in enumerate(append.events, start=1):
-                db.events.append(
-                    StoredEvent(
-                        position=len(db.events) + 1,
-                        stream_id=append.stream_id,
-                        version=append.expected_version + offset,
-                        type=type(event).__name__,
-                        event_version=type(event).event_version,
-                        data=json.loads(json.dumps(db.mapper.to_data(event))),
-                        metadata={
-                            "correlation_id": append.correlation_id,
-                            "causation_id": self.causation_id,
-                            **({"sender": append.sender} if append.sender is not None else {}),
-                        },
-                        recorded_at=event.occurred_at,
-                    )
-                )
+        db.store(appends, self.causation_id)
         for job_id in self.jobs.revived:
             row = db.jobs[job_id]
             db.jobs[job_id] = replace(
@@ -548,26 +554,7 @@ class FakeEventStore:
         for append in appends:
             if len(db.stream(append.stream_id)) != append.expected_version:
                 raise ConcurrencyError(f"{append.stream_id} is not at {append.expected_version}")
-        for append in appends:
-            metadata: dict[str, str | None] = {
-                "correlation_id": append.correlation_id,
-                "causation_id": causation_id,
-            }
-            if append.sender is not None:
-                metadata["sender"] = append.sender
-            for offset, event in enumerate(append.events, start=1):
-                db.events.append(
-                    StoredEvent(
-                        position=len(db.events) + 1,
-                        stream_id=append.stream_id,
-                        version=append.expected_version + offset,
-                        type=type(event).__name__,
-                        event_version=type(event).event_version,
-                        data=json.loads(json.dumps(db.mapper.to_data(event))),
-                        metadata=dict(metadata),
-                        recorded_at=to_utc(event.occurred_at),
-                    )
-                )
+        db.store(appends, causation_id)
 
     def load(self, stream_id: str) -> list[DomainEvent]:
         return self.db.load(stream_id)
