@@ -16,7 +16,14 @@ from enum import Enum
 from typing import Any
 
 from fulfillment.domain.events import EVENT_TYPES, DomainEvent
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.domain.values import (
+    LotAllocation,
+    OrderLine,
+    PrescriptionDetails,
+    ShippingAddress,
+)
+
+_VALUES = (OrderLine, PrescriptionDetails, ShippingAddress, LotAllocation)
 
 Data = dict[str, Any]
 #: (type, from event_version) -> function that lifts the payload one version up.
@@ -54,7 +61,7 @@ def to_utc(value: datetime) -> datetime:
 def _encode(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, OrderLine | PrescriptionDetails | ShippingAddress):
+    if isinstance(value, _VALUES):
         return value.to_dict()
     if isinstance(value, datetime):
         return to_utc(value).isoformat()
@@ -77,7 +84,7 @@ def _decoder(hint: Any) -> Callable[[Any], Any]:
     if isinstance(hint, type):
         if issubclass(hint, Enum):
             return hint
-        if hint in (OrderLine, PrescriptionDetails, ShippingAddress):
+        if hint in _VALUES:
             return hint.from_dict
         if hint is datetime:
             return lambda raw: to_utc(datetime.fromisoformat(raw))
@@ -124,5 +131,7 @@ class EventMapper:
                 raise LookupError(f"no upcaster for {type_name} v{event_version}")
             data = upcast(data)
             event_version += 1
-        kwargs = {name: decode(data[name]) for name, decode in _schema(cls)}
+        # A field added later with a default is absent from older payloads: it keeps
+        # its default (a new field without one needs an upcaster).
+        kwargs = {name: decode(data[name]) for name, decode in _schema(cls) if name in data}
         return cls(occurred_at=to_utc(recorded_at), **kwargs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.domain.values import LotAllocation, OrderLine, PrescriptionDetails, ShippingAddress
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +80,8 @@ class InventoryReserved(DomainEvent):
     saga_id: str
     reservation_id: str
     lines: tuple[OrderLine, ...]
+    #: The lots the units came from, first expiry first (absent before lots existed).
+    lots: tuple[LotAllocation, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,22 @@ class OrderLine:
 
 
 @dataclass(frozen=True, slots=True)
+class LotAllocation:
+    """Units of one SKU a reservation took from one lot (first expiry, first out)."""
+
+    sku: str
+    lot: str
+    quantity: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sku": self.sku, "lot": self.lot, "quantity": self.quantity}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LotAllocation:
+        return cls(sku=data["sku"], lot=data["lot"], quantity=int(data["quantity"]))
+
+
+@dataclass(frozen=True, slots=True)
 class PrescriptionDetails:
     prescriber_id: str
     patient_name: str
