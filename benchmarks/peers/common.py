@@ -24,7 +24,14 @@ from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import create_db_engine
 from fulfillment.adapters.services import SqlAlchemyInventoryService
 
-SERVICE_TABLES = (t.prescriptions, t.inventory, t.inventory_reservations, t.shipments)
+SERVICE_TABLES = (
+    t.prescriptions,
+    t.inventory,
+    t.inventory_lots,
+    t.inventory_reservations,
+    t.reservation_lots,
+    t.shipments,
+)
 CARRIER_COUNTRIES = frozenset({"US", "CA", "GB", "DE", "FR", "NL"})
 
 

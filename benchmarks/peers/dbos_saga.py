@@ -90,9 +90,12 @@ def create_prescription(order: dict[str, Any]) -> str:
 def reserve_inventory(order: dict[str, Any]) -> str | None:
     try:
         with _engine().begin() as conn:
-            return SqlAlchemyInventoryService(conn).reserve(
-                order["order_id"], (OrderLine(order["sku"], order["quantity"]),)
+            reservation = SqlAlchemyInventoryService(conn).reserve(
+                order["order_id"],
+                (OrderLine(order["sku"], order["quantity"]),),
+                today=date.today(),
             )
+            return reservation.reservation_id
     except InsufficientStock:
         return None
 

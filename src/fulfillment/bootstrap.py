@@ -23,7 +23,7 @@ from fulfillment.observability.telemetry import JobTelemetry
 from fulfillment.observability.tracing import NO_TRACING, Tracing, setup_tracing
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer import handlers as h
-from fulfillment.service_layer import saga_engine
+from fulfillment.service_layer import order_saga, saga_engine, tracking
 from fulfillment.service_layer.job_runner import JobRunner
 from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.messagebus import Handler, MessageBus
@@ -76,9 +76,12 @@ def build_handlers(deps: saga_engine.EngineDeps) -> dict[type[c.Command], Handle
         c.RunSagaJob: p(saga_engine.run_saga_job, deps=deps),
         c.RecordJobFailure: p(saga_engine.record_job_failure, deps=deps),
         c.SignalSaga: p(saga_engine.signal_saga, deps=deps),
+        c.CancelSaga: p(saga_engine.cancel_saga, deps=deps),
+        c.RecordTrackingUpdate: p(tracking.record_tracking_update, deps=deps),
         c.StartSaga: p(saga_engine.start_saga, deps=deps),
         c.ResumeSaga: p(saga_engine.resume_saga, deps=deps),
         c.SetInventory: h.set_inventory,
+        c.SetLot: h.set_lot,
     }
 
 
@@ -114,9 +117,17 @@ def bootstrap(
         settings.carrier_countries,
         latency_ms=settings.carrier_latency_ms,
         failure_rate=settings.carrier_failure_rate,
+        pickup_delay_ms=settings.carrier_pickup_delay_ms,
     )
     retry = retry or RetryPolicy(settings.max_attempts, settings.retry_backoff_seconds)
-    timeouts = saga_engine.Timeouts(settings.step_timeout_seconds, settings.saga_timeout_seconds)
+    timeouts = saga_engine.Timeouts(
+        settings.step_timeout_seconds,
+        settings.saga_timeout_seconds,
+        waits={
+            order_saga.Step.VERIFY_PRESCRIPTION: settings.verification_timeout_seconds,
+            order_saga.Step.AWAIT_PICKUP: settings.pickup_timeout_seconds,
+        },
+    )
     REGISTRY.load(settings.saga_modules)
 
     # The job threads of this process commit their steps in groups (1: each on its own).
@@ -134,7 +145,14 @@ def bootstrap(
     def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache, group=group)
 
-    deps = saga_engine.EngineDeps(clock, carrier, retry, timeouts)
+    deps = saga_engine.EngineDeps(
+        clock,
+        carrier,
+        retry,
+        timeouts,
+        verification_required_for=settings.verification_required_for,
+        min_shelf_life_days=settings.min_shelf_life_days,
+    )
     bus = MessageBus(uow_factory, build_handlers(deps))
     queue = SqlAlchemyJobQueue(engine, max_claims=settings.max_job_failures, group=group)
     tracing = tracing or setup_tracing()

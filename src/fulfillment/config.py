@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -45,6 +47,85 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+#: The roles an API key may have, least to most allowed (entrypoints/api_roles.py says
+#: what each may do).
+ROLES = ("viewer", "client", "pharmacist", "operator", "admin")
+#: The role of a bare secret in FULFILLMENT_API_KEYS (and of everyone when keys are off).
+ADMIN = "admin"
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One bearer key of FULFILLMENT_API_KEYS: its name (the `sender` of what it does),
+    its role and its secret. The secret is left out of `repr`, so never logged with it."""
+
+    name: str
+    role: str
+    secret: str = field(repr=False)
+
+
+def parse_api_keys(entries: str | Iterable[str | ApiKey]) -> tuple[ApiKey, ...]:
+    """The keys of FULFILLMENT_API_KEYS: comma-separated `name:role:secret` or bare secrets.
+
+    A bare secret (no `:`) is an `admin` key named `key1`, `key2`, ... by its position
+    among the non-empty entries. Raises ValueError for an entry with a `:` that is not
+    `name:role:secret` (an empty part, an unknown role, a name that is not 1..64 of
+    `A-Za-z0-9_.-`) and for two keys with one name or one secret. A message names an
+    entry by its position, and by its name once that is known to be valid; it never
+    repeats a secret, nor a role (a misordered entry may hold its secret there).
+    """
+    if isinstance(entries, str):
+        entries = entries.split(",")
+    keys: list[ApiKey] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = entry.strip()
+            if not entry:
+                continue
+        keys.append(_api_key(entry, len(keys) + 1))
+    names: dict[str, int] = {}
+    secrets: dict[str, int] = {}
+    for position, key in enumerate(keys, start=1):
+        if key.name in names:
+            raise ValueError(
+                f"FULFILLMENT_API_KEYS: entries {names[key.name]} and {position} "
+                f"are both named {key.name!r}; names must differ"
+            )
+        if key.secret in secrets:
+            first = secrets[key.secret]
+            raise ValueError(
+                f"FULFILLMENT_API_KEYS: entries {first} ({keys[first - 1].name!r}) and "
+                f"{position} ({key.name!r}) have the same secret; secrets must differ"
+            )
+        names[key.name] = position
+        secrets[key.secret] = position
+    return tuple(keys)
+
+
+def _api_key(entry: str | ApiKey, position: int) -> ApiKey:
+    where = f"FULFILLMENT_API_KEYS: entry {position}"
+    if isinstance(entry, ApiKey):
+        name, role, secret = entry.name, entry.role, entry.secret
+    elif ":" not in entry:
+        return ApiKey(f"key{position}", ADMIN, entry)
+    else:
+        parts = entry.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(
+                f"{where} has one ':'; write name:role:secret, or a bare secret without ':'"
+            )
+        name, role, secret = (part.strip() for part in parts)
+    if not _KEY_NAME.fullmatch(name):
+        raise ValueError(f"{where}: the name must be 1 to 64 letters, digits, '_', '.' or '-'")
+    where = f"{where} ({name!r})"
+    if role not in ROLES:
+        raise ValueError(f"{where}: the role must be one of {', '.join(ROLES)}")
+    if not secret:
+        raise ValueError(f"{where}: the secret is empty")
+    return ApiKey(name, role, secret)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -54,7 +135,9 @@ class Settings:
     carrier_latency_ms: float = 0.0
     carrier_failure_rate: float = 0.0
     job_lease_seconds: float = 30.0
-    api_keys: tuple[str, ...] = ()
+    #: FULFILLMENT_API_KEYS (`parse_api_keys`); empty: no authentication. Plain strings
+    #: given here are parsed like the variable's entries (bare secrets: admin keys).
+    api_keys: tuple[ApiKey, ...] = ()
     step_timeout_seconds: float = 900.0
     saga_timeout_seconds: float = 3600.0
     sqlite_synchronous: str = "FULL"
@@ -72,7 +155,26 @@ class Settings:
     db_pool_timeout_seconds: float | None = None
     #: Modules that register more saga definitions (docs/sagas.md).
     saga_modules: tuple[str, ...] = ()
+    #: The pharmacy lifecycle (docs/api.md): which orders a pharmacist verifies, how
+    #: long the saga waits for that and for the carrier's pickup, the simulated
+    #: carrier's pickup delay, and the secret of the carrier's signed webhooks.
+    verification_required_for: str = "controlled"
+    verification_timeout_seconds: float = 86400.0
+    pickup_timeout_seconds: float = 259200.0
+    carrier_pickup_delay_ms: float = 0.0
+    carrier_webhook_secret: str | None = None
+    #: Days of shelf life a lot must have left to be reserved (FEFO skips the others).
+    min_shelf_life_days: int = 30
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Normalised (and checked) however the settings were made, the environment or code.
+        object.__setattr__(self, "api_keys", parse_api_keys(self.api_keys))
+
+    @property
+    def api_secrets(self) -> tuple[str, ...]:
+        """The keys' secrets: what the log must never show."""
+        return tuple(key.secret for key in self.api_keys)
 
     @property
     def db_bounds(self) -> DatabaseBounds:
@@ -92,7 +194,6 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Self:
         env = dict(os.environ if environ is None else environ)
         countries = env.get("FULFILLMENT_CARRIER_COUNTRIES")
-        keys = env.get("FULFILLMENT_API_KEYS", "")
         settings = cls(
             database_url=env.get("FULFILLMENT_DATABASE_URL") or DEFAULT_DATABASE_URL,
             retry_backoff_seconds=_float(env, "FULFILLMENT_RETRY_BACKOFF_SECONDS", 60.0),
@@ -105,7 +206,7 @@ class Settings:
             carrier_latency_ms=_float(env, "FULFILLMENT_CARRIER_LATENCY_MS", 0.0),
             carrier_failure_rate=_float(env, "FULFILLMENT_CARRIER_FAILURE_RATE", 0.0),
             job_lease_seconds=_float(env, "FULFILLMENT_JOB_LEASE_SECONDS", 30.0),
-            api_keys=tuple(k.strip() for k in keys.split(",") if k.strip()),
+            api_keys=parse_api_keys(env.get("FULFILLMENT_API_KEYS", "")),
             step_timeout_seconds=_float(env, "FULFILLMENT_STEP_TIMEOUT_SECONDS", 900.0),
             saga_timeout_seconds=_float(env, "FULFILLMENT_SAGA_TIMEOUT_SECONDS", 3600.0),
             sqlite_synchronous=env.get("FULFILLMENT_SQLITE_SYNCHRONOUS", "FULL").upper(),
@@ -119,9 +220,21 @@ class Settings:
             db_statement_timeout_seconds=_optional(env, "FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS"),
             db_keepalive_seconds=_optional(env, "FULFILLMENT_DB_KEEPALIVE_SECONDS"),
             db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
+            min_shelf_life_days=_int(env, "FULFILLMENT_MIN_SHELF_LIFE_DAYS", 30),
             saga_modules=tuple(
                 m.strip() for m in env.get("FULFILLMENT_SAGA_MODULES", "").split(",") if m.strip()
             ),
+            verification_required_for=(
+                env.get("FULFILLMENT_VERIFICATION_REQUIRED_FOR") or "controlled"
+            )
+            .strip()
+            .lower(),
+            verification_timeout_seconds=_float(
+                env, "FULFILLMENT_VERIFICATION_TIMEOUT_SECONDS", 86400.0
+            ),
+            pickup_timeout_seconds=_float(env, "FULFILLMENT_PICKUP_TIMEOUT_SECONDS", 259200.0),
+            carrier_pickup_delay_ms=_float(env, "FULFILLMENT_CARRIER_PICKUP_DELAY_MS", 0.0),
+            carrier_webhook_secret=env.get("FULFILLMENT_CARRIER_WEBHOOK_SECRET") or None,
         )
         settings.validate()
         return settings
@@ -139,6 +252,8 @@ class Settings:
             raise ValueError("FULFILLMENT_JOB_LEASE_SECONDS must be > 0")
         if self.group_commit_max_steps < 1:
             raise ValueError("FULFILLMENT_GROUP_COMMIT_MAX_STEPS must be at least 1")
+        if self.min_shelf_life_days < 0:
+            raise ValueError("FULFILLMENT_MIN_SHELF_LIFE_DAYS must be >= 0")
         for name, value in (
             ("FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS", self.db_lock_timeout_seconds),
             ("FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS", self.db_idle_in_transaction_seconds),
@@ -158,5 +273,26 @@ class Settings:
                     f"FULFILLMENT_SAGA_MODULES: no module named {module!r} "
                     "(is its directory on PYTHONPATH?)"
                 )
+        if self.verification_required_for not in ("controlled", "all", "none"):
+            raise ValueError(
+                "FULFILLMENT_VERIFICATION_REQUIRED_FOR must be controlled, all or none, "
+                f"got {self.verification_required_for!r}"
+            )
+        for name, seconds in (
+            ("FULFILLMENT_VERIFICATION_TIMEOUT_SECONDS", self.verification_timeout_seconds),
+            ("FULFILLMENT_PICKUP_TIMEOUT_SECONDS", self.pickup_timeout_seconds),
+        ):
+            if seconds <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.carrier_pickup_delay_ms < 0:
+            raise ValueError("FULFILLMENT_CARRIER_PICKUP_DELAY_MS must be >= 0")
+        if self.carrier_pickup_delay_ms > 0 and self.carrier_webhook_secret is None:
+            raise ValueError(
+                "FULFILLMENT_CARRIER_PICKUP_DELAY_MS above 0 needs "
+                "FULFILLMENT_CARRIER_WEBHOOK_SECRET: the simulated carrier confirms "
+                "pickups by signed webhooks"
+            )
+        if self.carrier_webhook_secret is not None and len(self.carrier_webhook_secret) < 16:
+            raise ValueError("FULFILLMENT_CARRIER_WEBHOOK_SECRET must be at least 16 characters")
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from typing import Any
 
 import httpx
@@ -87,6 +88,25 @@ def order_created_count(database_url: str, customer_id: str) -> int:
         engine.dispose()
 
 
+def level(sku: str, on_hand: int, reserved: int) -> dict[str, Any]:
+    """A SKU's stock as the API answers it, all of it in lot `default`."""
+    default = {
+        "lot": "default",
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": on_hand - reserved,
+        "expires_on": None,
+    }
+    return {
+        "sku": sku,
+        "on_hand": on_hand,
+        "reserved": reserved,
+        "available": on_hand - reserved,
+        "dea_schedule": None,
+        "lots": [default] if on_hand else [],
+    }
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -104,14 +124,9 @@ def test_stock_put_on_the_shelf_can_be_read_back(client: httpx.Client) -> None:
     sku = unique("sku")
     put = client.put(f"/inventory/{sku}", json={"on_hand": 7})
     assert put.status_code == 200
-    assert put.json() == {"sku": sku, "on_hand": 7, "reserved": 0, "available": 7}
+    assert put.json() == level(sku, 7, 0)
     assert client.put(f"/inventory/{sku}", json={"on_hand": 3}).json()["on_hand"] == 3
-    assert client.get(f"/inventory/{sku}").json() == {
-        "sku": sku,
-        "on_hand": 3,
-        "reserved": 0,
-        "available": 3,
-    }
+    assert client.get(f"/inventory/{sku}").json() == level(sku, 3, 0)
 
 
 def test_unknown_sku_is_a_json_404(client: httpx.Client) -> None:
@@ -124,15 +139,12 @@ def test_stock_cannot_drop_below_what_is_reserved(
     sku = stock(client, 10)
     engine = create_nullpool_engine(server_database_url)
     with engine.begin() as conn:  # an order holding 4 units, mid-saga
-        SqlAlchemyInventoryService(conn).reserve(unique("held"), (OrderLine(sku, 4),))
+        SqlAlchemyInventoryService(conn).reserve(
+            unique("held"), (OrderLine(sku, 4),), today=date.today()
+        )
     engine.dispose()
     assert_error(client.put(f"/inventory/{sku}", json={"on_hand": 3}), 409)
-    assert client.get(f"/inventory/{sku}").json() == {
-        "sku": sku,
-        "on_hand": 10,
-        "reserved": 4,
-        "available": 6,
-    }
+    assert client.get(f"/inventory/{sku}").json() == level(sku, 10, 4)
     assert client.put(f"/inventory/{sku}", json={"on_hand": 4}).json()["available"] == 0
 
 
@@ -152,14 +164,11 @@ def test_placed_order_is_fulfilled_and_its_stock_leaves_the_shelf(client: httpx.
     assert order["reason"] is None
     assert order["items"] == [{"sku": sku, "quantity": 2}]
     assert order["saga"]["status"] == "completed"
-    assert [s["status"] for s in order["saga"]["steps"]] == ["succeeded"] * 3
+    # Three steps and two waits (passed at once: no pharmacist needed, picked up as booked).
+    assert [s["status"] for s in order["saga"]["steps"]] == ["succeeded"] * 5
+    assert order["shipment"]["status"] == "in_transit"
     assert order["shipment"]["tracking_number"]
-    assert client.get(f"/inventory/{sku}").json() == {
-        "sku": sku,
-        "on_hand": 3,
-        "reserved": 0,
-        "available": 3,
-    }
+    assert client.get(f"/inventory/{sku}").json() == level(sku, 3, 0)
 
 
 def test_order_to_an_unsupported_destination_is_cancelled_and_undone_in_reverse(
@@ -175,10 +184,11 @@ def test_order_to_an_unsupported_destination_is_cancelled_and_undone_in_reverse(
     assert order["shipment"] is None
     events = client.get(f"/orders/{order_id}/events").json()
     types = [e["type"] for e in events]
-    assert types[:4] == [
+    assert types[:5] == [
         "OrderCreated",
         "OrderFulfillmentSagaStarted",
         "PrescriptionCreated",
+        "PrescriptionVerified",
         "InventoryReserved",
     ]
     # Compensation: the later step (inventory) is undone before the earlier one.
@@ -432,6 +442,8 @@ def test_openapi_describes_every_route_and_the_error_shape(client: httpx.Client)
     assert routes >= {
         ("/inventory/{sku}", "put"),
         ("/inventory/{sku}", "get"),
+        ("/inventory/{sku}/lots/{lot}", "put"),
+        ("/inventory/{sku}/lots/{lot}/orders", "get"),
         ("/orders", "post"),
         ("/orders", "get"),
         ("/orders/{order_id}", "get"),

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fulfillment.adapters.migrate import migrate
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.domain.errors import TransientFailure
+from fulfillment.domain.values import OrderLine
 from fulfillment.service_layer import commands as c
 
 SCRIPT = Path(sys.executable).with_name("fulfillment")
@@ -133,13 +135,70 @@ def test_inventory_set_and_show_print_the_stock_level(cli: Cli, app: App) -> Non
 
     refused = cli("inventory", "set", "PARACETAMOL", "1", expect=1)
     assert "below the 2 units reserved" in refused
-    assert views.get_inventory(app, "PARACETAMOL") == {
-        "sku": "PARACETAMOL",
-        "on_hand": 10,
-        "reserved": 2,
-        "available": 8,
-    }
+    level = views.get_inventory(app, "PARACETAMOL")
+    assert level is not None
+    assert (level["on_hand"], level["reserved"], level["available"]) == (10, 2, 8)
     assert "unknown SKU 'ASPIRIN'" in cli("inventory", "show", "ASPIRIN", expect=1)
+
+
+def test_inventory_lots_schedules_and_recalls(cli: Cli, app: App) -> None:
+    cli("inventory", "set", "OXY-5", "4", "--dea-schedule", "ii")
+    out = cli("inventory", "lot", "OXY-5", "B-2", "6", "--expires-on", "2099-01-31")
+    assert [c.strip() for c in line_of(out, "OXY-5").split("│")[1:6]] == [
+        "OXY-5",
+        "10",
+        "0",
+        "10",
+        "II",
+    ]
+    assert [c.strip() for c in line_of(out, "B-2").split("│")[1:6]] == [
+        "B-2",
+        "2099-01-31",
+        "6",
+        "0",
+        "6",
+    ]
+    # The schedule stays unless given; `none` clears it.
+    shown = cli("inventory", "show", "OXY-5")
+    assert line_of(shown, "OXY-5").split("│")[5].strip() == "II"
+    assert [c.strip() for c in line_of(shown, "default").split("│")[1:6]] == [
+        "default",
+        "-",
+        "4",
+        "0",
+        "4",
+    ]
+    cleared = cli("inventory", "set", "OXY-5", "4", "--dea-schedule", "none")
+    assert line_of(cleared, "OXY-5").split("│")[5].strip() == "-"
+
+    with app.uow() as uow:  # an order's reservation takes the lot with an expiry first
+        uow.inventory.reserve("o-recalled", (OrderLine("OXY-5", 3),), today=date(2030, 1, 1))
+        uow.commit()
+    recall = cli("inventory", "recall", "OXY-5", "B-2")
+    assert [c.strip() for c in line_of(recall, "o-recalled").split("│")[1:4]] == [
+        "o-recalled",
+        "3",
+        "pending",
+    ]
+    assert "no order took units of lot default" in cli("inventory", "recall", "OXY-5", "default")
+
+    assert "below the 3 units reserved of lot B-2" in cli(
+        "inventory", "lot", "OXY-5", "B-2", "2", "--expires-on", "2099-01-31", expect=1
+    )
+    for args, message in (
+        (("set", "OXY-5", "1", "--dea-schedule", "VI"), "--dea-schedule must be one of"),
+        (("lot", "OXY-5", "B-3", "1", "--expires-on", "2099-02-30"), "--expires-on must be"),
+        (("lot", "OXY-5", "B-3", "1", "--expires-on", "31/01/2099"), "--expires-on must be"),
+        (("lot", "OXY-5", "B\x01", "1", "--expires-on", "2099-01-31"), "lot must be 1 to 200"),
+        (("lot", "OXY-5", "x" * 201, "1", "--expires-on", "2099-01-31"), "lot must be 1 to 200"),
+    ):
+        assert message in cli("inventory", *args, expect=2)
+    assert "without an expiry date" in cli(
+        "inventory", "lot", "OXY-5", "default", "1", "--expires-on", "2099-01-31", expect=1
+    )
+    assert "unknown lot 'B-9' of SKU 'OXY-5'" in cli(
+        "inventory", "recall", "OXY-5", "B-9", expect=1
+    )
 
 
 # --- orders ---------------------------------------------------------------------------------
@@ -179,7 +238,7 @@ def test_orders_show_prints_the_steps_the_shipment_and_the_events(cli: Cli, app:
 
     out = cli("orders", "show", "o-1")
     assert field(out, "status") == "fulfilled"
-    assert field(out, "shipment").endswith("(initiated)")
+    assert field(out, "shipment").endswith("(in_transit)")  # picked up as booked
     for step in ("create_prescription", "reserve_inventory", "initiate_shipment"):
         assert "succeeded" in line_of(out, f" {step} ")
     for event in ("OrderCreated", "InventoryReserved", "ShipmentInitiated", "OrderFulfilled"):

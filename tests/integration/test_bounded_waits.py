@@ -375,7 +375,11 @@ def test_a_worker_woken_after_its_lease_ran_out_commits_nothing(bounded: App) ->
     assert bounded.runner.run(stale).value == "lease_lost"  # the woken worker's late step
     assert saga_events(bounded, "o-stale") == before
     assert bounded.runner.run(fresh).value == "done"
-    assert saga_events(bounded, "o-stale") == [*before, "PrescriptionCreated"]
+    assert saga_events(bounded, "o-stale") == [
+        *before,
+        "PrescriptionCreated",
+        "PrescriptionVerified",
+    ]
 
 
 def test_a_stale_run_ending_leaves_the_fresh_claim_of_the_same_job_in_flight(

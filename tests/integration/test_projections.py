@@ -82,10 +82,14 @@ def test_a_fulfilled_order_shows_every_step_done_and_its_shipment(app: App) -> N
     assert row["items"] == [{"sku": "ASPIRIN", "quantity": 3}]
     assert steps(row) == {
         "create_prescription": ("succeeded", 1),
+        "verify_prescription": ("succeeded", 0),  # by policy, in the step before it
         "reserve_inventory": ("succeeded", 1),
         "initiate_shipment": ("succeeded", 1),
+        "await_pickup": ("succeeded", 0),  # picked up as booked
     }
-    assert row["shipment"]["status"] == "initiated"
+    assert row["verification"] == {"status": "not_required", "by": "policy"}
+    assert row["lots"] == [{"sku": "ASPIRIN", "lot": "default", "quantity": 3}]
+    assert row["shipment"]["status"] == "in_transit"
     assert row["shipment"]["tracking_number"].startswith("SP")
     assert row["finished_at"] is not None and row["finished_at"] >= row["placed_at"]
 
@@ -102,8 +106,10 @@ def test_a_cancelled_order_shows_its_reason_and_the_undone_steps(app: App) -> No
     assert row["saga_status"] == "compensated"
     assert steps(row) == {
         "create_prescription": ("compensated", 1),
+        "verify_prescription": ("succeeded", 0),
         "reserve_inventory": ("compensated", 1),
         "initiate_shipment": ("failed", 1),
+        "await_pickup": ("pending", 0),
     }
     assert row["shipment"] is None
 

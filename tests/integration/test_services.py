@@ -47,9 +47,11 @@ def set_stock(app: App, **levels: int) -> None:
 
 def reserve(app: App, order_id: str, *lines: tuple[str, int]) -> str:
     with app.uow() as uow:
-        reservation_id = uow.inventory.reserve(order_id, tuple(OrderLine(s, q) for s, q in lines))
+        reservation = uow.inventory.reserve(
+            order_id, tuple(OrderLine(s, q) for s, q in lines), today=TODAY
+        )
         uow.commit()
-    return reservation_id
+    return reservation.reservation_id
 
 
 # --- prescriptions --------------------------------------------------------------------
@@ -150,9 +152,11 @@ def test_a_reservation_is_all_or_nothing_across_lines(app: App) -> None:
     set_stock(app, A=10, B=1, C=10)
 
     with pytest.raises(InsufficientStock), app.uow() as uow:
-        uow.inventory.reserve("o1", (OrderLine("A", 2), OrderLine("B", 5), OrderLine("C", 1)))
+        uow.inventory.reserve(
+            "o1", (OrderLine("A", 2), OrderLine("B", 5), OrderLine("C", 1)), today=TODAY
+        )
     with pytest.raises(InsufficientStock), app.uow() as uow:
-        uow.inventory.reserve("o2", (OrderLine("A", 1), OrderLine("UNKNOWN", 1)))
+        uow.inventory.reserve("o2", (OrderLine("A", 1), OrderLine("UNKNOWN", 1)), today=TODAY)
 
     assert [stock(app, s) for s in "ABC"] == [
         StockLevel("A", 10, 0),
@@ -160,6 +164,7 @@ def test_a_reservation_is_all_or_nothing_across_lines(app: App) -> None:
         StockLevel("C", 10, 0),
     ]
     assert rows(app, t.inventory_reservations) == 0
+    assert rows(app, t.reservation_lots) == 0
 
 
 def test_a_reservation_is_made_once_per_order(app: App) -> None:
@@ -172,7 +177,14 @@ def test_a_reservation_is_made_once_per_order(app: App) -> None:
     assert stock(app, "B") == StockLevel("B", 10, 4)
     with app.engine.connect() as conn:
         lines = conn.execute(select(t.inventory_reservations.c.lines)).scalar_one()
+        taken = conn.execute(
+            select(t.reservation_lots).order_by(t.reservation_lots.c.position)
+        ).all()
     assert lines == [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 4}]
+    assert [tuple(row) for row in taken] == [
+        ("o1", "A", "default", 2, 0),
+        ("o1", "B", "default", 4, 1),
+    ]
 
 
 def test_releasing_twice_gives_the_stock_back_once(app: App) -> None:
@@ -218,6 +230,43 @@ def test_the_schema_refuses_more_reserved_than_on_hand(app: App) -> None:
                 update(t.inventory).where(t.inventory.c.sku == "A").values(reserved=reserved)
             )
     assert stock(app, "A") == StockLevel("A", 5, 0)
+
+
+def test_the_schema_refuses_more_reserved_than_on_hand_in_a_lot(app: App) -> None:
+    with app.uow() as uow:
+        uow.inventory.set_lot("A", "L1", 5, date(2031, 1, 1))
+        uow.commit()
+    lots = t.inventory_lots
+    for reserved in (6, -1):
+        with pytest.raises(DBAPIError), app.engine.begin() as conn:
+            conn.execute(update(lots).where(lots.c.lot == "L1").values(reserved=reserved))
+    with app.engine.connect() as conn:
+        assert conn.execute(select(lots.c.on_hand, lots.c.reserved)).one() == (5, 0)
+
+
+def test_lots_differing_in_case_or_trailing_space_are_different_lots(app: App) -> None:
+    with app.uow() as uow:
+        for lot, on_hand in (("l1", 1), ("L1", 2), ("l1 ", 3)):
+            uow.inventory.set_lot("A", lot, on_hand, date(2031, 1, 1))
+        uow.commit()
+    level = stock(app, "A")
+    assert level is not None and level.on_hand == 6
+    assert sorted((lot.lot, lot.on_hand) for lot in level.lots) == [
+        ("L1", 2),
+        ("l1", 1),
+        ("l1 ", 3),
+    ]
+
+
+def test_a_stock_change_updates_the_skus_row_with_the_sums_over_its_lots(app: App) -> None:
+    set_stock(app, A=4)
+    with app.uow() as uow:
+        uow.inventory.set_lot("A", "L1", 6, date(2031, 1, 1))
+        uow.commit()
+    reserve(app, "o1", ("A", 7))
+    with app.engine.connect() as conn:
+        row = conn.execute(select(t.inventory.c.on_hand, t.inventory.c.reserved)).one()
+    assert tuple(row) == (10, 7)
 
 
 # --- shipments ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.unit_of_work import AbstractUnitOfWork
 
 MakeApp = Callable[..., App]
-ORDER_KEYS = {"order_id", "status", "reason", "items", "saga", "shipment"}
+ORDER_KEYS = {"order_id", "status", "reason", "items", "saga", "shipment", "verification", "lots"}
 EVENT_KEYS = {"position", "stream_id", "version", "type", "event_version", "recorded_at", "data"}
 
 
@@ -59,11 +59,15 @@ def test_an_order_just_created_is_found_before_the_projector_has_seen_it(app: Ap
             "status": "running",
             "steps": [
                 {"name": "create_prescription", "status": "pending", "attempts": 0},
+                {"name": "verify_prescription", "status": "pending", "attempts": 0},
                 {"name": "reserve_inventory", "status": "pending", "attempts": 0},
                 {"name": "initiate_shipment", "status": "pending", "attempts": 0},
+                {"name": "await_pickup", "status": "pending", "attempts": 0},
             ],
         },
         "shipment": None,
+        "verification": {"status": "pending", "by": None},
+        "lots": [],
     }
 
     run_jobs(app)
@@ -74,7 +78,7 @@ def test_an_order_just_created_is_found_before_the_projector_has_seen_it(app: Ap
     assert from_projection == from_streams
     assert from_projection is not None and from_projection["status"] == "fulfilled"
     assert set(from_projection) == ORDER_KEYS
-    assert from_projection["shipment"]["status"] == "initiated"
+    assert from_projection["shipment"]["status"] == "in_transit"  # picked up as booked
 
 
 def test_an_unknown_order_has_no_view_and_no_events(app: App) -> None:
@@ -286,4 +290,8 @@ def test_inventory_shows_on_hand_reserved_and_available(app: App) -> None:
         "on_hand": 7,
         "reserved": 0,
         "available": 7,
+        "dea_schedule": None,
+        "lots": [
+            {"lot": "default", "on_hand": 7, "reserved": 0, "available": 7, "expires_on": None}
+        ],
     }

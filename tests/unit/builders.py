@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from fulfillment.domain.events import OrderCreated
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga_definition import SagaDefinition
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 from fulfillment.service_layer import order_saga
 
@@ -66,5 +67,12 @@ def placed_order(order_id: str = "o-1") -> Order:
     )
 
 
-def started_saga(order_id: str = "o-1") -> Saga:
-    return order_saga.start(placed_order(order_id), deadline_at=at(3600), at=T0)
+def started_saga(order_id: str = "o-1", *, definition: SagaDefinition | None = None) -> Saga:
+    """A saga of the order saga's version 1 (three steps and the pivot, no waits: the
+    step machinery's tests), or of `definition`."""
+    return order_saga.start(
+        placed_order(order_id),
+        deadline_at=at(3600),
+        at=T0,
+        definition=definition or order_saga.ORDER_SAGA_V1,
+    )

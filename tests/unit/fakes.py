@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Generic, TypeVar
 
 from fulfillment.adapters.clock import FixedClock
@@ -22,6 +22,7 @@ from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.bootstrap import build_handlers
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.errors import (
+    DomainError,
     InsufficientStock,
     InvalidInventory,
     PrescriptionExpired,
@@ -32,7 +33,13 @@ from fulfillment.domain.events import DomainEvent
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
 from fulfillment.domain.status import PrescriptionStatus, ReservationStatus, ShipmentStatus
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress, merge_lines
+from fulfillment.domain.values import (
+    LotAllocation,
+    OrderLine,
+    PrescriptionDetails,
+    ShippingAddress,
+    merge_lines,
+)
 from fulfillment.service_layer import ports
 from fulfillment.service_layer.job_runner import AbstractJobQueue, JobOutcome, JobRunner
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
@@ -112,7 +119,12 @@ class FakeDatabase:
     mapper: EventMapper = field(default_factory=EventMapper)
     events: list[StoredEvent] = field(default_factory=list)
     prescriptions: dict[str, PrescriptionRow] = field(default_factory=dict)
+    #: Each SKU's totals over its lots, and its DEA schedule (`lots` left empty here).
     inventory: dict[str, ports.StockLevel] = field(default_factory=dict)
+    #: (sku, lot) -> the lot.
+    lots: dict[tuple[str, str], ports.LotLevel] = field(default_factory=dict)
+    #: order id -> the lots its reservation took, in the order it took them.
+    allocations: dict[str, tuple[LotAllocation, ...]] = field(default_factory=dict)
     reservations: dict[str, ReservationRow] = field(default_factory=dict)
     shipments: dict[str, ShipmentRow] = field(default_factory=dict)
     idempotency_keys: dict[str, ports.IdempotencyRecord] = field(default_factory=dict)
@@ -193,6 +205,13 @@ class Pending(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         self.writes[key] = value
 
+    def rows(self) -> list[V]:
+        """Every row as the transaction sees it: committed ones first, in their order."""
+        return list({**self.committed, **self.writes}.values())
+
+    def items(self) -> list[tuple[K, V]]:
+        return list({**self.committed, **self.writes}.items())
+
     def flush(self) -> None:
         self.committed.update(self.writes)
         self.writes = {}
@@ -231,61 +250,147 @@ class FakePrescriptionService(ports.PrescriptionService):
 
 
 class FakeInventoryService(ports.InventoryReservationService):
+    """As `SqlAlchemyInventoryService`: lots in `lots`, each SKU's totals (and schedule)
+    in `stock`, kept as the sums over its lots; the lots each reservation took in
+    `allocations`."""
+
     def __init__(
         self,
         db: FakeDatabase,
         stock: Pending[str, ports.StockLevel],
         reservations: Pending[str, ReservationRow],
+        lots: Pending[tuple[str, str], ports.LotLevel],
+        allocations: Pending[str, tuple[LotAllocation, ...]],
     ) -> None:
         self.db = db
         self.stock = stock
         self.reservations = reservations
+        self.lots = lots
+        self.allocations = allocations
 
-    def set_on_hand(self, sku: str, on_hand: int) -> ports.StockLevel:
+    def _lots_of(self, sku: str) -> list[ports.LotLevel]:
+        return sorted((lot for lot in self.lots.rows() if lot.sku == sku), key=ports.fefo_key)
+
+    def _total(self, sku: str, dea_schedule: str | ports.Unchanged | None) -> None:
         current = self.stock.get(sku) or ports.StockLevel(sku, 0, 0)
-        if on_hand < 0 or on_hand < current.reserved:
-            raise InvalidInventory(f"on_hand {on_hand} is below what is reserved for {sku}")
-        level = replace(current, on_hand=on_hand)
-        self.stock.put(sku, level)
+        lots = self._lots_of(sku)
+        self.stock.put(
+            sku,
+            ports.StockLevel(
+                sku,
+                sum(lot.on_hand for lot in lots),
+                sum(lot.reserved for lot in lots),
+                current.dea_schedule if dea_schedule is ports.UNCHANGED else dea_schedule,
+            ),
+        )
+
+    def _put_lot(self, sku: str, lot: str, on_hand: int, expires_on: date | None) -> ports.LotLevel:
+        current = self.lots.get((sku, lot))
+        reserved = current.reserved if current is not None else 0
+        if on_hand < reserved:
+            of = "" if lot == ports.DEFAULT_LOT else f" of lot {lot}"
+            raise InvalidInventory(
+                f"on_hand {on_hand} is below the {reserved} units reserved{of} for {sku}"
+            )
+        level = ports.LotLevel(sku, lot, on_hand, reserved, expires_on)
+        self.lots.put((sku, lot), level)
+        return level
+
+    def set_on_hand(
+        self,
+        sku: str,
+        on_hand: int,
+        dea_schedule: str | ports.Unchanged | None = ports.UNCHANGED,
+    ) -> ports.StockLevel:
+        if on_hand < 0:
+            raise InvalidInventory("on_hand must be >= 0")
+        if dea_schedule not in (None, ports.UNCHANGED, *ports.DEA_SCHEDULES):
+            raise DomainError(f"unknown DEA schedule {dea_schedule!r}")
+        if on_hand > 0 or self.lots.get((sku, ports.DEFAULT_LOT)) is not None:
+            self._put_lot(sku, ports.DEFAULT_LOT, on_hand, None)
+        self._total(sku, dea_schedule)
+        level = self.get(sku)
+        assert level is not None
+        return level
+
+    def set_lot(self, sku: str, lot: str, on_hand: int, expires_on: date) -> ports.LotLevel:
+        if lot == ports.DEFAULT_LOT:
+            raise DomainError(f"lot {lot!r} holds the units without an expiry date")
+        if on_hand < 0:
+            raise InvalidInventory("on_hand must be >= 0")
+        level = self._put_lot(sku, lot, on_hand, expires_on)
+        self._total(sku, ports.UNCHANGED)
         return level
 
     def get(self, sku: str) -> ports.StockLevel | None:
-        return self.stock.get(sku)
+        level = self.stock.get(sku)
+        return None if level is None else replace(level, lots=tuple(self._lots_of(sku)))
 
-    def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
+    def reserve(
+        self,
+        order_id: str,
+        lines: tuple[OrderLine, ...],
+        *,
+        today: date,
+        min_shelf_life_days: int = 30,
+    ) -> ports.Reservation:
         existing = self.reservations.get(order_id)
         if existing is not None:
-            return existing.id
+            return ports.Reservation(existing.id, self.allocations.get(order_id) or ())
         merged = merge_lines(lines)
-        for line in merged:
+        usable_from = today + timedelta(days=min_shelf_life_days)
+        taken: list[LotAllocation] = []
+        for line in merged:  # everything checked before anything is taken
             level = self.stock.get(line.sku)
             if level is None or level.available < line.quantity:
                 raise InsufficientStock(f"not enough {line.sku} available for {line.quantity}")
-        for line in merged:
-            level = self.stock.get(line.sku)
-            assert level is not None
-            self.stock.put(line.sku, replace(level, reserved=level.reserved + line.quantity))
+            wanted = line.quantity
+            for lot in self._lots_of(line.sku):
+                if wanted == 0:
+                    break
+                if lot.available <= 0 or (
+                    lot.expires_on is not None and lot.expires_on < usable_from
+                ):
+                    continue
+                quantity = min(wanted, lot.available)
+                taken.append(LotAllocation(line.sku, lot.lot, quantity))
+                wanted -= quantity
+            if wanted > 0:
+                raise InsufficientStock(
+                    f"not enough {line.sku} with {min_shelf_life_days} days of shelf life "
+                    f"left for {line.quantity}"
+                )
+        self._apply(taken, reserved=+1, on_hand=0)
         row = ReservationRow(f"res-{order_id}", order_id, ReservationStatus.RESERVED, merged)
         self.reservations.put(order_id, row)
-        return row.id
+        self.allocations.put(order_id, tuple(taken))
+        return ports.Reservation(row.id, tuple(taken))
+
+    def _apply(self, allocations: Iterable[LotAllocation], *, reserved: int, on_hand: int) -> None:
+        """Add `reserved` and `on_hand` times each allocation's units to its lot."""
+        skus = set()
+        for a in allocations:
+            lot = self.lots.get((a.sku, a.lot))
+            assert lot is not None
+            self.lots.put(
+                (a.sku, a.lot),
+                replace(
+                    lot,
+                    reserved=lot.reserved + reserved * a.quantity,
+                    on_hand=lot.on_hand + on_hand * a.quantity,
+                ),
+            )
+            skus.add(a.sku)
+        for sku in skus:
+            self._total(sku, ports.UNCHANGED)
 
     def _settle(self, order_id: str, to: ReservationStatus) -> None:
         row = self.reservations.get(order_id)
         if row is None or row.status is not ReservationStatus.RESERVED:
             return
         self.reservations.put(order_id, replace(row, status=to))
-        for line in row.lines:
-            level = self.stock.get(line.sku)
-            assert level is not None
-            consumed = line.quantity if to is ReservationStatus.CONSUMED else 0
-            self.stock.put(
-                line.sku,
-                replace(
-                    level,
-                    on_hand=level.on_hand - consumed,
-                    reserved=level.reserved - line.quantity,
-                ),
-            )
+        consumed = -1 if to is ReservationStatus.CONSUMED else 0
+        self._apply(self.allocations.get(order_id) or (), reserved=-1, on_hand=consumed)
 
     def release(self, order_id: str) -> None:
         self.db.fail_if_faulty("inventory.release")
@@ -294,6 +399,20 @@ class FakeInventoryService(ports.InventoryReservationService):
     def consume(self, order_id: str) -> None:
         self.db.fail_if_faulty("inventory.consume")
         self._settle(order_id, ReservationStatus.CONSUMED)
+
+    def lot_orders(self, sku: str, lot: str) -> list[tuple[str, int]] | None:
+        if self.lots.get((sku, lot)) is None:
+            return None
+        return [
+            (a_order, a.quantity)
+            for a_order, taken in self.allocations.items()
+            for a in taken
+            if (a.sku, a.lot) == (sku, lot)
+        ]
+
+    def controlled(self, skus: Iterable[str]) -> bool:
+        levels = [self.stock.get(sku) for sku in skus]
+        return any(level is not None and level.dea_schedule is not None for level in levels)
 
 
 class FakeShipmentService(ports.ShipmentService):
@@ -319,6 +438,12 @@ class FakeShipmentService(ports.ShipmentService):
         row = self.rows.get(order_id)
         if row is not None and row.status is ShipmentStatus.INITIATED:
             self.rows.put(order_id, replace(row, status=ShipmentStatus.CANCELLED))
+
+    def order_of(self, tracking_number: str) -> str | None:
+        rows = {**self.rows.committed, **self.rows.writes}
+        return next(
+            (r.order_id for r in rows.values() if r.tracking_number == tracking_number), None
+        )
 
 
 class FakeIdempotencyKeys(ports.IdempotencyKeys):
@@ -376,6 +501,8 @@ class FakeCarrier(ports.Carrier):
 
     def __init__(self, countries: tuple[str, ...] = ("NL", "GB", "US")) -> None:
         self.countries = countries
+        #: False: pickup comes later, as a signal to the saga's `await_pickup` wait.
+        self.confirms_pickup_at_booking = True
         self.down_for = 0
         self.bookings: dict[str, ports.Booking] = {}
         self.cancelled: list[str] = []
@@ -447,18 +574,22 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         super().__init__(job)
         self.db = db
         self.committed = False
-        self._tables: list[Pending[str, Any]] = []
+        self._tables: list[Pending[Any, Any]] = []
 
     def _begin(self) -> None:
         db = self.db
         self._prescriptions = Pending(db.prescriptions)
         self._stock = Pending(db.inventory)
+        self._lots = Pending(db.lots)
+        self._allocations = Pending(db.allocations)
         self._reservations = Pending(db.reservations)
         self._shipments = Pending(db.shipments)
         self._keys = Pending(db.idempotency_keys)
         self._tables = [
             self._prescriptions,
             self._stock,
+            self._lots,
+            self._allocations,
             self._reservations,
             self._shipments,
             self._keys,
@@ -466,7 +597,9 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.orders = FakeOrderRepository(db, self.track)
         self.sagas = FakeSagaRepository(db, self.track)
         self.prescriptions = FakePrescriptionService(db, self._prescriptions)
-        self.inventory = FakeInventoryService(db, self._stock, self._reservations)
+        self.inventory = FakeInventoryService(
+            db, self._stock, self._reservations, self._lots, self._allocations
+        )
         self.shipments = FakeShipmentService(self._shipments)
         self.idempotency = FakeIdempotencyKeys(self._keys)
         self.jobs = FakeSagaJobs(db)
@@ -708,11 +841,21 @@ def make_fake_app(
     retry: RetryPolicy | None = None,
     timeouts: Timeouts | None = None,
     max_job_failures: int = 3,
+    verification_required_for: str = "controlled",
+    min_shelf_life_days: int = 30,
 ) -> FakeApp:
     db = FakeDatabase()
     carrier = carrier or FakeCarrier()
     retry = retry or RetryPolicy(max_attempts=3, base_seconds=1.0)
-    handlers = build_handlers(EngineDeps(db.clock, carrier, retry, timeouts or Timeouts()))
+    deps = EngineDeps(
+        db.clock,
+        carrier,
+        retry,
+        timeouts or Timeouts(),
+        verification_required_for=verification_required_for,
+        min_shelf_life_days=min_shelf_life_days,
+    )
+    handlers = build_handlers(deps)
     bus = MessageBus(lambda job: FakeUnitOfWork(db, job), handlers)
     queue = FakeJobQueue(db)
     runner = JobRunner(bus, queue, retry, max_job_failures)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fulfillment.config import Settings
+from fulfillment.config import ApiKey, Settings, parse_api_keys
 
 
 def test_with_nothing_set_the_documented_defaults_apply() -> None:
@@ -51,7 +51,10 @@ def test_every_documented_variable_is_read() -> None:
     assert settings.carrier_latency_ms == 250
     assert settings.carrier_failure_rate == 0.2
     assert settings.job_lease_seconds == 12.5
-    assert settings.api_keys == ("key-one", "key-two")
+    assert settings.api_keys == (
+        ApiKey("key1", "admin", "key-one"),
+        ApiKey("key2", "admin", "key-two"),
+    )
     assert settings.group_commit_max_steps == 1
 
 
@@ -152,3 +155,95 @@ def test_saga_modules_are_read_and_a_missing_one_is_named() -> None:
     assert settings.saga_modules == ("approval_saga", "json")
     with pytest.raises(ValueError, match="no module named 'no_such_sagas'"):
         Settings.from_env({"FULFILLMENT_SAGA_MODULES": "json,no_such_sagas"})
+
+
+# --- FULFILLMENT_API_KEYS --------------------------------------------------------------------
+
+
+def test_api_keys_are_named_role_secret_triples_or_bare_admin_secrets() -> None:
+    settings = Settings.from_env(
+        {
+            "FULFILLMENT_API_KEYS": " ann:viewer:s-ann , bare-one,shop.web:client:s:with:colons,"
+            " ops-1 : operator : s-ops ,rx_desk:pharmacist:s-rx,,root:admin:s-root"
+        }
+    )
+
+    assert settings.api_keys == (
+        ApiKey("ann", "viewer", "s-ann"),
+        ApiKey("key2", "admin", "bare-one"),  # named by its position in the list
+        ApiKey("shop.web", "client", "s:with:colons"),  # the secret is all after the 2nd ':'
+        ApiKey("ops-1", "operator", "s-ops"),
+        ApiKey("rx_desk", "pharmacist", "s-rx"),
+        ApiKey("root", "admin", "s-root"),
+    )
+    assert settings.api_secrets == ("s-ann", "bare-one", "s:with:colons", "s-ops", "s-rx", "s-root")
+    assert settings.api_keys  # truthy: authentication is on
+
+
+def test_a_name_of_64_characters_is_accepted() -> None:
+    name = "a" * 64
+    assert parse_api_keys(f"{name}:viewer:s") == (ApiKey(name, "viewer", "s"),)
+
+
+def test_keys_given_in_code_as_strings_are_parsed_like_the_variable() -> None:
+    settings = Settings(api_keys=("first", "ann:viewer:second"))  # type: ignore[arg-type]
+
+    assert settings.api_keys == (
+        ApiKey("key1", "admin", "first"),
+        ApiKey("ann", "viewer", "second"),
+    )
+
+
+def test_a_secret_is_never_in_the_repr_of_a_key_or_of_the_settings() -> None:
+    settings = Settings.from_env({"FULFILLMENT_API_KEYS": "ann:viewer:s3cr3t-value,0th3r-value"})
+
+    assert "s3cr3t-value" not in repr(settings) and "0th3r-value" not in repr(settings)
+    assert "ann" in repr(settings.api_keys[0])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ann:boss:s3cr3t-value", r"entry 1 \('ann'\): the role must be one of viewer, client"),
+        ("ok:viewer:x,ann:Admin:s3cr3t-value", r"entry 2 \('ann'\): the role must be one of"),
+        ("ann:s3cr3t-value:viewer", r"entry 1 \('ann'\): the role must be one of"),  # misordered
+        (":viewer:s3cr3t-value", r"entry 1: the name must be 1 to 64"),
+        ("ann:viewer:", r"entry 1 \('ann'\): the secret is empty"),
+        ("ann:viewer: ", r"entry 1 \('ann'\): the secret is empty"),
+        ("ann::s3cr3t-value", r"entry 1 \('ann'\): the role must be one of"),
+        ("x,an n:viewer:s3cr3t-value", r"entry 2: the name must be 1 to 64 letters"),
+        ("ann/x:viewer:s3cr3t-value", r"entry 1: the name must be"),
+        (f"{'a' * 65}:viewer:s3cr3t-value", r"entry 1: the name must be"),
+        ("ann:s3cr3t-value", r"entry 1 has one ':'; write name:role:secret"),
+        (
+            "ann:viewer:s3cr3t-value,ann:client:other",
+            r"entries 1 and 2 are both named 'ann'",
+        ),
+        ("first,key1:viewer:s3cr3t-value", r"entries 1 and 2 are both named 'key1'"),
+        (
+            "ann:viewer:s3cr3t-value,bob:client:s3cr3t-value",
+            r"entries 1 \('ann'\) and 2 \('bob'\) have the same secret",
+        ),
+        ("s3cr3t-value,bob:client:s3cr3t-value", r"entries 1 \('key1'\) and 2 \('bob'\)"),
+        ("s3cr3t-value, s3cr3t-value", r"entries 1 \('key1'\) and 2 \('key2'\) have the same"),
+    ],
+)
+def test_a_bad_api_key_entry_is_named_and_its_secret_never_repeated(
+    value: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        Settings.from_env({"FULFILLMENT_API_KEYS": value})
+
+    text = str(caught.value)
+    assert text.startswith("FULFILLMENT_API_KEYS: ")
+    assert "s3cr3t-value" not in text
+    assert "boss" not in text and "Admin" not in text  # nor the role, which may be a secret
+
+
+def test_the_minimum_shelf_life_is_a_whole_number_of_days_not_below_zero() -> None:
+    assert Settings.from_env({}).min_shelf_life_days == 30
+    assert Settings.from_env({"FULFILLMENT_MIN_SHELF_LIFE_DAYS": "0"}).min_shelf_life_days == 0
+    assert Settings.from_env({"FULFILLMENT_MIN_SHELF_LIFE_DAYS": "90"}).min_shelf_life_days == 90
+    for value in ("-1", "1.5", "soon"):
+        with pytest.raises(ValueError, match="FULFILLMENT_MIN_SHELF_LIFE_DAYS"):
+            Settings.from_env({"FULFILLMENT_MIN_SHELF_LIFE_DAYS": value})

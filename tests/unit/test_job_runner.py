@@ -37,8 +37,10 @@ def ghost_job(app: FakeApp) -> None:
 def test_every_job_kind_has_a_handler_on_the_bus(app: FakeApp) -> None:
     assert set(ORDER_SAGA.job_kinds) == {
         "create_prescription",
+        "verify_prescription",
         "reserve_inventory",
         "initiate_shipment",
+        "await_pickup",
         "complete",
         "release_inventory",
         "cancel_prescription",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES, DomainEvent, OrderCancelled
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.domain.values import LotAllocation, OrderLine, PrescriptionDetails, ShippingAddress
 
 from .builders import T0, address, at, lines, prescription
 
@@ -49,6 +49,8 @@ SAMPLES: dict[Any, Any] = {
     dict[str, Any]: {"decision": "approve", "note": None, "n": [1, 2]},
     PrescriptionDetails: prescription(date(2031, 12, 31)),
     ShippingAddress: address("GB"),
+    tuple[LotAllocation, ...]: (LotAllocation("ASPIRIN-100", "L1", 2),),
+    bool: True,
 }
 
 text = st.text(max_size=30)
@@ -66,6 +68,10 @@ STRATEGIES: dict[Any, st.SearchStrategy[Any]] = {
     ).map(tuple),
     PrescriptionDetails: st.builds(PrescriptionDetails, text, text, st.dates()),
     ShippingAddress: st.builds(ShippingAddress, text, text, text, text, text),
+    tuple[LotAllocation, ...]: st.lists(
+        st.builds(LotAllocation, text, text, st.integers(1, 10_000)), max_size=3
+    ).map(tuple),
+    bool: st.booleans(),
 }
 
 

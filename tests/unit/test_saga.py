@@ -29,7 +29,8 @@ from fulfillment.domain.events import (
 from fulfillment.domain.saga import Saga
 from fulfillment.domain.status import SagaStatus, StepStatus
 from fulfillment.service_layer import order_saga
-from fulfillment.service_layer.order_saga import ORDER_SAGA, Compensation, Step
+from fulfillment.service_layer.order_saga import ORDER_SAGA_V1 as ORDER_SAGA
+from fulfillment.service_layer.order_saga import Compensation, Step
 
 from .builders import T0, address, at, lines, order_created, prescription, started_saga
 from .saga_model import (

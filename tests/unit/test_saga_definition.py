@@ -13,6 +13,7 @@ import pytest
 from fulfillment.domain.events import DomainEvent
 from fulfillment.domain.saga_definition import (
     CONTINUE,
+    REGISTRY,
     CompensationSpec,
     SagaDefinition,
     SagaRegistry,
@@ -158,8 +159,17 @@ def test_the_registry_keeps_every_version_and_finds_a_sagas_own() -> None:
         registry.register(trip(book(), version=2))
 
 
-def test_the_order_saga_runs_its_three_steps_then_completes() -> None:
+def test_the_order_saga_runs_its_steps_and_waits_then_completes() -> None:
     assert [s.name for s in ORDER_SAGA.steps] == [
+        "create_prescription",
+        "verify_prescription",
+        "reserve_inventory",
+        "initiate_shipment",
+        "await_pickup",
+        "complete",
+    ]
+    assert ORDER_SAGA.version == 2 and ORDER_SAGA.cancellation is not None
+    assert [s.name for s in REGISTRY.get("order_fulfillment", 1).steps] == [
         "create_prescription",
         "reserve_inventory",
         "initiate_shipment",

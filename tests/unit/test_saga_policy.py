@@ -6,7 +6,8 @@ import pytest
 
 from fulfillment.domain.saga import Saga
 from fulfillment.service_layer.jobs import JobSpec
-from fulfillment.service_layer.order_saga import COMPLETE, ORDER_SAGA, Compensation, Step
+from fulfillment.service_layer.order_saga import COMPLETE, Compensation, Step
+from fulfillment.service_layer.order_saga import ORDER_SAGA_V1 as ORDER_SAGA
 from fulfillment.service_layer.saga_policy import next_job
 
 from .builders import at, started_saga

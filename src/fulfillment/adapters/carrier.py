@@ -32,8 +32,12 @@ class SimulatedCarrier(Carrier):
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         fail_keys: Callable[[str], bool] | None = None,
+        pickup_delay_ms: float = 0.0,
     ) -> None:
         self.countries = frozenset(c.upper() for c in countries)
+        #: FULFILLMENT_CARRIER_PICKUP_DELAY_MS: 0 picks the parcel up as it is booked.
+        self.pickup_delay_ms = pickup_delay_ms
+        self.confirms_pickup_at_booking = pickup_delay_ms == 0
         self.latency_ms = latency_ms
         self.failure_rate = failure_rate
         self.rng = rng or random.Random()

@@ -49,7 +49,8 @@ from fulfillment.domain import events as ev
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
 from fulfillment.domain.saga_definition import SagaDefinition
-from fulfillment.domain.status import OrderStatus, SagaStatus, ShipmentStatus, StepStatus
+from fulfillment.domain.status import OrderStatus, SagaStatus, StepStatus
+from fulfillment.service_layer import order_saga
 from fulfillment.service_layer.order_saga import ORDER_SAGA
 
 log = logging.getLogger("fulfillment.projections")
@@ -122,11 +123,12 @@ def summary_of(order: Order, saga: Saga | None, created: StoredEvent, last: Stor
     # A saga that has not started yet (its order was created before sagas existed) is
     # about to run: it shows as running with every step pending.
     saga_status = saga.status if saga is not None and saga.status else SagaStatus.RUNNING
-    status = (
-        OrderStatus.NEEDS_ATTENTION
-        if saga_status is SagaStatus.COMPENSATION_FAILED
-        else order.status
-    )
+    status = order.display_status
+    if saga_status is SagaStatus.COMPENSATION_FAILED:
+        status = OrderStatus.NEEDS_ATTENTION
+    elif order_saga.awaiting_verification(saga):
+        status = OrderStatus.AWAITING_VERIFICATION
+    assert status is not None
     reason = order.reason or (saga.failure_reason if saga is not None else None)
     definition: SagaDefinition = saga.spec if saga is not None else ORDER_SAGA
     steps = [
@@ -142,10 +144,9 @@ def summary_of(order: Order, saga: Saga | None, created: StoredEvent, last: Stor
     shipment = None
     booked = saga.result(ev.ShipmentInitiated) if saga is not None else None
     if saga is not None and booked is not None:
-        cancelled = saga.was_compensated(ev.ShipmentCancelled)
         shipment = {
             "tracking_number": booked.tracking_number,
-            "status": (ShipmentStatus.CANCELLED if cancelled else ShipmentStatus.INITIATED).value,
+            "status": order_saga.shipment_status(saga, order),
         }
     return {
         "order_id": order.id,
@@ -157,6 +158,8 @@ def summary_of(order: Order, saga: Saga | None, created: StoredEvent, last: Stor
         "saga_status": saga_status.value,
         "steps": steps,
         "shipment": shipment,
+        "verification": order_saga.verification(saga),
+        "lots": order_saga.lots(saga),
         "placed_at": to_utc(order.placed_at),
         "updated_at": last.recorded_at,
         "finished_at": to_utc(saga.finished_at) if saga and saga.finished_at else None,

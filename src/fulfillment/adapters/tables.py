@@ -100,12 +100,30 @@ prescriptions = Table(
     Column("updated_at", Timestamp, nullable=False),
 )
 
+# One row per SKU: its totals over its lots (kept in the transaction that changes a lot,
+# adapters/services.py) and its DEA schedule (II..V; NULL: not a controlled substance).
+# A transaction that changes a SKU's lots holds this row's lock first.
 inventory = Table(
     "inventory",
     metadata,
     Column("sku", ExactKey, primary_key=True),
     Column("on_hand", Integer, nullable=False),
     Column("reserved", Integer, nullable=False, default=0),
+    Column("dea_schedule", String(3), nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
+)
+
+# The units of a SKU by lot, with the lot's expiry; lot `default` has none (NULL) and is
+# what `PUT /inventory/{sku}` sets. Reservations take the earliest expiry first.
+inventory_lots = Table(
+    "inventory_lots",
+    metadata,
+    Column("sku", ExactKey, primary_key=True),
+    Column("lot", ExactKey, primary_key=True),
+    Column("on_hand", Integer, nullable=False),
+    Column("reserved", Integer, nullable=False, default=0),
+    Column("expires_on", Date, nullable=True),
     Column("updated_at", Timestamp, nullable=False),
     CheckConstraint("reserved >= 0 AND reserved <= on_hand", name="reserved_within_on_hand"),
 )
@@ -121,6 +139,19 @@ inventory_reservations = Table(
     Column("updated_at", Timestamp, nullable=False),
 )
 
+# The lots each reservation took units from (a recall finds its orders by (sku, lot));
+# `position` keeps the order reserve handed them out in (SKU, then first expiry first).
+reservation_lots = Table(
+    "reservation_lots",
+    metadata,
+    Column("order_id", Id, primary_key=True),
+    Column("sku", ExactKey, primary_key=True),
+    Column("lot", ExactKey, primary_key=True),
+    Column("quantity", Integer, nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Index("ix_reservation_lots_sku_lot", "sku", "lot"),
+)
+
 shipments = Table(
     "shipments",
     metadata,
@@ -132,6 +163,8 @@ shipments = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # Carrier tracking updates find their shipment by its number.
+    Index("ix_shipments_tracking_number", "tracking_number"),
 )
 
 # Idempotency-Key of POST /orders: written in the transaction that creates the order, so a
@@ -168,6 +201,8 @@ order_summaries = Table(
     Column("saga_status", String(20), nullable=False),
     Column("steps", JSON, nullable=False),
     Column("shipment", JSON(none_as_null=True), nullable=True),
+    Column("verification", JSON(none_as_null=True), nullable=True),
+    Column("lots", JSON(none_as_null=True), nullable=True),
     Column("placed_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp, nullable=True),

@@ -211,6 +211,95 @@ class SagaWaitTimedOut(DomainEvent):
     reason: str | None
 
 
+# --- The pharmacy lifecycle: verification, cancellation, pickup and tracking -----------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionVerified(DomainEvent):
+    """A pharmacist approved the prescription (`by`: the API key's name, with their
+    `pharmacist_id`), or no review was required (`by` "policy")."""
+
+    saga_id: str
+    by: str
+    pharmacist_id: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionRejected(DomainEvent):
+    saga_id: str
+    by: str
+    pharmacist_id: str
+    reason: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrescriptionClarificationRequested(DomainEvent):
+    """The pharmacist asks the prescriber a question; the saga keeps waiting."""
+
+    saga_id: str
+    by: str
+    pharmacist_id: str
+    note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCancellationRequested(DomainEvent):
+    """A customer or the prescriber asked to stop the order: it takes effect after the
+    step in progress (at once when the saga waits)."""
+
+    saga_id: str
+    reason: str
+    by: str
+    note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentPickedUp(DomainEvent):
+    """The carrier has the parcel (`in_transit`): the saga can no longer be undone.
+    `carrier_event_id` is None when the carrier confirmed pickup at booking."""
+
+    saga_id: str
+    tracking_number: str
+    picked_up_at: datetime
+    location: str | None = None
+    carrier_event_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentTrackingUpdated(DomainEvent):
+    """A carrier's tracking update after pickup, on the order's stream (in_transit,
+    out_for_delivery, delivery_failed); `applied` is False for an out-of-order update
+    that does not move the shipment's status."""
+
+    order_id: str
+    tracking_number: str
+    status: str
+    carrier_event_id: str
+    reported_at: datetime
+    location: str | None = None
+    applied: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentDelivered(DomainEvent):
+    order_id: str
+    tracking_number: str
+    carrier_event_id: str
+    reported_at: datetime
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentReturned(DomainEvent):
+    order_id: str
+    tracking_number: str
+    carrier_event_id: str
+    reported_at: datetime
+    location: str | None = None
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.__name__: cls
     for cls in (
@@ -236,6 +325,14 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         SagaWaitStarted,
         SagaSignalReceived,
         SagaWaitTimedOut,
+        PrescriptionVerified,
+        PrescriptionRejected,
+        PrescriptionClarificationRequested,
+        OrderCancellationRequested,
+        ShipmentPickedUp,
+        ShipmentTrackingUpdated,
+        ShipmentDelivered,
+        ShipmentReturned,
     )
 }
 

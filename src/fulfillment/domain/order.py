@@ -6,8 +6,16 @@ from datetime import datetime
 
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.errors import DomainError, IllegalTransition
-from fulfillment.domain.events import OrderCancelled, OrderCreated, OrderFulfilled
-from fulfillment.domain.status import OrderStatus
+from fulfillment.domain.events import (
+    DomainEvent,
+    OrderCancelled,
+    OrderCreated,
+    OrderFulfilled,
+    ShipmentDelivered,
+    ShipmentReturned,
+    ShipmentTrackingUpdated,
+)
+from fulfillment.domain.status import OrderStatus, TrackingStatus
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
 
 MAX_ORDER_LINES = 100
@@ -27,6 +35,11 @@ class Order(Aggregate):
         self.reason: str | None = None
         self.tracking_number: str | None = None
         self.placed_at: datetime | None = None
+        #: The parcel's fate after handoff, as the carrier's updates moved it (None: no
+        #: update recorded on the order).
+        self.tracking_status: TrackingStatus | None = None
+        #: The carrier's event ids already recorded: a repeated update changes nothing.
+        self.carrier_events: set[str] = set()
 
     # --- commands -------------------------------------------------------------
 
@@ -64,6 +77,52 @@ class Order(Aggregate):
     def cancel(self, reason: str, *, at: datetime) -> None:
         self.check_pending("cancel")
         self._record(OrderCancelled(occurred_at=at, order_id=self.id, reason=reason))
+
+    def record_tracking(
+        self,
+        status: TrackingStatus,
+        *,
+        tracking_number: str,
+        carrier_event_id: str,
+        reported_at: datetime,
+        location: str | None,
+        at: datetime,
+    ) -> bool:
+        """Record a carrier's tracking update; False for one already recorded (its event
+        id). An update that would move the parcel back (`in_transit` after `delivered`)
+        is recorded, not applied."""
+        if carrier_event_id in self.carrier_events:
+            return False
+        current = self.tracking_status
+        applies = current is None or (current.rank < 3 and status.rank >= current.rank)
+        fields = {
+            "occurred_at": at,
+            "order_id": self.id,
+            "tracking_number": tracking_number,
+            "carrier_event_id": carrier_event_id,
+            "reported_at": reported_at,
+            "location": location,
+        }
+        event: DomainEvent
+        if applies and status is TrackingStatus.DELIVERED:
+            event = ShipmentDelivered(**fields)  # type: ignore[arg-type]
+        elif applies and status is TrackingStatus.RETURNED_TO_SENDER:
+            event = ShipmentReturned(**fields)  # type: ignore[arg-type]
+        else:
+            event = ShipmentTrackingUpdated(status=status.value, applied=applies, **fields)  # type: ignore[arg-type]
+        self._record(event)
+        return True
+
+    @property
+    def display_status(self) -> OrderStatus | None:
+        """The status users see: a fulfilled order's parcel may since have been
+        delivered or returned."""
+        if self.status is OrderStatus.FULFILLED:
+            if self.tracking_status is TrackingStatus.DELIVERED:
+                return OrderStatus.DELIVERED
+            if self.tracking_status is TrackingStatus.RETURNED_TO_SENDER:
+                return OrderStatus.RETURNED
+        return self.status
 
     def to_created_event(self) -> OrderCreated:
         """The order as placed (what a saga starts from)."""
@@ -111,3 +170,16 @@ class Order(Aggregate):
     def _when_OrderCancelled(self, event: OrderCancelled) -> None:
         self.status = OrderStatus.CANCELLED
         self.reason = event.reason
+
+    def _when_ShipmentTrackingUpdated(self, event: ShipmentTrackingUpdated) -> None:
+        self.carrier_events.add(event.carrier_event_id)
+        if event.applied:
+            self.tracking_status = TrackingStatus(event.status)
+
+    def _when_ShipmentDelivered(self, event: ShipmentDelivered) -> None:
+        self.carrier_events.add(event.carrier_event_id)
+        self.tracking_status = TrackingStatus.DELIVERED
+
+    def _when_ShipmentReturned(self, event: ShipmentReturned) -> None:
+        self.carrier_events.add(event.carrier_event_id)
+        self.tracking_status = TrackingStatus.RETURNED_TO_SENDER

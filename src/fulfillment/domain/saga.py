@@ -3,15 +3,17 @@ saga type (`fulfillment.domain.saga_definition`).
 
 Its state is derived only from its events, read through the definition the saga
 started under (its first event names it, with its version). Each step that succeeds
-pushes its compensation on a stack; when a step or a wait fails for good the stack is
-popped last in, first out. A saga whose steps and waits have all succeeded is completed.
+pushes its compensation on a stack; when a step or a wait fails for good, or a
+cancellation takes effect, the stack is popped last in, first out. A saga whose steps
+and waits have all succeeded is completed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from fulfillment.domain.aggregate import Aggregate
@@ -41,10 +43,26 @@ from fulfillment.domain.status import SagaStatus, StepStatus
 E = TypeVar("E", bound=DomainEvent)
 #: Configured wait timeouts by wait name (FULFILLMENT_*_TIMEOUT_SECONDS), or None.
 WaitTimeouts = Mapping[str, float] | None
+#: What the saga asks as it reaches a wait: an event that passes it at once (its
+#: `skip` said there is nothing to wait for), or None. Given by the engine, which has
+#: the wait's context.
+Skip = Callable[[WaitSpec], DomainEvent | None] | None
 
 
 class SignalNotExpected(IllegalTransition):
     """The saga is not waiting for this signal (any more): nothing changes (409)."""
+
+
+class TooLateToCancel(IllegalTransition):
+    """The saga has passed its pivot (the parcel was picked up) or has ended (409)."""
+
+
+class CancellationAccepted(StrEnum):
+    """What a cancellation request did."""
+
+    NOW = "now"  # the saga compensates from this transaction on
+    AFTER_STEP = "after_step"  # recorded: the saga compensates after its step in progress
+    ALREADY = "already"  # a request was recorded before, or the saga compensates already
 
 
 @dataclass
@@ -82,6 +100,10 @@ class Saga(Aggregate):
         self.failed_step: str | None = None
         self.failure_reason: str | None = None
         self.parked_error: str | None = None
+        #: The request to stop that the saga honours at its next step boundary, if any.
+        self.cancellation: DomainEvent | None = None
+        #: Events of the definition recorded at its waits (a skip's, a signal's), by type.
+        self.recorded: dict[str, DomainEvent] = {}
         self._current = 0  # index of the first element not succeeded
         self._elements: tuple[StepSpec | WaitSpec, ...] = ()  # the definition's steps
 
@@ -169,11 +191,27 @@ class Saga(Aggregate):
         return self.steps[step].started_at
 
     def result(self, event_type: type[E]) -> E | None:
-        """The success event of that type this saga recorded, if any."""
+        """The success event of that type this saga recorded (a step's, or one recorded
+        at a wait), if any."""
         for event in self.results.values():
             if isinstance(event, event_type):
                 return event
-        return None
+        found = self.recorded.get(event_type.__name__)
+        return found if isinstance(found, event_type) else None
+
+    @property
+    def waited(self) -> timedelta:
+        """How long the saga has spent in its waits (ended ones)."""
+        total = timedelta()
+        for element in self._elements:
+            state = self.steps[element.name]
+            if isinstance(element, WaitSpec) and state.started_at and state.finished_at:
+                total += state.finished_at - state.started_at
+        return total
+
+    @property
+    def cancellation_reason(self) -> str | None:
+        return getattr(self.cancellation, "reason", None) if self.cancellation else None
 
     def was_compensated(self, event_type: type[DomainEvent]) -> bool:
         return any(isinstance(e, event_type) for e in self.compensated)
@@ -209,14 +247,16 @@ class Saga(Aggregate):
 
     # --- forward steps --------------------------------------------------------
 
-    def succeed(self, step: str, event: DomainEvent, *, timeouts: WaitTimeouts = None) -> None:
+    def succeed(
+        self, step: str, event: DomainEvent, *, timeouts: WaitTimeouts = None, skip: Skip = None
+    ) -> None:
         """Record the step's success event (what its action returned)."""
         self.check_awaits(step)
         expected = self.spec.step(step).succeeded
         if not isinstance(event, expected):
             raise TypeError(f"step {step} succeeds with {expected.__name__}")
         self._record(event)
-        self._enter(event.occurred_at, timeouts)
+        self._enter(event.occurred_at, timeouts, skip)
 
     def record_attempt_failed(
         self, step: str, error: str, *, retry_in_seconds: float, at: datetime
@@ -254,16 +294,71 @@ class Saga(Aggregate):
             )
         )
 
-    def _enter(self, at: datetime, timeouts: WaitTimeouts) -> None:
-        """Entering a wait is recorded, with its timeout."""
+    def _enter(self, at: datetime, timeouts: WaitTimeouts, skip: Skip = None) -> None:
+        """The saga reached its next element: a cancellation requested meanwhile takes
+        effect; a wait is passed at once when `skip` gives its event, else entering it
+        is recorded, with its timeout."""
+        if self.honour_cancellation(at):
+            return
         wait = self.waiting
-        if wait is not None and self.steps[wait.name].status is StepStatus.PENDING:
+        while wait is not None and self.steps[wait.name].status is StepStatus.PENDING:
+            passed = skip(wait) if skip is not None and wait.skip is not None else None
+            if passed is not None:
+                self._record(passed)  # applying it passes the wait
+                wait = self.waiting
+                continue
             timeout_at = at_or_none(at, resolve_timeout(wait, timeouts))
             self._record(
                 SagaWaitStarted(
                     occurred_at=at, saga_id=self.id, wait=wait.name, timeout_at=timeout_at
                 )
             )
+            return
+
+    # --- cancellation ---------------------------------------------------------
+
+    @property
+    def cancellable(self) -> bool:
+        """Running before its pivot (or compensating already)."""
+        if self.status is SagaStatus.COMPENSATING:
+            return True
+        current = self.current
+        return current is not None and not self.spec.forward_only(current.name)
+
+    def request_cancellation(
+        self, reason: str, *, by: str, note: str | None, at: datetime, now: bool
+    ) -> CancellationAccepted:
+        """Ask the saga to stop. It takes effect at once when `now` (the saga waits, or
+        no job of it is in progress) or at its next step boundary; TooLateToCancel after
+        the pivot or once it ended. A second request changes nothing."""
+        cancellation = self.spec.cancellation
+        if cancellation is None:
+            raise TooLateToCancel(f"saga {self.spec.name} cannot be cancelled")
+        if not self.cancellable:
+            where = self.status.value if self.status else "not started"
+            current = self.current
+            if current is not None:
+                where = f"past the point of no return, at {current.name}"
+            raise TooLateToCancel(f"saga {self.id} is {where}: too late to cancel")
+        if self.status is SagaStatus.COMPENSATING or self.cancellation is not None:
+            return CancellationAccepted.ALREADY
+        self._record(
+            cancellation(occurred_at=at, saga_id=self.id, reason=reason, by=by, note=note)  # type: ignore[call-arg]
+        )
+        if now or self.waiting is not None:
+            self.honour_cancellation(at)
+            return CancellationAccepted.NOW
+        return CancellationAccepted.AFTER_STEP
+
+    def honour_cancellation(self, at: datetime) -> bool:
+        """A requested cancellation takes effect here, before the saga's current element
+        (still before the pivot): the saga compensates. False when there is none."""
+        reason = self.cancellation_reason
+        current = self.current
+        if reason is None or current is None or self.spec.forward_only(current.name):
+            return False
+        self._start_compensating(current.name, reason, at)
+        return True
 
     # --- waits ----------------------------------------------------------------
 
@@ -275,9 +370,14 @@ class Saga(Aggregate):
         *,
         at: datetime,
         timeouts: WaitTimeouts = None,
+        recorded: DomainEvent | None = None,
+        skip: Skip = None,
     ) -> None:
-        """A signal the wait accepts (SignalNotExpected otherwise), and its outcome."""
+        """A signal the wait accepts (SignalNotExpected otherwise), its outcome, and the
+        event of the definition's own the signal records (its `record`), if any."""
         wait = self.check_signal(signal)
+        if recorded is not None and type(recorded) not in wait.records:
+            raise TypeError(f"wait {wait.name} records no {type(recorded).__name__}")
         self._record(
             SagaSignalReceived(
                 occurred_at=at,
@@ -289,9 +389,13 @@ class Saga(Aggregate):
                 reason=outcome.reason,
             )
         )
-        self._after_wait(wait, outcome, at, timeouts)
+        if recorded is not None:
+            self._record(recorded)
+        self._after_wait(wait, outcome, at, timeouts, skip)
 
-    def time_out(self, wait: str, *, at: datetime, timeouts: WaitTimeouts = None) -> None:
+    def time_out(
+        self, wait: str, *, at: datetime, timeouts: WaitTimeouts = None, skip: Skip = None
+    ) -> None:
         """The wait's timer fired: its timeout outcome applies."""
         current = self.waiting
         if current is None or current.name != wait:
@@ -306,16 +410,16 @@ class Saga(Aggregate):
                 reason=outcome.reason,
             )
         )
-        self._after_wait(current, outcome, at, timeouts)
+        self._after_wait(current, outcome, at, timeouts, skip)
 
     def _after_wait(
-        self, wait: WaitSpec, outcome: Outcome, at: datetime, timeouts: WaitTimeouts
+        self, wait: WaitSpec, outcome: Outcome, at: datetime, timeouts: WaitTimeouts, skip: Skip
     ) -> None:
         if outcome.kind == "fail":
             assert outcome.reason is not None
             self._start_compensating(wait.name, outcome.reason, at)
         elif outcome.kind == "continue":
-            self._enter(at, timeouts)
+            self._enter(at, timeouts, skip)
 
     # --- compensations --------------------------------------------------------
 
@@ -380,6 +484,10 @@ class Saga(Aggregate):
             self._step_failed(step.name, event)
         elif (step := spec.compensated_by(name)) is not None:
             self._compensated(step, event)
+        elif (wait := spec.recorded_at_wait(name)) is not None:
+            self._recorded_at_wait(wait, event)
+        elif spec.cancellation is not None and isinstance(event, spec.cancellation):
+            self.cancellation = event
         else:
             raise TypeError(f"saga {spec.name} v{spec.version} cannot apply {name}")
 
@@ -425,6 +533,18 @@ class Saga(Aggregate):
         self.failed_step = step
         self.failure_reason = getattr(event, "reason", None)
 
+    def _recorded_at_wait(self, wait: WaitSpec, event: DomainEvent) -> None:
+        """A signal's event (the wait has moved already), or a skip's: the saga reached
+        the wait and passes it without waiting."""
+        self.recorded[type(event).__name__] = event
+        current = self.current
+        state = self.steps[wait.name]
+        if current is wait and state.status is StepStatus.PENDING:
+            state.status = StepStatus.SUCCEEDED
+            state.finished_at = event.occurred_at
+            self.results[wait.name] = event
+            self._advance(event.occurred_at)
+
     def _compensated(self, step: StepSpec, event: DomainEvent) -> None:
         assert step.compensation is not None
         popped = self.compensation_stack.pop()
@@ -453,6 +573,12 @@ class Saga(Aggregate):
     def _when_compensation_started(self, event: SagaCompensationStarted) -> None:
         self.failed_step = event.failed_step
         self.failure_reason = event.reason
+        stopped = self.steps.get(event.failed_step)
+        if stopped is not None and stopped.status is StepStatus.WAITING:
+            # A cancellation that stopped the saga at a wait ends it.
+            stopped.status = StepStatus.FAILED
+            stopped.finished_at = event.occurred_at
+            stopped.due_at = None
         self._after_compensation_progress(event.occurred_at)
 
     def _when_compensation_attempt_failed(self, event: CompensationAttemptFailed) -> None:

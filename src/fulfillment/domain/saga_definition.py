@@ -17,6 +17,13 @@ one `SagaDefinition`. How to write one: docs/sagas.md.
 * A **wait** holds the saga until one of its signals arrives (`POST
   /sagas/{id}/signals/{name}`) or its timeout fires (a job row due at that time). Each
   signal leads to an `Outcome`: go on, fail with a reason and compensate, or wait again.
+  A signal may also `record` an event of the definition's own (a pharmacist's
+  decision), and be restricted to some `roles`. A wait's `skip` decides, as the saga
+  reaches it, that there is nothing to wait for: the event it returns passes the wait in
+  the same transaction as the step before (no job, no transaction of its own).
+* A definition with `cancellation` accepts a request to stop (that event) while it runs
+  before its pivot: the saga compensates after the step in progress, at once when it
+  waits.
 
 A definition is registered under its name and version (`register`); a saga keeps
 running under the version it started with, so old and new versions run side by side.
@@ -135,11 +142,17 @@ def fail(reason: str) -> Outcome:
 @dataclass(frozen=True)
 class SignalSpec:
     """A signal a wait accepts: its name (the URL's), the pydantic model its JSON body
-    must match, and its outcome, fixed or decided from the validated payload."""
+    must match, and its outcome, fixed or decided from the validated payload.
+
+    `record`: StepContext (with `payload`, the validated model, and `sender`) -> an
+    event of the definition's own, recorded after the signal (one of the wait's
+    `records`). `roles`: the API roles that may send it (None: any that may signal)."""
 
     name: str
     schema: type[Any]
     outcome: Outcome | Callable[[Any], Outcome] = CONTINUE
+    record: Action | None = None
+    roles: frozenset[str] | None = None
 
     def decide(self, payload: Any) -> Outcome:
         return self.outcome if isinstance(self.outcome, Outcome) else self.outcome(payload)
@@ -154,6 +167,11 @@ class WaitSpec:
     signals: tuple[SignalSpec, ...]
     timeout_seconds: float | None = None
     on_timeout: Outcome = field(default_factory=lambda: fail("timeout"))
+    #: StepContext -> an event that passes the wait at once (nothing to wait for), or
+    #: None: the saga waits. Runs in the transaction that reaches the wait.
+    skip: Callable[[Any], DomainEvent | None] | None = None
+    #: The events of the definition's own that `skip` and the signals' `record` return.
+    records: tuple[type[DomainEvent], ...] = ()
     label: str = ""
     description: str = ""
 
@@ -182,6 +200,9 @@ class SagaDefinition:
     started: type[DomainEvent]
     steps: tuple[Element, ...]
     settle: Callable[[Any], None] | None = None
+    #: The event that records a request to stop the saga (None: it cannot be cancelled).
+    #: It carries `saga_id`, `reason`, `by` and `note`.
+    cancellation: type[DomainEvent] | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -248,6 +269,14 @@ class SagaDefinition:
         """The step whose compensation `event_type` records, if any."""
         return self._outcomes[2].get(event_type)
 
+    def recorded_at_wait(self, event_type: str) -> WaitSpec | None:
+        """The wait whose skip or signals record `event_type`, if any."""
+        return self._wait_records.get(event_type)
+
+    @cached_property
+    def _wait_records(self) -> dict[str, WaitSpec]:
+        return {e.__name__: w for w in self.steps if isinstance(w, WaitSpec) for e in w.records}
+
     @cached_property
     def compensations(self) -> tuple[CompensationSpec, ...]:
         return tuple(
@@ -268,6 +297,10 @@ class SagaDefinition:
                 found += [s.succeeded] + ([s.failed] if s.failed else [])
                 if s.compensation is not None:
                     found.append(s.compensation.recorded_by)
+            else:
+                found += s.records
+        if self.cancellation is not None:
+            found.append(self.cancellation)
         return tuple(found)
 
     @cached_property
@@ -316,6 +349,10 @@ def _check(d: SagaDefinition) -> None:
     fields = {f.name for f in dataclasses.fields(d.started)}
     if not {"saga_id", "definition_version"} <= fields:
         raise ValueError(f"saga {d.name}: its start event needs saga_id and definition_version")
+    if d.cancellation is not None:
+        needed = {"saga_id", "reason", "by", "note"}
+        if not needed <= {f.name for f in dataclasses.fields(d.cancellation)}:
+            raise ValueError(f"saga {d.name}: its cancellation event needs {sorted(needed)}")
     pivots = [i for i, s in enumerate(d.steps) if _is_pivot(s)]
     if len(pivots) > 1:
         raise ValueError(f"saga {d.name}: at most one pivot")
@@ -330,6 +367,8 @@ def _check(d: SagaDefinition) -> None:
                 raise ValueError(f"wait {element.name}: nothing fails after the pivot")
             if not element.signals:
                 raise ValueError(f"wait {element.name}: waits for no signal")
+            if any(s.record is not None for s in element.signals) and not element.records:
+                raise ValueError(f"wait {element.name}: declare the events its signals record")
             continue
         if element.action is None:
             raise ValueError(f"step {element.name}: no action")

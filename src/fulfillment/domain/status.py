@@ -7,7 +7,10 @@ from enum import StrEnum
 
 class OrderStatus(StrEnum):
     PENDING = "pending"
-    FULFILLED = "fulfilled"
+    AWAITING_VERIFICATION = "awaiting_verification"  # a pharmacist must decide
+    FULFILLED = "fulfilled"  # picked up by the carrier
+    DELIVERED = "delivered"
+    RETURNED = "returned"  # returned to sender after pickup
     CANCELLED = "cancelled"
     NEEDS_ATTENTION = "needs_attention"
 
@@ -46,8 +49,43 @@ class ReservationStatus(StrEnum):
 
 
 class ShipmentStatus(StrEnum):
+    """The `shipments` row's status (booked or voided)."""
+
     INITIATED = "initiated"
     CANCELLED = "cancelled"
+
+
+class TrackingStatus(StrEnum):
+    """A parcel's fate after handoff, as the carrier's webhooks report it."""
+
+    IN_TRANSIT = "in_transit"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    DELIVERED = "delivered"
+    DELIVERY_FAILED = "delivery_failed"
+    RETURNED_TO_SENDER = "returned_to_sender"
+
+    @property
+    def rank(self) -> int:
+        """Updates never move a parcel back: an update of a lower rank than the
+        status it has is recorded but not applied (delivered and returned are final)."""
+        return _TRACKING_RANK[self]
+
+
+_TRACKING_RANK = {
+    TrackingStatus.IN_TRANSIT: 1,
+    TrackingStatus.OUT_FOR_DELIVERY: 2,
+    TrackingStatus.DELIVERY_FAILED: 2,
+    TrackingStatus.DELIVERED: 3,
+    TrackingStatus.RETURNED_TO_SENDER: 3,
+}
+
+
+class VerificationStatus(StrEnum):
+    NOT_REQUIRED = "not_required"
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CLARIFICATION_REQUESTED = "clarification_requested"
 
 
 class FailureReason(StrEnum):
@@ -60,3 +98,13 @@ class FailureReason(StrEnum):
     STEP_TIMEOUT = "step_timeout"
     SAGA_TIMEOUT = "saga_timeout"
     NOT_RETRIED = "not_retried"  # an error its step declares not to retry
+    VERIFICATION_REJECTED = "verification_rejected"
+    VERIFICATION_TIMEOUT = "verification_timeout"
+    PICKUP_TIMEOUT = "pickup_timeout"
+
+
+class CancellationReason(StrEnum):
+    """Why a customer or a prescriber stopped an order (POST /orders/{id}/cancel)."""
+
+    CUSTOMER_REQUEST = "customer_request"
+    PRESCRIBER_CANCELLED = "prescriber_cancelled"

@@ -8,13 +8,16 @@ Writes go through the command bus (one handler per command); reads come from
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
 import anyio
+import pydantic
 from fastapi import Body, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
@@ -22,6 +25,7 @@ from fulfillment import __version__, views
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
+from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
 from fulfillment.domain.saga_definition import MAX_NAME_LENGTH
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
@@ -31,18 +35,33 @@ from fulfillment.entrypoints.api_errors import (
     BodySizeLimit,
     error_response,
     install_error_handlers,
+    role_of,
     sender_of,
 )
+from fulfillment.entrypoints.api_inventory import inventory_router
+from fulfillment.entrypoints.api_roles import SIGNED_PATHS
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
+from fulfillment.entrypoints.webhook_signature import InvalidSignature
+from fulfillment.entrypoints.webhook_signature import verify as verify_signature
 from fulfillment.observability.metrics import Metrics
-from fulfillment.service_layer.commands import CreateOrder, SetInventory, SignalSaga
-from fulfillment.service_layer.ports import IdempotencyRecord, StockLevel
-from fulfillment.service_layer.saga_engine import SignalAccepted, signal_idempotency
+from fulfillment.service_layer.commands import (
+    CancelSaga,
+    CreateOrder,
+    RecordTrackingUpdate,
+    SignalSaga,
+)
+from fulfillment.service_layer.ports import IdempotencyRecord
+from fulfillment.service_layer.saga_engine import (
+    SignalAccepted,
+    UnknownSignal,
+    signal_idempotency,
+)
 
 log = logging.getLogger("fulfillment.api")
 
-# The dashboard's static shell holds no data; everything it shows needs a key.
-OPEN_PATHS = ("/health", *SHELL_PATHS)
+# The dashboard's static shell holds no data; everything it shows needs a key. The
+# carrier's webhook is signed instead (its own HMAC, not a bearer key).
+OPEN_PATHS = ("/health", *SHELL_PATHS, *SIGNED_PATHS)
 MAX_LIMIT = 1000
 MAX_POSITION = 2**63 - 1
 
@@ -91,6 +110,7 @@ class Services(Protocol):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
+        403: "The key's role may not do this (docs/api.md, Authentication)",
         404: "Not found",
         405: "Method not allowed",
         409: "Conflict with the current state",
@@ -99,15 +119,6 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         503: "Database unavailable or busy",
     }
     return {c: {"model": s.ErrorResponse, "description": descriptions[c]} for c in codes}
-
-
-def _level(level: StockLevel) -> dict[str, Any]:
-    return {
-        "sku": level.sku,
-        "on_hand": level.on_hand,
-        "reserved": level.reserved,
-        "available": level.available,
-    }
 
 
 def _page(items: list[Any], next_cursor: object) -> dict[str, Any]:
@@ -145,7 +156,7 @@ def create_api(
         description="Order fulfillment for an online pharmacy. Every error is "
         '`{"error": {"code", "message", "details"?}}`.',
         lifespan=lifespan,
-        responses=_errors(401, 405, 413, 503),
+        responses=_errors(401, 403, 405, 413, 503),
     )
     install_error_handlers(api)
     api.add_middleware(BodySizeLimit)
@@ -153,29 +164,7 @@ def create_api(
         api.add_middleware(BearerAuth, keys=app.settings.api_keys, open_paths=OPEN_PATHS)
     api.state.fulfillment = app
 
-    @api.put(
-        "/inventory/{sku}",
-        response_model=None,
-        responses={200: {"model": s.InventoryLevel}, **_errors(409, 422)},
-        tags=["inventory"],
-    )
-    def put_inventory(sku: Sku, body: s.InventoryUpdate) -> JSONResponse:
-        """Set the units on the shelf; 409 when that is below what is reserved."""
-        level: StockLevel = app.bus.handle(SetInventory(sku, body.on_hand))
-        return JSONResponse(_level(level))
-
-    @api.get(
-        "/inventory/{sku}",
-        response_model=None,
-        responses={200: {"model": s.InventoryLevel}, **_errors(404, 422)},
-        tags=["inventory"],
-    )
-    def get_inventory(sku: Sku) -> JSONResponse:
-        """Stock of one SKU."""
-        level = views.get_inventory(app, sku)
-        if level is None:
-            raise ApiError(404, "not_found", f"unknown sku {sku!r}")
-        return JSONResponse(level)
+    api.include_router(inventory_router(app))
 
     @api.post(
         "/orders",
@@ -188,7 +177,9 @@ def create_api(
         },
         tags=["orders"],
     )
-    def post_order(body: s.CreateOrderRequest, idempotency_key: IdempotencyKey = None) -> Response:
+    def post_order(
+        body: s.CreateOrderRequest, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         """Place an order; its fulfillment saga runs in the background."""
         order_id = str(uuid.uuid4())
         accepted = {"order_id": order_id, "status": "pending"}
@@ -204,7 +195,7 @@ def create_api(
             shipping_address=body.address(),
             idempotency=record,
         )
-        created: str = app.bus.handle(command)
+        created: str = app.bus.handle(command, sender=sender_of(request))
         if created == order_id:
             return JSONResponse(
                 accepted, status_code=202, headers={"Location": f"/orders/{created}"}
@@ -303,14 +294,142 @@ def create_api(
         if idempotency_key is not None:
             fingerprint = request_hash({"signal": name, "body": body})
             record = signal_idempotency(saga_id, name, idempotency_key, fingerprint)
+        sender = sender_of(request)
         accepted: SignalAccepted = app.bus.handle(
-            SignalSaga(saga_id, name, body, sender_of(request), record)
+            SignalSaga(saga_id, name, body, sender, record, role_of(request)), sender=sender
         )
         if accepted.replayed:
             return JSONResponse(
                 accepted.as_dict(), status_code=200, headers={"Idempotent-Replayed": "true"}
             )
         return JSONResponse(accepted.as_dict(), status_code=202)
+
+    def _order_status(order_id: str) -> str | None:
+        order = views.current_order(app, order_id)
+        return None if order is None else order["status"]
+
+    @api.post(
+        "/orders/{order_id}/verification",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": s.OrderStatusView, "description": "Decision recorded"},
+            200: {"model": s.OrderStatusView, "description": "Replay of an Idempotency-Key"},
+            **_errors(403, 404, 409, 422, 503),
+        },
+        tags=["orders"],
+    )
+    def post_verification(
+        order_id: OrderId,
+        body: s.VerificationRequest,
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        """A pharmacist's decision on the order's prescription: `approve` lets the saga
+        go on, `reject` cancels the order (`verification_rejected`),
+        `request_clarification` keeps it waiting. 409 `verification_not_pending` when
+        the order does not wait for a decision."""
+        if views.current_order(app, order_id) is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        record = None
+        if idempotency_key is not None:
+            fingerprint = request_hash({"verification": body.model_dump(mode="json")})
+            record = signal_idempotency(order_id, body.decision, idempotency_key, fingerprint)
+        command = SignalSaga(
+            order_id, body.decision, body.payload(), sender_of(request), record, role_of(request)
+        )
+        try:
+            accepted: SignalAccepted = app.bus.handle(command, sender=sender_of(request))
+        except (SignalNotExpected, UnknownSignal) as exc:
+            raise ApiError(
+                409,
+                "verification_not_pending",
+                f"order {order_id} is not waiting for a pharmacist's decision",
+            ) from exc
+        answer = {"order_id": order_id, "status": _order_status(order_id)}
+        if accepted.replayed:
+            return JSONResponse(answer, status_code=200, headers={"Idempotent-Replayed": "true"})
+        return JSONResponse(answer, status_code=202)
+
+    @api.post(
+        "/orders/{order_id}/cancel",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: {"model": s.OrderStatusView, "description": "Cancellation under way"},
+            **_errors(403, 404, 409, 422, 503),
+        },
+        tags=["orders"],
+    )
+    def post_cancel(order_id: OrderId, body: s.CancelRequest, request: Request) -> JSONResponse:
+        """Stop the order until the carrier has picked the parcel up: the saga
+        compensates after its step in progress (label voided, stock released,
+        prescription cancelled) and the order ends `cancelled` with the given reason.
+        Again 202 while it is cancelling; 409 `too_late_to_cancel` after pickup or once
+        the order has ended. Idempotent by nature: an `Idempotency-Key` is accepted."""
+        if views.current_order(app, order_id) is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        sender = sender_of(request)
+        try:
+            app.bus.handle(CancelSaga(order_id, body.reason, body.note, sender), sender=sender)
+        except TooLateToCancel as exc:
+            raise ApiError(409, "too_late_to_cancel", str(exc)) from exc
+        return JSONResponse(
+            {"order_id": order_id, "status": _order_status(order_id)}, status_code=202
+        )
+
+    @api.get(
+        "/orders/{order_id}/fhir",
+        response_model=None,
+        responses={200: {"description": "A FHIR R5 Bundle (collection)"}, **_errors(404, 422)},
+        tags=["orders"],
+    )
+    def get_order_fhir(order_id: OrderId) -> JSONResponse:
+        """The order as a FHIR R5 Bundle: its MedicationRequest and MedicationDispense."""
+        bundle = views.order_fhir(app, order_id)
+        if bundle is None:
+            raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        return JSONResponse(bundle, media_type="application/fhir+json")
+
+    @api.post(
+        "/webhooks/carrier",
+        response_model=None,
+        responses={
+            200: {"model": s.TrackingAccepted, "description": "Recorded, or a repeat"},
+            **_errors(404, 422),
+            401: {"model": s.ErrorResponse, "description": "Bad or missing signature"},
+        },
+        tags=["carrier"],
+    )
+    async def post_carrier_webhook(
+        request: Request,
+        signature: Annotated[str | None, Header(alias="Carrier-Signature")] = None,
+    ) -> JSONResponse:
+        """A carrier's tracking update, signed with FULFILLMENT_CARRIER_WEBHOOK_SECRET:
+        `Carrier-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
+        404 when no secret is configured."""
+        secret = app.settings.carrier_webhook_secret
+        if secret is None:
+            raise ApiError(404, "not_found", "carrier webhooks are not configured")
+        raw = await request.body()
+        try:
+            verify_signature(secret, raw, signature, time.time())
+        except InvalidSignature as exc:
+            raise ApiError(401, "invalid_signature", str(exc)) from exc
+        try:
+            update = s.TrackingUpdate.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            raise RequestValidationError(errors) from exc
+        command = RecordTrackingUpdate(
+            update.event_id,
+            update.tracking_number,
+            update.status,
+            update.occurred_at,
+            update.location,
+        )
+        accepted = await anyio.to_thread.run_sync(lambda: app.bus.handle(command, sender="carrier"))
+        return JSONResponse({"accepted": bool(accepted)})
 
     @api.get(
         "/events",

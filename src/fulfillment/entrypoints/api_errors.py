@@ -1,8 +1,9 @@
 """Every error of the HTTP API as `{"error": {"code", "message", "details"?}}`.
 
-Also the two guards that answer before any route runs: bearer-key authentication and
-the request body limit. Both are plain ASGI middlewares, so they see every request,
-including ones to unknown paths, and count body bytes as they arrive (chunked or not).
+Also the two guards that answer before any route runs: bearer-key authentication (with
+the keys' roles, entrypoints/api_roles.py) and the request body limit. Both are plain
+ASGI middlewares, so they see every request, including ones to unknown paths, and count
+body bytes as they arrive (chunked or not).
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fulfillment.adapters.db_errors import translate
+from fulfillment.config import ADMIN, ApiKey
 from fulfillment.domain.errors import DomainError, InvalidInventory
-from fulfillment.domain.saga import SignalNotExpected
+from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
+from fulfillment.entrypoints.api_roles import allowed
 from fulfillment.service_layer.messagebus import (
     ConcurrencyError,
     DatabaseBusy,
     RetryableDatabaseError,
 )
 from fulfillment.service_layer.saga_engine import (
+    Forbidden,
     IdempotencyKeyReused,
     InvalidSignalPayload,
     NotFound,
@@ -140,6 +144,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(422, "validation_error", str(exc), exc.errors)
         if isinstance(exc, SignalNotExpected):
             return error_response(409, "signal_not_expected", str(exc))
+        if isinstance(exc, Forbidden):
+            return error_response(403, "forbidden", str(exc))
+        if isinstance(exc, TooLateToCancel):
+            return error_response(409, "too_late_to_cancel", str(exc))
         if isinstance(exc, NotFound):
             return error_response(404, "not_found", str(exc))
         if isinstance(exc, InvalidInventory):
@@ -193,8 +201,11 @@ def install_error_handlers(app: FastAPI) -> None:
 # --- guards ---------------------------------------------------------------------------
 
 
-#: The request state's entry naming the API key that authenticated the request.
+#: The request state's entries naming the API key that authenticated the request, and its role.
 SENDER = "api_key_name"
+ROLE = "api_key_role"
+#: The role on an open path (`/health`, ...) when keys are on: none was asked for.
+NO_ROLE = ""
 
 
 def sender_of(request: Request) -> str:
@@ -202,20 +213,45 @@ def sender_of(request: Request) -> str:
     return str(getattr(request.state, SENDER, None) or "anonymous")
 
 
-class BearerAuth:
-    """Every path but the open ones needs `Authorization: Bearer <key>` with a known key.
+def role_of(request: Request) -> str:
+    """The role of the request's API key; `admin` when keys are off (everyone is an
+    anonymous admin then, on loopback only); `NO_ROLE` on an open path with keys on."""
+    return str(getattr(request.state, ROLE, ADMIN))
 
-    Keys are compared in constant time and never logged.
+
+def _route_path(scope: Scope) -> str:
+    """The path as the router matches it (without the root path of a mounted app)."""
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _served(scope: Scope) -> bool:
+    """Does some route serve this method at this path (the router's own test)?"""
+    application = scope.get("app")
+    router = getattr(application, "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return True
+    return False
+
+
+class BearerAuth:
+    """Every path but the open ones needs `Authorization: Bearer <secret>` of a known key
+    (else 401), whose role the policy of api_roles.py allows to send the request (else 403).
+
+    Secrets are compared in constant time and never logged. The key's name and role go
+    into the request's state (`sender_of`, `role_of`).
     """
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[ApiKey], open_paths: Iterable[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.keys = [(key, key.secret.encode()) for key in keys]
         self.open_paths = frozenset(open_paths)
 
-    def _key_name(self, scope: Scope) -> str | None:
-        """The name of the key the request carries (`key1`, `key2`, ... in the order of
-        FULFILLMENT_API_KEYS), or None when it carries no known key."""
+    def _key(self, scope: Scope) -> ApiKey | None:
+        """The key the request carries, or None when it carries no known key."""
         header = b""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -226,29 +262,48 @@ class BearerAuth:
             return None
         token = token.strip()
         # Compare with every key, so the time taken does not tell which one matched.
-        matched: str | None = None
-        for n, key in enumerate(self.keys, start=1):
-            if hmac.compare_digest(token, key):
-                matched = f"key{n}"
+        matched: ApiKey | None = None
+        for key, secret in self.keys:
+            if hmac.compare_digest(token, secret):
+                matched = key
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        name = self._key_name(scope)
-        if name is not None:
-            # Who sent a request that records events (their metadata's `sender`).
-            scope.setdefault("state", {})[SENDER] = name
+        state = scope.setdefault("state", {})
+        path = _route_path(scope)
+        if path in self.open_paths:
+            state[ROLE] = NO_ROLE
             await self.app(scope, receive, send)
             return
-        response = error_response(
-            401,
-            "unauthorized",
-            "a valid 'Authorization: Bearer <key>' header is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
+        key = self._key(scope)
+        if key is None:
+            response = error_response(
+                401,
+                "unauthorized",
+                "a valid 'Authorization: Bearer <key>' header is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        # Who sent a request that records events (their metadata's `sender`), and as what.
+        state[SENDER] = key.name
+        state[ROLE] = key.role
+        method = str(scope.get("method", "GET"))
+        verdict = allowed(key.role, method, path)
+        if verdict is None and key.role != ADMIN and _served(scope):
+            # A route the policy has no row for: only an admin may use it.
+            log.warning("no role policy for %s %s: refused to %s", method, path, key.role)
+            verdict = False
+        if verdict is False:
+            response = error_response(
+                403, "forbidden", f"the role {key.role!r} of this key may not {method} {path}"
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -12,10 +12,19 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+)
 
 from fulfillment.domain.order import MAX_ORDER_LINES, MAX_QUANTITY
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.service_layer.ports import UNCHANGED, Unchanged
 
 MAX_TEXT = 200
 #: A generous ceiling that keeps stock levels inside every backend's INTEGER column.
@@ -52,10 +61,29 @@ class _Request(BaseModel):
 # --- requests -------------------------------------------------------------------------
 
 
+#: The DEA schedules of controlled substances (`null`: not controlled).
+DeaSchedule = Literal["II", "III", "IV", "V"]
+
+
 class InventoryUpdate(_Request):
-    """`PUT /inventory/{sku}`: the units on the shelf."""
+    """`PUT /inventory/{sku}`: the units of lot `default` (no expiry date) and, when
+    given, the SKU's DEA schedule."""
 
     on_hand: StrictInt = Field(ge=0, le=MAX_ON_HAND)
+    dea_schedule: DeaSchedule | None = Field(
+        default=None, description="absent: left as it is; null: not a controlled substance"
+    )
+
+    def schedule(self) -> str | Unchanged | None:
+        """The schedule to store, or UNCHANGED when the body leaves it out."""
+        return self.dea_schedule if "dea_schedule" in self.model_fields_set else UNCHANGED
+
+
+class LotUpdate(_Request):
+    """`PUT /inventory/{sku}/lots/{lot}`: the lot's units and expiry date."""
+
+    on_hand: StrictInt = Field(ge=0, le=MAX_ON_HAND)
+    expires_on: IsoDate = Field(json_schema_extra={"format": "date"})
 
 
 class OrderLineIn(_Request):
@@ -97,6 +125,38 @@ class CreateOrderRequest(_Request):
         return ShippingAddress(a.name, a.line1, a.city, a.postal_code, a.country)
 
 
+class VerificationRequest(_Request):
+    """`POST /orders/{id}/verification`: a pharmacist's decision."""
+
+    decision: Literal["approve", "reject", "request_clarification"]
+    pharmacist_id: Text
+    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    reason: Text | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The decision as its signal's payload."""
+        return self.model_dump(exclude={"decision"}, exclude_none=True)
+
+
+class CancelRequest(_Request):
+    """`POST /orders/{id}/cancel`."""
+
+    reason: Literal["customer_request", "prescriber_cancelled"]
+    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class TrackingUpdate(_Request):
+    """`POST /webhooks/carrier`: one tracking update, signed by the carrier."""
+
+    event_id: Text
+    tracking_number: Text
+    status: Literal[
+        "in_transit", "out_for_delivery", "delivered", "delivery_failed", "returned_to_sender"
+    ]
+    occurred_at: AwareDatetime
+    location: Text | None = None
+
+
 # --- responses ------------------------------------------------------------------------
 
 
@@ -104,11 +164,40 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class LotInStock(_Response):
+    """One lot of a SKU; `expires_on` is null for lot `default`."""
+
+    lot: str
+    on_hand: int
+    reserved: int
+    available: int
+    expires_on: str | None = Field(json_schema_extra={"format": "date"})
+
+
 class InventoryLevel(_Response):
+    """A SKU's totals (sums over its lots), its DEA schedule, and its lots: first expiry
+    first, lots without expiry last, then by name."""
+
     sku: str
     on_hand: int
     reserved: int
     available: int
+    dea_schedule: DeaSchedule | None
+    lots: list[LotInStock]
+
+
+class LotLevel(LotInStock):
+    """`PUT /inventory/{sku}/lots/{lot}`: the lot as it now is."""
+
+    sku: str
+
+
+class LotOrder(_Response):
+    """An order whose reservation took units of the lot (a recall)."""
+
+    order_id: str
+    quantity: int
+    status: str
 
 
 class OrderAccepted(_Response):
@@ -137,13 +226,47 @@ class ShipmentView(_Response):
     status: str
 
 
+class VerificationView(_Response):
+    status: Literal["not_required", "pending", "approved", "rejected", "clarification_requested"]
+    by: str | None
+
+
+class LotView(_Response):
+    sku: str
+    lot: str
+    quantity: int
+
+
 class OrderView(_Response):
     order_id: str
-    status: Literal["pending", "fulfilled", "cancelled", "needs_attention"]
+    status: Literal[
+        "pending",
+        "awaiting_verification",
+        "fulfilled",
+        "delivered",
+        "returned",
+        "cancelled",
+        "needs_attention",
+    ]
     reason: str | None
     items: list[OrderLineOut]
     saga: SagaView | None
     shipment: ShipmentView | None
+    verification: VerificationView
+    lots: list[LotView]
+
+
+class OrderStatusView(_Response):
+    """What a verification or a cancellation request answers: the order's status now."""
+
+    order_id: str
+    status: str
+
+
+class TrackingAccepted(_Response):
+    """`accepted` is false for a repeated `event_id`: nothing changed."""
+
+    accepted: bool
 
 
 class EventView(_Response):

@@ -19,6 +19,7 @@ from fulfillment.adapters.projections import Projector, ProjectorThread
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 from fulfillment.entrypoints.api import create_api
+from fulfillment.entrypoints.simulated_tracking import http_post, simulator_for
 from fulfillment.entrypoints.worker import Worker
 
 log = logging.getLogger("fulfillment.api")
@@ -51,20 +52,28 @@ class _WorkerThread:
 class BackgroundServices:
     """In-process workers and the projector, each on a thread of its own."""
 
-    def __init__(self, app: App, workers: int, worker_concurrency: int) -> None:
+    def __init__(
+        self, app: App, workers: int, worker_concurrency: int, own_url: str | None = None
+    ) -> None:
         self.workers = [
             _WorkerThread(Worker(app, worker_concurrency), f"worker-{i}") for i in range(workers)
         ]
         poll = max(0.01, min(0.1, app.settings.poll_interval_seconds))
         self.projector = ProjectorThread(Projector(app.engine, app.mapper), poll_interval=poll)
+        # The simulated carrier's tracking updates, to this server's own signed webhook.
+        self.tracking = simulator_for(app, http_post(own_url)) if own_url else None
 
     def start(self) -> None:
         self.projector.start()
         for worker in self.workers:
             worker.start()
+        if self.tracking is not None:
+            self.tracking.start()
 
     def stop(self) -> None:
         """Workers claim nothing new and finish (or hand back) their jobs; then the projector."""
+        if self.tracking is not None:
+            self.tracking.stop()
         for worker in self.workers:
             worker.request_stop()
         for worker in self.workers:
@@ -73,14 +82,19 @@ class BackgroundServices:
 
 
 def create_app(
-    settings: Settings | None = None, *, workers: int = 1, worker_concurrency: int = 4
+    settings: Settings | None = None,
+    *,
+    workers: int = 1,
+    worker_concurrency: int = 4,
+    own_url: str | None = None,
 ) -> FastAPI:
-    """The server `fulfillment serve` runs: migrated database, workers and projector."""
+    """The server `fulfillment serve` runs: migrated database, workers and projector
+    (and, at `own_url`, the simulated carrier's tracking updates to its webhook)."""
     settings = settings or Settings.from_env()
     app = bootstrap(
         settings, run_migrations=True, pool_size=10 + workers * (worker_concurrency + 1)
     )
-    services = BackgroundServices(app, workers, worker_concurrency)
+    services = BackgroundServices(app, workers, worker_concurrency, own_url)
     return create_api(app, services=services, close_app=True)
 
 
@@ -105,7 +119,13 @@ def run_server(
     """Serve until SIGTERM or Ctrl-C, then stop workers gracefully and return."""
     import uvicorn
 
-    api = create_app(settings, workers=workers, worker_concurrency=worker_concurrency)
+    own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    api = create_app(
+        settings,
+        workers=workers,
+        worker_concurrency=worker_concurrency,
+        own_url=f"http://{own}:{port}",
+    )
     config = uvicorn.Config(
         api,
         host=host,

@@ -34,7 +34,7 @@ def _settings() -> Settings:
 def _logging(settings: Settings, *, json: bool | None = None, level: str = "INFO") -> None:
     """Structured logs (docs/observability.md): JSON unless on a terminal or told otherwise."""
     try:
-        configure_logging(json, level_from_env(level), secrets=settings.api_keys)
+        configure_logging(json, level_from_env(level), secrets=settings.api_secrets)
     except ValueError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -10,7 +10,9 @@ jobs groups are in `cli_sagas`, what they all share in `cli_common`.
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import date
 from typing import Any
 
 import typer
@@ -19,10 +21,14 @@ from rich.text import Text
 
 from fulfillment import views
 from fulfillment.adapters.projections import Projector
-from fulfillment.domain.errors import InvalidInventory
+from fulfillment.domain.errors import DomainError
+from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
 from fulfillment.entrypoints import cli_common as ui
+from fulfillment.entrypoints.api_schemas import MAX_TEXT, NO_CONTROL_CHARACTERS
 from fulfillment.entrypoints.cli_sagas import jobs_app, sagas_app
 from fulfillment.service_layer import commands as c
+from fulfillment.service_layer.ports import DEA_SCHEDULES, UNCHANGED, Unchanged
+from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
 
 orders_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
 events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
@@ -97,6 +103,15 @@ def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> No
         "shipment",
         f"{shipment['tracking_number']} ({shipment['status']})" if shipment else "-",
     )
+    verification = order["verification"]
+    head.add_row(
+        "verification",
+        verification["status"] + (f" by {verification['by']}" if verification["by"] else ""),
+    )
+    if order["lots"]:
+        head.add_row(
+            "lots", ", ".join(f"{x['sku']} {x['lot']} x{x['quantity']}" for x in order["lots"])
+        )
     if saga is not None:
         head.add_row("saga", ui.styled(saga["status"]))
         if saga["failed_step"]:
@@ -131,6 +146,77 @@ def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> No
             )
         ui.console.print(steps)
     ui.console.print(ui.events_table(events, title="Events"))
+
+
+DECISIONS = ("approve", "reject", "request_clarification")
+CANCEL_REASONS = ("customer_request", "prescriber_cancelled")
+
+
+@orders_app.command("verify")
+def orders_verify(
+    order_id: str = typer.Argument(..., help="The order id."),
+    decision: str = typer.Argument(
+        ..., metavar="DECISION", help="approve, reject or request_clarification."
+    ),
+    pharmacist_id: str = typer.Option(
+        ..., "--pharmacist-id", metavar="ID", help="Who decides (recorded with the decision)."
+    ),
+    note: str | None = typer.Option(
+        None, "--note", metavar="TEXT", help="At most 2000 characters."
+    ),
+    reason: str | None = typer.Option(None, "--reason", metavar="TEXT", help="Why (a rejection)."),
+) -> None:
+    """Record a pharmacist's decision on an order awaiting verification (sent as `cli`)."""
+    if decision not in DECISIONS:
+        raise ui.fail(f"DECISION must be one of {', '.join(DECISIONS)}, not {decision!r}", 2)
+    payload: dict[str, Any] = {"pharmacist_id": pharmacist_id}
+    payload |= {k: v for k, v in (("note", note), ("reason", reason)) if v is not None}
+    with ui.operator_app(catch_up=False) as app:
+        try:
+            app.bus.handle(c.SignalSaga(order_id, decision, payload, "cli"), sender="cli")
+        except InvalidSignalPayload as exc:
+            problems = "; ".join(f"{e['loc'][-1]}: {e['message']}" for e in exc.errors)
+            raise ui.fail(f"{exc}: {problems}", 2) from exc
+        except (SignalNotExpected, UnknownSignal) as exc:
+            raise ui.fail(f"order {order_id} is not waiting for a pharmacist's decision") from exc
+        except NotFound as exc:
+            raise ui.fail(f"unknown order {order_id!r}") from exc
+        status = (views.current_order(app, order_id) or {}).get("status")
+    ui.console.print(f"order {order_id}: [bold]{decision}[/bold] recorded; status {status}")
+
+
+@orders_app.command("cancel")
+def orders_cancel(
+    order_id: str = typer.Argument(..., help="The order id."),
+    reason: str = typer.Option(
+        "customer_request",
+        "--reason",
+        metavar="REASON",
+        help="customer_request or prescriber_cancelled.",
+    ),
+    note: str | None = typer.Option(
+        None, "--note", metavar="TEXT", help="At most 2000 characters."
+    ),
+) -> None:
+    """Stop an order until the carrier has picked it up: the saga compensates after the
+    step in progress (sent as `cli`)."""
+    if reason not in CANCEL_REASONS:
+        raise ui.fail(f"--reason must be one of {', '.join(CANCEL_REASONS)}, not {reason!r}", 2)
+    if note is not None and len(note) > 2000:
+        raise ui.fail("--note is at most 2000 characters", 2)
+    with ui.operator_app(catch_up=False) as app:
+        try:
+            accepted = app.bus.handle(c.CancelSaga(order_id, reason, note, "cli"), sender="cli")
+        except TooLateToCancel as exc:
+            raise ui.fail(str(exc)) from exc
+        except NotFound as exc:
+            raise ui.fail(f"unknown order {order_id!r}") from exc
+    when = {
+        "now": "it compensates now",
+        "after_step": "it compensates after its step in progress",
+        "already": "it was cancelling already",
+    }
+    ui.console.print(f"order {order_id}: cancellation accepted; {when[accepted.value]}")
 
 
 # --- events -------------------------------------------------------------------------------
@@ -181,48 +267,142 @@ def _print_event(e: dict[str, Any]) -> None:
 
 # --- inventory ----------------------------------------------------------------------------
 
+_NAME = re.compile(NO_CONTROL_CHARACTERS)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: `--dea-schedule` values: a schedule, or `none` (not a controlled substance).
+_SCHEDULES = {**{schedule: schedule for schedule in DEA_SCHEDULES}, "NONE": None}
+#: Columns of counts, right-aligned.
+_COUNTS = ("on_hand", "reserved", "available", "quantity")
+
+
+def _name(kind: str, value: str) -> str:
+    """`value` if it is a valid SKU or lot name (as the API takes them), else exit 2."""
+    if not 1 <= len(value) <= MAX_TEXT or not _NAME.match(value):
+        raise ui.fail(f"{kind} must be 1 to {MAX_TEXT} characters without control characters", 2)
+    return value
+
+
+def _schedule(value: str | None) -> str | Unchanged | None:
+    if value is None:
+        return UNCHANGED
+    if value.upper() not in _SCHEDULES:
+        raise ui.fail(f"--dea-schedule must be one of {', '.join(DEA_SCHEDULES)} or none", 2)
+    return _SCHEDULES[value.upper()]
+
+
+def _date(value: str) -> date:
+    try:
+        if not _ISO_DATE.fullmatch(value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ui.fail(
+            f"--expires-on must be a real date written YYYY-MM-DD, got {value!r}", 2
+        ) from exc
+
 
 def _stock_table(level: dict[str, Any]) -> Table:
     table = Table()
-    for column in ("sku", "on_hand", "reserved", "available"):
-        table.add_column(column, justify="left" if column == "sku" else "right")
+    for column in ("sku", "on_hand", "reserved", "available", "dea_schedule"):
+        table.add_column(column, justify="right" if column in _COUNTS else "left")
     table.add_row(
-        level["sku"], str(level["on_hand"]), str(level["reserved"]), str(level["available"])
+        level["sku"],
+        str(level["on_hand"]),
+        str(level["reserved"]),
+        str(level["available"]),
+        level["dea_schedule"] or "-",
     )
+    return table
+
+
+def _lots_table(lots: list[dict[str, Any]]) -> Table:
+    """The SKU's lots, first expiry first (`default`, without one, last)."""
+    table = Table(title="Lots", title_justify="left")
+    for column in ("lot", "expires_on", "on_hand", "reserved", "available"):
+        table.add_column(column, justify="right" if column in _COUNTS else "left")
+    for lot in lots:
+        table.add_row(
+            lot["lot"],
+            lot["expires_on"] or "-",
+            str(lot["on_hand"]),
+            str(lot["reserved"]),
+            str(lot["available"]),
+        )
     return table
 
 
 @inventory_app.command("set")
 def inventory_set(
     sku: str = typer.Argument(..., help="The SKU."),
-    on_hand: int = typer.Argument(..., min=0, help="Units on the shelf."),
+    on_hand: int = typer.Argument(..., min=0, help="Units of lot `default` (no expiry)."),
+    dea_schedule: str | None = typer.Option(
+        None,
+        "--dea-schedule",
+        help="II, III, IV or V: a controlled substance; none: not one. Default: unchanged.",
+    ),
 ) -> None:
-    """Set a SKU's units on hand (never below what is reserved)."""
+    """Set a SKU's units without expiry (lot `default`; never below what is reserved of
+    it), and its DEA schedule."""
+    command = c.SetInventory(_name("SKU", sku), on_hand, _schedule(dea_schedule))
     with ui.operator_app(catch_up=False) as app:
         try:
-            level = app.bus.handle(c.SetInventory(sku=sku, on_hand=on_hand))
-        except InvalidInventory as exc:
+            level = app.bus.handle(command)
+        except DomainError as exc:
             raise ui.fail(str(exc)) from exc
-    ui.console.print(
-        _stock_table(
-            {
-                "sku": level.sku,
-                "on_hand": level.on_hand,
-                "reserved": level.reserved,
-                "available": level.available,
-            }
-        )
-    )
+    ui.console.print(_stock_table(views.stock_view(level)))
+
+
+@inventory_app.command("lot")
+def inventory_lot(
+    sku: str = typer.Argument(..., help="The SKU."),
+    lot: str = typer.Argument(..., help="The lot (batch) number."),
+    on_hand: int = typer.Argument(..., min=0, help="Units of the lot on the shelf."),
+    expires_on: str = typer.Option(..., "--expires-on", help="The lot's expiry, YYYY-MM-DD."),
+) -> None:
+    """Set a lot's units and expiry date (never below what is reserved of it); creates
+    the lot, and the SKU."""
+    command = c.SetLot(_name("SKU", sku), _name("lot", lot), on_hand, _date(expires_on))
+    with ui.operator_app(catch_up=False) as app:
+        try:
+            app.bus.handle(command)
+        except DomainError as exc:
+            raise ui.fail(str(exc)) from exc
+        level = views.get_inventory(app, sku)
+    assert level is not None
+    ui.console.print(_stock_table(level))
+    ui.console.print(_lots_table(level["lots"]))
 
 
 @inventory_app.command("show")
 def inventory_show(sku: str = typer.Argument(..., help="The SKU.")) -> None:
-    """A SKU's units on hand, reserved and available."""
+    """A SKU's units on hand, reserved and available, its DEA schedule, and its lots."""
     with ui.operator_app(catch_up=False) as app:
         level = views.get_inventory(app, sku)
     if level is None:
         raise ui.fail(f"unknown SKU {sku!r}")
     ui.console.print(_stock_table(level))
+    ui.console.print(_lots_table(level["lots"]) if level["lots"] else "no lots")
+
+
+@inventory_app.command("recall")
+def inventory_recall(
+    sku: str = typer.Argument(..., help="The SKU."),
+    lot: str = typer.Argument(..., help="The lot recalled."),
+) -> None:
+    """Every order that took units of the lot, in the order they reserved, with its status."""
+    with ui.operator_app() as app:
+        orders = views.lot_orders(app, sku, lot)
+    if orders is None:
+        raise ui.fail(f"unknown lot {lot!r} of SKU {sku!r}")
+    if not orders:
+        ui.console.print(f"no order took units of lot {lot}")
+        return
+    table = Table(title=f"Orders with units of lot {lot}", title_justify="left")
+    for column in ("order_id", "quantity", "status"):
+        table.add_column(column, justify="right" if column in _COUNTS else "left", no_wrap=True)
+    for order in orders:
+        table.add_row(order["order_id"], str(order["quantity"]), ui.styled(order["status"]))
+    ui.console.print(table)
 
 
 # --- projections --------------------------------------------------------------------------

@@ -5,10 +5,15 @@ from another origin (its Content-Security-Policy says so) and is served without 
 `SHELL_PATHS` are the only paths the bearer-key guard lets through for it. Every bit of
 data comes from key-protected JSON: the public API and the `/api/dashboard/...` routes
 below. When the server has `FULFILLMENT_API_KEYS`, the page asks for a key once, keeps
-it in the tab's sessionStorage and sends it as `Authorization: Bearer`.
+it in the tab's sessionStorage and sends it as `Authorization: Bearer`. Every role may
+read the dashboard's data; the timeline's events leave the patient data out for a role
+that may not read it (api_roles.PHI_READERS).
 
-Pages are hash routes of the one shell: `#/` (overview and orders), `#/orders/<id>` (one
-order's saga timeline), so no dashboard path collides with the API's.
+Pages are hash routes of the one shell: `#/` (overview, the pharmacist's queue and
+orders), `#/orders/<id>` (one order's saga timeline and lifecycle), so no dashboard path
+collides with the API's. The queue's buttons send the decision to the public API
+(`POST /orders/{id}/verification`) with the stored key: only a `pharmacist` or `admin`
+key may, whoever may read the queue.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from __future__ import annotations
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from fulfillment import views
 from fulfillment.bootstrap import App
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
-from fulfillment.entrypoints.api_errors import ApiError
+from fulfillment.entrypoints.api_errors import ApiError, role_of
+from fulfillment.entrypoints.api_roles import may_read_phi
+from fulfillment.views.dashboard import QUEUE_SHOWN, verification_queue
 
 #: file name in `static/` -> (path it is served at, media type)
 _SHELL = {
@@ -97,10 +104,20 @@ def dashboard_router(app: App) -> APIRouter:
             raise ApiError(422, "invalid_cursor", str(exc)) from exc
         return JSONResponse({"items": items, "next_cursor": next_cursor}, headers=_DATA_HEADERS)
 
+    @router.get("/api/dashboard/verifications")
+    def dashboard_verifications(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = QUEUE_SHOWN,
+    ) -> JSONResponse:
+        """The pharmacist's queue: orders awaiting verification, the longest waiting
+        first, with their items and verification status (no patient data)."""
+        return JSONResponse(verification_queue(app, limit), headers=_DATA_HEADERS)
+
     @router.get("/api/dashboard/orders/{order_id}/timeline")
-    def dashboard_timeline(order_id: OrderId) -> JSONResponse:
-        """One order's saga: steps, compensations in the order they ran, and its events."""
-        timeline = views.order_timeline(app, order_id)
+    def dashboard_timeline(order_id: OrderId, request: Request) -> JSONResponse:
+        """One order's saga: steps, compensations in the order they ran, its lifecycle
+        and its events (without the prescription, the address and the notes for a key
+        that may not read patient data)."""
+        timeline = views.order_timeline(app, order_id, include_phi=may_read_phi(role_of(request)))
         if timeline is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
         return JSONResponse(timeline, headers=_DATA_HEADERS)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
-from fulfillment.service_layer.ports import IdempotencyRecord
+from fulfillment.service_layer.ports import UNCHANGED, IdempotencyRecord, Unchanged
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,30 @@ class SignalSaga(SagaCommand):
     payload: dict[str, Any]
     sender: str
     idempotency: IdempotencyRecord | None = None
+    #: The sender's API role; a signal may be restricted to some (SignalSpec.roles).
+    role: str = "admin"
+
+
+@dataclass(frozen=True)
+class CancelSaga(SagaCommand):
+    """Ask a saga to stop (POST /orders/{id}/cancel): it compensates after the step in
+    progress, at once when it waits; refused after its pivot."""
+
+    reason: str
+    note: str | None
+    sender: str
+
+
+@dataclass(frozen=True)
+class RecordTrackingUpdate(Command):
+    """A carrier's tracking update (POST /webhooks/carrier, signature checked)."""
+
+    carrier_event_id: str
+    tracking_number: str
+    status: str  # a TrackingStatus
+    reported_at: datetime
+    location: str | None = None
+    sender: str = "carrier"
 
 
 @dataclass(frozen=True)
@@ -83,5 +108,19 @@ class ResumeSaga(SagaCommand):
 
 @dataclass(frozen=True)
 class SetInventory(Command):
+    """Set lot `default` (no expiry) of the SKU; its DEA schedule too unless UNCHANGED
+    (None clears it)."""
+
     sku: str
     on_hand: int
+    dea_schedule: str | Unchanged | None = UNCHANGED
+
+
+@dataclass(frozen=True)
+class SetLot(Command):
+    """Set the units and the expiry of one lot of a SKU."""
+
+    sku: str
+    lot: str
+    on_hand: int
+    expires_on: date

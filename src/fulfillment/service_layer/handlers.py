@@ -12,7 +12,7 @@ from fulfillment.domain.errors import DomainError
 from fulfillment.domain.order import Order
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer import order_saga
-from fulfillment.service_layer.ports import StockLevel
+from fulfillment.service_layer.ports import LotLevel, StockLevel
 from fulfillment.service_layer.saga_engine import (
     EngineDeps,
     IdempotencyKeyReused,
@@ -32,6 +32,7 @@ __all__ = [
     "Timeouts",
     "create_order",
     "set_inventory",
+    "set_lot",
     "start_order_fulfillment_saga",
 ]
 
@@ -96,6 +97,13 @@ def start_order_fulfillment_saga(
 
 def set_inventory(cmd: c.SetInventory, uow: AbstractUnitOfWork) -> StockLevel:
     with uow:
-        level = uow.inventory.set_on_hand(cmd.sku, cmd.on_hand)
+        level = uow.inventory.set_on_hand(cmd.sku, cmd.on_hand, cmd.dea_schedule)
+        uow.commit()
+    return level
+
+
+def set_lot(cmd: c.SetLot, uow: AbstractUnitOfWork) -> LotLevel:
+    with uow:
+        level = uow.inventory.set_lot(cmd.sku, cmd.lot, cmd.on_hand, cmd.expires_on)
         uow.commit()
     return level

@@ -44,11 +44,16 @@ class MessageBus:
         self.handlers = handlers
         self.conflict_retries = conflict_retries
 
-    def handle(self, command: Command, job: ClaimedJob | None = None) -> Any:
-        """Run the command's handler; returns what the handler returns."""
-        return self.handle_job(command, job)[0]
+    def handle(
+        self, command: Command, job: ClaimedJob | None = None, *, sender: str | None = None
+    ) -> Any:
+        """Run the command's handler; returns what the handler returns. `sender`: who
+        asked (an API key's name, `cli`), put into the metadata of every event it records."""
+        return self.handle_job(command, job, sender=sender)[0]
 
-    def handle_job(self, command: Command, job: ClaimedJob | None) -> tuple[Any, ClaimedJob | None]:
+    def handle_job(
+        self, command: Command, job: ClaimedJob | None, *, sender: str | None = None
+    ) -> tuple[Any, ClaimedJob | None]:
         """Run the command of a claimed job: what the handler returns, and the job its
         commit handed over (the saga's next job, still claimed: run it next), if any."""
         try:
@@ -57,6 +62,8 @@ class MessageBus:
             raise LookupError(f"no handler for {type(command).__name__}") from None
         for attempt in range(self.conflict_retries + 1):
             uow = self.uow_factory(job)
+            if sender is not None:
+                uow.sender = sender
             try:
                 return handler(command, uow), uow.handed_over
             except (ConcurrencyError, RetryableDatabaseError):

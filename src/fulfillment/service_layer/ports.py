@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import Enum
 from typing import Any
 
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
-from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.domain.values import (
+    LotAllocation,
+    OrderLine,
+    PrescriptionDetails,
+    ShippingAddress,
+)
 
 
 class Clock(abc.ABC):
@@ -30,6 +37,10 @@ class Booking:
 class Carrier(abc.ABC):
     """A shipping carrier. Calls are idempotent by key: the same key books one shipment."""
 
+    #: Whether a booking is also the pickup (the saga then waits for no pickup
+    #: confirmation); else the carrier confirms pickup later, by a tracking update.
+    confirms_pickup_at_booking: bool = False
+
     @abc.abstractmethod
     def book(
         self, idempotency_key: str, address: ShippingAddress, lines: tuple[OrderLine, ...]
@@ -41,15 +52,66 @@ class Carrier(abc.ABC):
         """Raises TransientFailure when the carrier cannot be reached."""
 
 
+#: The lot `PUT /inventory/{sku}` sets: units without an expiry date.
+DEFAULT_LOT = "default"
+#: The DEA schedules of controlled substances a SKU may have (None: not controlled).
+DEA_SCHEDULES = ("II", "III", "IV", "V")
+
+
+class Unchanged(Enum):
+    """A field left as it is: absent from the request (None would clear it)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+
+
 @dataclass(frozen=True)
-class StockLevel:
+class LotLevel:
+    """The units of one lot of a SKU; `expires_on` None for lot `default`."""
+
     sku: str
+    lot: str
     on_hand: int
     reserved: int
+    expires_on: date | None = None
 
     @property
     def available(self) -> int:
         return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    """A SKU's totals over its lots, its DEA schedule, and its lots (first expiry first,
+    lots without expiry last, then by name).
+
+    Two levels compare by their totals and schedule: `lots` is the detail behind the
+    totals (compare it on its own)."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    dea_schedule: str | None = None
+    lots: tuple[LotLevel, ...] = field(default=(), compare=False)
+
+    @property
+    def available(self) -> int:
+        return self.on_hand - self.reserved
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An order's reservation: its id and the lots its units came from."""
+
+    reservation_id: str
+    lots: tuple[LotAllocation, ...]
+
+
+def fefo_key(lot: LotLevel) -> tuple[bool, date, str]:
+    """First expiry first; lots without expiry last; then by name."""
+    return (lot.expires_on is None, lot.expires_on or date.min, lot.lot)
 
 
 class PrescriptionService(abc.ABC):
@@ -65,22 +127,57 @@ class PrescriptionService(abc.ABC):
 
 
 class InventoryReservationService(abc.ABC):
-    @abc.abstractmethod
-    def set_on_hand(self, sku: str, on_hand: int) -> StockLevel:
-        """Raises InvalidInventory when `on_hand` would drop below what is reserved."""
+    """Stock by SKU and lot. Per lot and per SKU, always `0 <= reserved <= on_hand`."""
 
     @abc.abstractmethod
-    def get(self, sku: str) -> StockLevel | None: ...
+    def set_on_hand(
+        self, sku: str, on_hand: int, dea_schedule: str | Unchanged | None = UNCHANGED
+    ) -> StockLevel:
+        """Set lot `default` (no expiry) of the SKU, creating the SKU if need be, and its
+        DEA schedule unless UNCHANGED (None: not controlled). Raises InvalidInventory
+        when `on_hand` would drop below what is reserved of that lot, DomainError for an
+        unknown schedule."""
 
     @abc.abstractmethod
-    def reserve(self, order_id: str, lines: tuple[OrderLine, ...]) -> str:
-        """All-or-nothing, one reservation per order (idempotent); raises InsufficientStock."""
+    def set_lot(self, sku: str, lot: str, on_hand: int, expires_on: date) -> LotLevel:
+        """Set a lot's units and expiry, creating the lot (and the SKU) if need be.
+        Raises InvalidInventory below what is reserved of the lot, DomainError for lot
+        `default` (it has no expiry: `set_on_hand` sets it)."""
 
     @abc.abstractmethod
-    def release(self, order_id: str) -> None: ...
+    def get(self, sku: str) -> StockLevel | None:
+        """The SKU's totals, schedule and lots; None for an unknown SKU."""
 
     @abc.abstractmethod
-    def consume(self, order_id: str) -> None: ...
+    def reserve(
+        self,
+        order_id: str,
+        lines: tuple[OrderLine, ...],
+        *,
+        today: date,
+        min_shelf_life_days: int = 30,
+    ) -> Reservation:
+        """Take each SKU's units from its lots, earliest expiry first (lots without
+        expiry last), from lots that expire on `today + min_shelf_life_days` or later.
+        All-or-nothing, one reservation per order (idempotent: a second call takes
+        nothing and returns the first's reservation); raises InsufficientStock."""
+
+    @abc.abstractmethod
+    def release(self, order_id: str) -> None:
+        """Give the reservation's units back to their lots (once)."""
+
+    @abc.abstractmethod
+    def consume(self, order_id: str) -> None:
+        """Take the reservation's units off their lots' shelves (once)."""
+
+    @abc.abstractmethod
+    def lot_orders(self, sku: str, lot: str) -> list[tuple[str, int]] | None:
+        """(order id, units) of every reservation that took units of the lot, in the
+        order they were made (a recall); None for an unknown lot."""
+
+    @abc.abstractmethod
+    def controlled(self, skus: Iterable[str]) -> bool:
+        """Whether any of the SKUs has a DEA schedule."""
 
 
 class ShipmentService(abc.ABC):
@@ -90,6 +187,10 @@ class ShipmentService(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, order_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def order_of(self, tracking_number: str) -> str | None:
+        """The order whose shipment has this tracking number, if any."""
 
 
 class OrderRepository(abc.ABC):

@@ -28,9 +28,10 @@ from fulfillment.domain.errors import (
     TransientFailure,
 )
 from fulfillment.domain.events import DomainEvent
-from fulfillment.domain.saga import Saga
+from fulfillment.domain.saga import CancellationAccepted, Saga
 from fulfillment.domain.saga_definition import (
     REGISTRY,
+    Outcome,
     SagaDefinition,
     SignalSpec,
     StepSpec,
@@ -66,6 +67,10 @@ class UnknownSignal(NotFound):
     """No wait of the saga's definition declares a signal of that name."""
 
 
+class Forbidden(DomainError):
+    """The sender's role may not send this signal (403)."""
+
+
 @dataclass(frozen=True)
 class Timeouts:
     step_seconds: float = 900.0
@@ -82,6 +87,10 @@ class EngineDeps:
     carrier: Carrier
     retry: RetryPolicy
     timeouts: Timeouts = Timeouts()
+    #: Which orders a pharmacist verifies: `controlled` (a line's SKU has a DEA
+    #: schedule), `all` or `none` (FULFILLMENT_VERIFICATION_REQUIRED_FOR).
+    verification_required_for: str = "controlled"
+    min_shelf_life_days: int = 30
 
 
 @dataclass
@@ -95,6 +104,13 @@ class StepContext:
     now: datetime
     deps: EngineDeps
     prepared: Any = None
+    #: A signal's validated payload (its schema's model) and who sent it, for its `record`.
+    payload: Any = None
+    sender: str | None = None
+
+    def skip(self, wait: WaitSpec) -> DomainEvent | None:
+        """The wait's `skip` in this context (what the saga asks as it reaches a wait)."""
+        return wait.skip(self) if wait.skip is not None else None
 
     @property
     def today(self) -> date:
@@ -135,9 +151,11 @@ def step_deadline_seconds(step: StepSpec, timeouts: Timeouts) -> float:
 
 
 def check_deadlines(saga: Saga, step: StepSpec, now: datetime, timeouts: Timeouts) -> None:
-    if saga.deadline_at is not None and now > saga.deadline_at:
+    # The saga's deadline bounds its own work: time spent waiting for the outside world
+    # (a pharmacist, the carrier's pickup) has its own timeouts and does not count.
+    if saga.deadline_at is not None and now > saga.deadline_at + saga.waited:
         raise DeadlineExceeded(
-            FailureReason.SAGA_TIMEOUT, f"saga deadline {saga.deadline_at} passed"
+            FailureReason.SAGA_TIMEOUT, f"saga deadline {saga.deadline_at + saga.waited} passed"
         )
     seconds = step_deadline_seconds(step, timeouts)
     started = saga.step_started_at(step.name)
@@ -187,12 +205,20 @@ def run_saga_job(cmd: c.RunSagaJob, uow: AbstractUnitOfWork, deps: EngineDeps) -
         ctx = StepContext(saga, uow, now, deps, prepared)
         if kind == "step":
             step = definition.step(cmd.kind)
-            if saga.awaits(step.name) and (prepare_ran or step.prepare is None):
+            if not saga.awaits(step.name):
+                pass
+            elif step.prepare is None and saga.honour_cancellation(now):
+                pass  # cancelled before this step began: it does not run
+            elif prepare_ran or step.prepare is None:
                 if not prepare_ran:
                     check_deadlines(saga, step, now, deps.timeouts)
                 assert step.action is not None
                 event = _guarded(step, step.action, ctx)
-                saga.succeed(step.name, event, timeouts=deps.timeouts.waits)
+                # A step with an outside call always records it, even when a
+                # cancellation came first (a crash or a conflict may have hidden that
+                # the call was made): the cancellation then takes effect after the step,
+                # and its compensation undoes the call. The call is idempotent by key.
+                saga.succeed(step.name, event, timeouts=deps.timeouts.waits, skip=ctx.skip)
         elif kind == "compensation":
             compensation = definition.compensation(cmd.kind)
             # Recorded only if this job made the outside call (a late duplicate records
@@ -206,7 +232,7 @@ def run_saga_job(cmd: c.RunSagaJob, uow: AbstractUnitOfWork, deps: EngineDeps) -
             # saga that has left the wait changes nothing.
             current = saga.waiting
             if current is not None and current.name == cmd.kind:
-                saga.time_out(cmd.kind, at=now, timeouts=deps.timeouts.waits)
+                saga.time_out(cmd.kind, at=now, timeouts=deps.timeouts.waits, skip=ctx.skip)
         else:
             raise LookupError(f"saga {definition.name} v{definition.version} has no job {cmd.kind}")
         settle_if_ended(ctx)
@@ -248,7 +274,15 @@ def record_job_failure(
         handled = FailureHandled.IGNORED
         now = deps.clock.now()
         if kind == "step" and saga.awaits(cmd.kind):
-            handled = _step_failed(saga, saga.spec.step(cmd.kind), cmd, now, deps)
+            step = saga.spec.step(cmd.kind)
+            # (A step with an outside call is retried: whether the failed attempt's call
+            # took effect is unknown, and only its recorded success gets it undone.)
+            if step.prepare is None and saga.honour_cancellation(now):
+                # The attempt ended; the requested cancellation takes effect instead of
+                # a retry.
+                handled = FailureHandled.FAILED
+            else:
+                handled = _step_failed(saga, step, cmd, now, deps)
         elif kind == "compensation" and saga.next_compensation == cmd.kind:
             handled = _compensation_failed(saga, cmd, now, deps)
         settle_if_ended(StepContext(saga, uow, now, deps))
@@ -384,17 +418,9 @@ def signal_saga(cmd: c.SignalSaga, uow: AbstractUnitOfWork, deps: EngineDeps) ->
             first = stored.response
             return SignalAccepted(first["saga_id"], first["signal"], first["outcome"], True)
         saga = load(uow, cmd.saga_id)
-        spec = signal_spec(saga.spec, saga, cmd.signal)
-        model = validate_payload(spec, cmd.payload)
-        saga.check_signal(cmd.signal)
-        outcome = spec.decide(model)
-        now = deps.clock.now()
-        payload = model.model_dump(mode="json")
-        saga.receive_signal(cmd.signal, payload, outcome, at=now, timeouts=deps.timeouts.waits)
-        # The wait's timer (if any) makes way for the job the signal leads to.
-        uow.jobs.cancel(saga.id)
-        uow.sender = cmd.sender
-        settle_if_ended(StepContext(saga, uow, now, deps))
+        outcome = deliver_signal(
+            saga, uow, deps, cmd.signal, cmd.payload, sender=cmd.sender, role=cmd.role
+        )
         accepted = SignalAccepted(saga.id, cmd.signal, outcome.kind)
         if cmd.idempotency is not None:
             uow.idempotency.add(dataclasses.replace(cmd.idempotency, response=accepted.as_dict()))
@@ -402,11 +428,76 @@ def signal_saga(cmd: c.SignalSaga, uow: AbstractUnitOfWork, deps: EngineDeps) ->
     return accepted
 
 
+def deliver_signal(
+    saga: Saga,
+    uow: AbstractUnitOfWork,
+    deps: EngineDeps,
+    signal: str,
+    payload: Any,
+    *,
+    sender: str,
+    role: str = "admin",
+) -> Outcome:
+    """Deliver a signal to the saga's wait inside the caller's transaction: checked
+    (role, payload, the saga waits for it), recorded with the event its `record`
+    returns, the wait's timer cancelled; the saga settles if this ended it."""
+    spec = signal_spec(saga.spec, saga, signal)
+    if spec.roles is not None and role not in spec.roles:
+        allowed = " or ".join(sorted(spec.roles))
+        raise Forbidden(f"only a key with the role {allowed} may send {signal!r}")
+    model = validate_payload(spec, payload)
+    saga.check_signal(signal)
+    outcome = spec.decide(model)
+    now = deps.clock.now()
+    ctx = StepContext(saga, uow, now, deps, payload=model, sender=sender)
+    recorded = spec.record(ctx) if spec.record is not None else None
+    saga.receive_signal(
+        signal,
+        model.model_dump(mode="json"),
+        outcome,
+        at=now,
+        timeouts=deps.timeouts.waits,
+        recorded=recorded,
+        skip=ctx.skip,
+    )
+    # The wait's timer (if any) makes way for the job the signal leads to.
+    uow.jobs.cancel(saga.id)
+    uow.sender = sender
+    settle_if_ended(ctx)
+    return outcome
+
+
 def signal_idempotency(saga_id: str, signal: str, key: str, body_hash: str) -> IdempotencyRecord:
     """The stored form of a signal's `Idempotency-Key`: scoped to the saga and the signal
     (hashed: it fits the keys' column and never meets an order's key)."""
     scoped = hashlib.sha256(f"{saga_id}\x00{signal}\x00{key}".encode()).hexdigest()
     return IdempotencyRecord(f"signal:{scoped}", body_hash, saga_id, {})
+
+
+# --- cancellation -----------------------------------------------------------------------
+
+
+def cancel_saga(
+    cmd: c.CancelSaga, uow: AbstractUnitOfWork, deps: EngineDeps
+) -> CancellationAccepted:
+    """Record the request to stop, in one transaction. When the saga waits, or no job of
+    it is in progress (none, or dead), it compensates at once: its job makes way for the
+    first compensation. Otherwise the job of its step in progress honours the request
+    when that step ends. TooLateToCancel (409) after the pivot or once the saga ended."""
+    with uow:
+        saga = load(uow, cmd.saga_id)
+        job = uow.jobs.get(saga.id) if saga.waiting is None else None
+        idle = saga.waiting is not None or job is None or job.dead
+        now = deps.clock.now()
+        accepted = saga.request_cancellation(
+            cmd.reason, by=cmd.sender, note=cmd.note, at=now, now=idle
+        )
+        if accepted is CancellationAccepted.NOW:
+            uow.jobs.cancel(saga.id)
+        uow.sender = cmd.sender
+        settle_if_ended(StepContext(saga, uow, now, deps))
+        uow.commit()
+    return accepted
 
 
 # --- starting ---------------------------------------------------------------------------

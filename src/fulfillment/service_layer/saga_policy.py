@@ -8,6 +8,7 @@ state, which its definition shapes (`fulfillment.domain.saga.Saga.next_job`):
 | running, at a wait without one                | none: a signal will move it             |
 | compensating                                  | the compensation on top of the stack    |
 | ended, or parked for an operator              | none                                    |
+| only asked to stop (a step is in progress)     | none: the step's job honours it          |
 
 Only transactions that recorded events on the saga decide: one saga has at most one job
 at a time, and the job it had is the one this transaction consumed (or, for a signal,
@@ -26,6 +27,10 @@ from fulfillment.service_layer.jobs import JobSpec
 def next_job(saga: Saga, new_events: Sequence[DomainEvent]) -> JobSpec | None:
     """The job that must follow the saga's new events, or None."""
     if not new_events:
+        return None
+    cancellation = saga.spec.cancellation
+    if cancellation is not None and all(isinstance(e, cancellation) for e in new_events):
+        # A request to stop that waits for the step in progress: its job stays as it is.
         return None
     due = saga.next_job
     if due is None:

@@ -14,7 +14,7 @@ By topic:
   stuck saga (``is_stuck``; ``list_sagas(status=STUCK)``).
 * ``events``: the global feed and the last events of the log.
 * ``jobs``: the durable queue; jobs by status are counted in one place, ``count_jobs``.
-* ``inventory``: stock levels.
+* ``inventory``: stock levels by SKU and lot; the orders a lot went to (recalls).
 * ``health``: does the database answer; the projections' lag.
 * ``dashboard``: the dashboard's overview and orders list.
 * ``timeline``: one saga as a timeline (the dashboard's order page, ``sagas show``).
@@ -32,7 +32,7 @@ from fulfillment.views.common import MAX_LIMIT, InvalidQuery
 from fulfillment.views.dashboard import dashboard_orders, overview
 from fulfillment.views.events import events_after, latest_events
 from fulfillment.views.health import check_database, projection_status
-from fulfillment.views.inventory import get_inventory
+from fulfillment.views.inventory import get_inventory, lot_orders, lot_view, stock_view
 from fulfillment.views.jobs import (
     JobListing,
     count_jobs,
@@ -41,7 +41,13 @@ from fulfillment.views.jobs import (
     list_jobs,
 )
 from fulfillment.views.metrics import Snapshot, read_snapshot
-from fulfillment.views.orders import get_order, list_orders, order_events
+from fulfillment.views.orders import (
+    current_order,
+    get_order,
+    list_orders,
+    order_events,
+    order_fhir,
+)
 from fulfillment.views.sagas import STUCK, is_stuck, list_sagas, saga_detail
 from fulfillment.views.timeline import order_timeline, saga_timeline
 
@@ -53,6 +59,7 @@ __all__ = [
     "Snapshot",
     "check_database",
     "count_jobs",
+    "current_order",
     "dashboard_orders",
     "events_after",
     "get_inventory",
@@ -64,11 +71,15 @@ __all__ = [
     "list_jobs",
     "list_orders",
     "list_sagas",
+    "lot_orders",
+    "lot_view",
     "order_events",
+    "order_fhir",
     "order_timeline",
     "overview",
     "projection_status",
     "read_snapshot",
     "saga_detail",
     "saga_timeline",
+    "stock_view",
 ]

@@ -15,11 +15,12 @@ from sqlalchemy import Connection, func, select
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
-from fulfillment.adapters.projections import row_from_db, summarize
+from fulfillment.adapters.projections import replay_order, row_from_db, summarize, summary_of
 from fulfillment.bootstrap import App
 from fulfillment.domain.order import Order
 from fulfillment.domain.status import OrderStatus
-from fulfillment.views.common import InvalidQuery, page, read_streams, streams
+from fulfillment.views.common import InvalidQuery, iso, page, read_streams, streams
+from fulfillment.views.fhir import fhir_bundle
 
 _ORDER_STATUSES = frozenset(s.value for s in OrderStatus)
 
@@ -44,6 +45,8 @@ def order_view(row: Mapping[str, Any]) -> dict[str, Any]:
             if shipment
             else None
         ),
+        "verification": row.get("verification") or {"status": "pending", "by": None},
+        "lots": row.get("lots") or [],
     }
 
 
@@ -58,6 +61,28 @@ def get_order(app: App, order_id: str) -> dict[str, Any] | None:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
     summary = summarize(order_id, stored, app.mapper)
     return order_view(summary) if summary is not None else None
+
+
+def current_order(app: App, order_id: str) -> dict[str, Any] | None:
+    """The order as `get_order` shows it, from its streams as they are now (what a
+    request that just changed it answers, without waiting for the projector)."""
+    summary = summarize(order_id, read_streams(app, order_id), app.mapper)
+    return order_view(summary) if summary is not None else None
+
+
+def order_fhir(app: App, order_id: str) -> dict[str, Any] | None:
+    """The order as a FHIR R5 Bundle (`GET /orders/{id}/fhir`); None if unknown."""
+    replayed = replay_order(order_id, read_streams(app, order_id), app.mapper)
+    if replayed is None:
+        return None
+    order = replayed[0]
+    assert order.prescription is not None
+    placed = {
+        "customer_id": order.customer_id,
+        "placed_at": iso(order.placed_at),
+        "prescription": order.prescription.to_dict(),
+    }
+    return fhir_bundle(order_view(summary_of(*replayed)), placed)
 
 
 def list_orders(

@@ -6,7 +6,14 @@ step and wait of the saga's definition (the pivot, `complete`, last) with its st
 attempts, errors, start, end and duration; the compensations in the order they ran
 (last in, first out), then the ones still to run; the queued job; the whole history.
 
-Times are ISO 8601 UTC; durations are milliseconds.
+The order's pharmacy lifecycle (`lifecycle`): its verification and each decision on it,
+a cancellation requested, the carrier's pickup, every tracking update (applied or not)
+and the lots its reservation took. Each event of the lifecycle has a `title` ("Verified
+by ph-12", "Out for delivery"); the others' is None.
+
+Times are ISO 8601 UTC; durations are milliseconds. With `include_phi=False` (a key whose
+role may not read patient data) the events' data leave out `PHI_FIELDS`, and the
+lifecycle's notes are None (`note_hidden` says one was left out).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from fulfillment.bootstrap import App
 from fulfillment.domain import events as ev
 from fulfillment.domain.saga import Saga
 from fulfillment.domain.saga_definition import REGISTRY, SagaDefinition, StepSpec, WaitSpec
-from fulfillment.domain.status import SagaStatus, StepStatus
+from fulfillment.domain.status import SagaStatus, StepStatus, TrackingStatus
+from fulfillment.service_layer import order_saga
+from fulfillment.service_layer.order_saga import Step
 from fulfillment.views.common import duration_ms, iso, streams
 from fulfillment.views.jobs import job_row, job_view
 from fulfillment.views.sagas import is_stuck
@@ -31,20 +40,98 @@ from fulfillment.views.sagas import is_stuck
 #: Statuses a step shows: the domain's, plus `running` (being worked on now) and
 #: `skipped` (will never run: the saga failed before it).
 RUNNING, SKIPPED = "running", "skipped"
+#: The fields of an event's data that hold patient data (`OrderCreated`,
+#: `OrderFulfillmentSagaStarted`): the prescription (patient, prescriber) and the address;
+#: and the free-text `note` of a pharmacist's decision or a cancellation, which may hold
+#: clinical detail (also in the `payload` of the decision's `SagaSignalReceived`).
+PHI_FIELDS = frozenset({"prescription", "shipping_address", "note"})
+#: The data fields whose dict value is stripped of `PHI_FIELDS` too, one level down.
+_NESTED = frozenset({"payload"})
 
 
-def order_timeline(app: App, order_id: str) -> dict[str, Any] | None:
-    """The saga of `order_id` as a timeline; None if there is no such order."""
-    return _timeline(app, order_id, of_order=True)
+def order_timeline(app: App, order_id: str, *, include_phi: bool = True) -> dict[str, Any] | None:
+    """The saga of `order_id` as a timeline; None if there is no such order.
+    `include_phi=False`: the events' data without `PHI_FIELDS`."""
+    return _timeline(app, order_id, of_order=True, include_phi=include_phi)
 
 
-def saga_timeline(app: App, saga_id: str) -> dict[str, Any] | None:
+def saga_timeline(app: App, saga_id: str, *, include_phi: bool = True) -> dict[str, Any] | None:
     """Any saga as a timeline (`order` is None for a saga that fulfils no order); None
-    if there is no such saga nor order."""
-    return _timeline(app, saga_id, of_order=False)
+    if there is no such saga nor order. `include_phi` as for `order_timeline`."""
+    return _timeline(app, saga_id, of_order=False, include_phi=include_phi)
 
 
-def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | None:
+def _without_phi(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_phi(v) if k in _NESTED and isinstance(v, dict) else v
+        for k, v in data.items()
+        if k not in PHI_FIELDS
+    }
+
+
+def _event_view(stored: StoredEvent, *, include_phi: bool) -> dict[str, Any]:
+    view = stored.as_dict()
+    data = view["data"]
+    view["title"] = event_title(stored.type, data) if isinstance(data, dict) else None
+    if not include_phi and isinstance(data, dict):
+        view["data"] = _without_phi(data)
+    return view
+
+
+_TRACKING_TITLES = {
+    TrackingStatus.IN_TRANSIT.value: "In transit",
+    TrackingStatus.OUT_FOR_DELIVERY.value: "Out for delivery",
+    TrackingStatus.DELIVERY_FAILED.value: "Delivery failed",
+    TrackingStatus.DELIVERED.value: "Delivered",
+    TrackingStatus.RETURNED_TO_SENDER.value: "Returned to sender",
+}
+_WAIT_TITLES = {
+    Step.VERIFY_PRESCRIPTION.value: "Waiting for a pharmacist's decision",
+    Step.AWAIT_PICKUP.value: "Waiting for the carrier's pickup",
+}
+
+
+def event_title(event_type: str, data: dict[str, Any]) -> str | None:
+    """What an event of the pharmacy lifecycle (and of a saga's waits) says, in a few
+    words, never with its `note`; None for the other events."""
+    at = f" at {data['location']}" if data.get("location") else ""
+    who = data.get("pharmacist_id") or data.get("by")
+    match event_type:
+        case ev.PrescriptionVerified.__name__ if data.get("by") == "policy":
+            return "Verified by policy: no pharmacist review required"
+        case ev.PrescriptionVerified.__name__:
+            return f"Verified by {who}"
+        case ev.PrescriptionRejected.__name__:
+            reason = f": {data['reason']}" if data.get("reason") else ""
+            return f"Rejected by {who}{reason}"
+        case ev.PrescriptionClarificationRequested.__name__:
+            return f"Clarification asked of the prescriber by {who}"
+        case ev.OrderCancellationRequested.__name__:
+            return f"Cancellation requested: {data.get('reason')}"
+        case ev.ShipmentPickedUp.__name__:
+            return f"Picked up by the carrier{at}"
+        case ev.ShipmentTrackingUpdated.__name__:
+            status = str(data.get("status"))
+            late = "" if data.get("applied", True) else " (out of order: not applied)"
+            return f"{_TRACKING_TITLES.get(status, status)}{at}{late}"
+        case ev.ShipmentDelivered.__name__:
+            return f"Delivered{at}"
+        case ev.ShipmentReturned.__name__:
+            return f"Returned to sender{at}"
+        case ev.SagaWaitStarted.__name__:
+            wait = str(data.get("wait"))
+            return _WAIT_TITLES.get(wait, f"Waiting at {wait}")
+        case ev.SagaSignalReceived.__name__:
+            return f"Signal {data.get('signal')} received: {data.get('outcome')}"
+        case ev.SagaWaitTimedOut.__name__:
+            reason = f": {data['reason']}" if data.get("reason") else ""
+            return f"No signal in time at {data.get('wait')}{reason}"
+    return None
+
+
+def _timeline(
+    app: App, order_id: str, *, of_order: bool, include_phi: bool
+) -> dict[str, Any] | None:
     with read_connection(app.engine) as conn:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
         row = job_row(conn, order_id)
@@ -79,6 +166,8 @@ def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | No
             "customer_id": summary["customer_id"],
             "items": summary["items"],
             "shipment": summary["shipment"],
+            "verification": summary["verification"],
+            "lots": summary["lots"],
             "placed_at": iso(summary["placed_at"]),
         }
         if summary is not None
@@ -106,7 +195,147 @@ def _timeline(app: App, order_id: str, *, of_order: bool) -> dict[str, Any] | No
             "pending": _pending_compensations(saga),
         },
         "job": job,
-        "events": [e.as_dict() for e in stored],
+        "lifecycle": _lifecycle(app, stored, saga, include_phi=include_phi)
+        if summary is not None
+        else None,
+        "events": [_event_view(e, include_phi=include_phi) for e in stored],
+    }
+
+
+_LIFECYCLE_EVENTS = frozenset(
+    cls.__name__
+    for cls in (
+        ev.PrescriptionVerified,
+        ev.PrescriptionRejected,
+        ev.PrescriptionClarificationRequested,
+        ev.SagaWaitTimedOut,
+        ev.OrderCancellationRequested,
+        ev.ShipmentPickedUp,
+        ev.ShipmentTrackingUpdated,
+        ev.ShipmentDelivered,
+        ev.ShipmentReturned,
+    )
+)
+_DECISIONS: dict[type[ev.DomainEvent], str] = {
+    ev.PrescriptionVerified: "approve",
+    ev.PrescriptionRejected: "reject",
+    ev.PrescriptionClarificationRequested: "request_clarification",
+}
+
+
+def _lifecycle(
+    app: App, stored: list[StoredEvent], saga: Saga, *, include_phi: bool
+) -> dict[str, Any]:
+    """The order's verification (and each decision), its cancellation requested, its
+    pickup and the carrier's updates, in commit order; the lots its reservation took."""
+    decisions: list[dict[str, Any]] = []
+    cancellation: dict[str, Any] | None = None
+    pickup: dict[str, Any] | None = None
+    tracking: list[dict[str, Any]] = []
+
+    def note_of(note: str | None) -> dict[str, Any]:
+        return {
+            "note": note if include_phi else None,
+            "note_hidden": note is not None and not include_phi,
+        }
+
+    for e in stored:
+        if e.type not in _LIFECYCLE_EVENTS:
+            continue
+        event = app.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
+        base = {"at": iso(e.recorded_at), "position": e.position, "event": e.type}
+        if isinstance(
+            event,
+            ev.PrescriptionVerified
+            | ev.PrescriptionRejected
+            | ev.PrescriptionClarificationRequested,
+        ):
+            policy = isinstance(event, ev.PrescriptionVerified) and event.by == "policy"
+            decisions.append(
+                {
+                    **base,
+                    "decision": "policy" if policy else _DECISIONS[type(event)],
+                    "pharmacist_id": event.pharmacist_id,
+                    "by": event.by,
+                    "reason": event.reason if isinstance(event, ev.PrescriptionRejected) else None,
+                    **note_of(event.note),
+                }
+            )
+        elif isinstance(event, ev.SagaWaitTimedOut) and event.wait == Step.VERIFY_PRESCRIPTION:
+            decisions.append(
+                {
+                    **base,
+                    "decision": "timeout",
+                    "pharmacist_id": None,
+                    "by": None,
+                    "reason": event.reason,
+                    **note_of(None),
+                }
+            )
+        elif isinstance(event, ev.OrderCancellationRequested):
+            cancellation = {**base, "reason": event.reason, "by": event.by, **note_of(event.note)}
+        elif isinstance(event, ev.ShipmentPickedUp):
+            pickup = {
+                **base,
+                "picked_up_at": iso(event.picked_up_at),
+                "location": event.location,
+                "carrier_event_id": event.carrier_event_id,
+                "tracking_number": event.tracking_number,
+            }
+            tracking.append(
+                _tracking(base, event, TrackingStatus.IN_TRANSIT.value, event.picked_up_at)
+            )
+        elif isinstance(event, ev.ShipmentTrackingUpdated):
+            tracking.append(_tracking(base, event, event.status, event.reported_at, event.applied))
+        elif isinstance(event, ev.ShipmentDelivered):
+            tracking.append(
+                _tracking(base, event, TrackingStatus.DELIVERED.value, event.reported_at)
+            )
+        elif isinstance(event, ev.ShipmentReturned):
+            tracking.append(
+                _tracking(base, event, TrackingStatus.RETURNED_TO_SENDER.value, event.reported_at)
+            )
+    verify = saga.steps.get(Step.VERIFY_PRESCRIPTION)
+    waits_for_pickup = saga.waiting is not None and saga.waiting.name == Step.AWAIT_PICKUP
+    pickup_state = saga.steps.get(Step.AWAIT_PICKUP)
+    return {
+        "verification": {
+            **order_saga.verification(saga if saga.started is not None else None),
+            "waiting": order_saga.awaiting_verification(saga),
+            "waiting_since": iso(verify.started_at) if verify is not None else None,
+            "timeout_at": iso(verify.due_at) if verify is not None else None,
+            "decisions": decisions,
+        },
+        "cancellation": cancellation,
+        "pickup": pickup,
+        "awaiting_pickup": {
+            "since": iso(pickup_state.started_at) if pickup_state is not None else None,
+            "timeout_at": iso(pickup_state.due_at) if pickup_state is not None else None,
+        }
+        if waits_for_pickup
+        else None,
+        "tracking": tracking,
+        "lots": order_saga.lots(saga),
+    }
+
+
+def _tracking(
+    base: dict[str, Any],
+    event: ev.ShipmentPickedUp
+    | ev.ShipmentTrackingUpdated
+    | ev.ShipmentDelivered
+    | ev.ShipmentReturned,
+    status: str,
+    reported_at: datetime,
+    applied: bool = True,
+) -> dict[str, Any]:
+    return {
+        **base,
+        "status": status,
+        "location": event.location,
+        "reported_at": iso(reported_at),
+        "applied": applied,
+        "carrier_event_id": event.carrier_event_id,
     }
 
 

@@ -1,15 +1,21 @@
 // Fulfillment Saga dashboard: plain JavaScript, no build step, nothing from other origins.
 //
-// Pages are hash routes: `#/` (overview and orders, `#/?status=cancelled` filtered) and
-// `#/orders/<id>` (one order's saga timeline). Data comes from the key-protected JSON
-// API; with FULFILLMENT_API_KEYS set the page asks for a key once and keeps it in this
-// tab's sessionStorage. Every value is written with textContent, never as HTML.
+// Pages are hash routes: `#/` (overview, the pharmacist's queue and orders,
+// `#/?status=cancelled` filtered) and `#/orders/<id>` (one order's saga timeline and its
+// lifecycle: verification, cancellation, pickup, tracking, lots). Data comes from the
+// key-protected JSON API; with FULFILLMENT_API_KEYS set the page asks for a key once and
+// keeps it in this tab's sessionStorage. The queue's decisions are POSTed with that key
+// (only a pharmacist or admin key may decide). Every value is written with textContent,
+// never as HTML.
 "use strict";
 
 (() => {
   const REFRESH_MS = 2000;
   const PAGE_SIZE = 25;
   const KEY_STORAGE = "fulfillment.apiKey";
+  const PHARMACIST_STORAGE = "fulfillment.pharmacistId";
+  const MAX_ID = 200;
+  const MAX_NOTE = 2000;
 
   // Step titles, hints and their order come with each timeline, from the saga's definition.
   const STATUS_ICONS = {
@@ -18,28 +24,63 @@
     compensated: "\u21ba",
     compensation_failed: "!",
     running: "\u25cf",
+    waiting: "\u25d4",
     pending: "\u2026",
     skipped: "\u2013",
   };
   const ORDER_FILTERS = [
     [null, "All"],
     ["pending", "Pending"],
+    ["awaiting_verification", "Awaiting verification"],
     ["fulfilled", "Fulfilled"],
+    ["delivered", "Delivered"],
+    ["returned", "Returned"],
     ["cancelled", "Cancelled"],
     ["needs_attention", "Needs attention"],
   ];
   const SUCCESS_EVENTS = new Set([
     "OrderCreated", "OrderFulfillmentSagaStarted", "PrescriptionCreated", "InventoryReserved",
     "ShipmentInitiated", "OrderFulfillmentSagaCompleted", "OrderFulfilled",
+    "PrescriptionVerified", "ShipmentPickedUp", "ShipmentDelivered",
   ]);
   const FAILURE_EVENTS = new Set([
     "PrescriptionCreationFailed", "InventoryReservationFailed", "ShipmentInitiationFailed",
     "SagaStepAttemptFailed", "CompensationAttemptFailed", "SagaCompensationFailed",
+    "PrescriptionRejected", "SagaWaitTimedOut",
   ]);
   const COMPENSATION_EVENTS = new Set([
     "SagaCompensationStarted", "ShipmentCancelled", "InventoryReleased",
     "PrescriptionCancelled", "SagaCompensationRetried", "OrderCancelled",
+    "OrderCancellationRequested", "ShipmentReturned",
   ]);
+  // Waits and what the outside world said meanwhile: neither good nor bad news.
+  const INFO_EVENTS = new Set([
+    "SagaWaitStarted", "SagaSignalReceived", "PrescriptionClarificationRequested",
+    "ShipmentTrackingUpdated",
+  ]);
+  // The pharmacist's three answers (POST /orders/{id}/verification): what the button
+  // says, what the form asks for besides the pharmacist's ID, what a 202 means.
+  const DECISIONS = {
+    approve: {
+      button: "Approve", submit: "Approve", cls: "btn-ok", field: "note", required: false,
+      fieldLabel: "Note (optional)",
+      done: "Approved: the order leaves the queue on the next refresh.",
+    },
+    reject: {
+      button: "Reject", submit: "Reject", cls: "btn-bad", field: "reason", required: true,
+      fieldLabel: "Reason",
+      done: "Rejected: the order is cancelled and leaves the queue on the next refresh.",
+    },
+    request_clarification: {
+      button: "Ask prescriber", submit: "Send question", cls: "ghost", field: "note", required: true,
+      fieldLabel: "Question for the prescriber",
+      done: "Question sent to the prescriber: the order keeps waiting for a decision.",
+    },
+  };
+  const TRACKING_LABELS = {
+    in_transit: "in transit", out_for_delivery: "out for delivery", delivered: "delivered",
+    delivery_failed: "delivery failed", returned_to_sender: "returned to sender",
+  };
 
   // --- tiny DOM helper ------------------------------------------------------------------
 
@@ -147,12 +188,63 @@
     return h("span", { class: `pill st-${status}`, dataset: { status } }, text || pretty(status));
   }
 
+  function until(iso) {
+    if (!iso) return "\u2013";
+    const s = (Date.parse(iso) - Date.now() - clockSkewMs) / 1000;
+    if (s <= 0) return "now";
+    return `in ${formatMs(s * 1000).replace(/\.\d+ s$/, " s")}`;
+  }
+
+  function lotsText(lots) {
+    return lots && lots.length
+      ? lots.map((l) => `${l.sku} \u00b7 lot ${l.lot} \u00d7${l.quantity}`).join(", ")
+      : "\u2013";
+  }
+
+  // What an order's verification shows: its status, and who decided.
+  function verificationPill(v, orderStatus) {
+    if (!v) return "\u2013";
+    const ended = orderStatus === "cancelled" || orderStatus === "needs_attention";
+    if (v.status === "pending" && ended) return pill("skipped", "undecided");
+    const text = v.status === "not_required" ? "not required" : pretty(v.status);
+    const who = v.by && v.by !== "policy" ? ` by ${v.by}` : "";
+    return h("span", { class: "verification", dataset: { verification: v.status } }, pill(v.status, text), who);
+  }
+
   // --- API access and the key gate ------------------------------------------------------
 
   class Unauthorized extends Error {}
 
   function storedKey() {
     return sessionStorage.getItem(KEY_STORAGE);
+  }
+
+  // A random Idempotency-Key (crypto.getRandomValues works on plain http too).
+  function idempotencyKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return `dashboard-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  }
+
+  // POST JSON with the stored key; answers {status, body} whatever the status (the
+  // caller says what each means), throws only when the server is not reached.
+  async function apiPost(path, json, idemKey) {
+    const headers = { Accept: "application/json", "Content-Type": "application/json" };
+    const key = storedKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    if (idemKey) headers["Idempotency-Key"] = idemKey;
+    const response = await fetch(path, { method: "POST", headers, body: json, cache: "no-store" });
+    const body = await response.json().catch(() => null);
+    return { status: response.status, body };
+  }
+
+  function errorCode(body) {
+    return body && body.error ? body.error.code : null;
+  }
+
+  function errorText(body, status) {
+    if (!body || !body.error) return `HTTP ${status}`;
+    const details = (body.error.details || []).map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.message}`);
+    return details.length ? `${body.error.message} (${details.join("; ")})` : body.error.message;
   }
 
   async function api(path) {
@@ -200,6 +292,16 @@
     route();
   });
 
+  // A key the server refused on a request the user made (not a poll): drop it, stop
+  // polling and ask for one; entering it starts the page again.
+  function askForKey() {
+    const rejected = Boolean(storedKey());
+    sessionStorage.removeItem(KEY_STORAGE);
+    generation += 1;
+    clearTimeout(timer);
+    showGate(rejected);
+  }
+
   function setLive(state, text) {
     $("live").dataset.state = state;
     $("live-text").textContent = text;
@@ -210,6 +312,7 @@
   let view = null; // {refresh(): Promise, dispose?()}
   let timer = null;
   let busy = false;
+  let again = false; // a refresh was asked for while one was in flight
   let generation = 0;
 
   function parseHash() {
@@ -230,35 +333,56 @@
     tick(generation, true);
   }
 
+  // One refresh at a time, and one timer: a refresh asked for while one is in flight
+  // runs right after it (whatever asked: a route, a pager button, a decision).
   async function tick(gen, first) {
     if (gen !== generation) return;
     if (busy) {
-      timer = setTimeout(() => tick(gen, false), 250);
+      again = true;
       return;
     }
+    clearTimeout(timer);
     busy = true;
+    again = false;
+    let next = REFRESH_MS; // null: stop polling
     try {
       if (!document.hidden || first) {
         await view.refresh(first);
-        if (gen !== generation) return;
-        hideGate();
-        setLive("live", `live \u00b7 ${new Date().toLocaleTimeString([], { hour12: false })}`);
+        if (gen === generation) {
+          hideGate();
+          setLive("live", `live \u00b7 ${new Date().toLocaleTimeString([], { hour12: false })}`);
+        }
       }
     } catch (error) {
-      if (gen !== generation) return;
-      if (error instanceof Unauthorized) {
-        // A stored key that the server refuses (mistyped, or rotated) is dropped.
-        const rejected = Boolean(storedKey());
-        sessionStorage.removeItem(KEY_STORAGE);
-        showGate(rejected);
-        return; // no polling until a key is entered
-      }
-      setLive("error", `offline \u00b7 retrying (${error.message})`);
-      if (error.status === 404 && view.notFound) view.notFound(error);
+      if (gen === generation) next = failed(error);
     } finally {
       busy = false;
     }
-    if (gen === generation) timer = setTimeout(() => tick(gen, false), REFRESH_MS);
+    clearTimeout(timer);
+    if (again) timer = setTimeout(() => tick(generation, true), 0);
+    else if (gen === generation && next !== null) timer = setTimeout(() => tick(gen, false), next);
+  }
+
+  // What a failed refresh shows; the delay until the next one, or null to stop polling.
+  function failed(error) {
+    if (error instanceof Unauthorized) {
+      // A stored key that the server refuses (mistyped, or rotated) is dropped.
+      const rejected = Boolean(storedKey());
+      sessionStorage.removeItem(KEY_STORAGE);
+      showGate(rejected);
+      return null; // no polling until a key is entered
+    }
+    if (error.status === 403) {
+      // A known key whose role may not read this: say so, keep the key, stop polling.
+      hideGate();
+      mount(h("div", { class: "panel" }, h("p", { class: "empty", id: "forbidden" },
+        `This key's role may not see this page (${error.message}). Use "Forget key" to enter another.`)));
+      setLive("error", "forbidden");
+      return null;
+    }
+    setLive("error", `offline \u00b7 retrying (${error.message})`);
+    if (error.status === 404 && view.notFound) view.notFound(error);
+    return REFRESH_MS;
   }
 
   window.addEventListener("hashchange", route);
@@ -287,6 +411,7 @@
     let nextCursor = null;
 
     const kpis = h("section", { class: "kpis", id: "kpis" });
+    const rxQueue = verificationQueue();
     const chart = h("div", { class: "chart", id: "throughput-chart" });
     const chartNote = h("span", { class: "muted" });
     const queue = h("div", { class: "queue", id: "queue" });
@@ -302,6 +427,9 @@
         h("h1", {}, "Overview"),
         h("p", { class: "muted" }, "Orders and their fulfillment sagas, refreshed every 2 seconds.")),
       kpis,
+      h("section", { class: "panel", id: "verifications" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Pharmacist's queue"), rxQueue.note),
+        rxQueue.el),
       h("section", { class: "grid-2" },
         h("div", { class: "panel" },
           h("div", { class: "panel-head" }, h("h2", {}, "Throughput"), chartNote),
@@ -323,12 +451,14 @@
       if (filter) query.set("status", filter);
       const cursor = cursors[cursors.length - 1];
       if (cursor) query.set("cursor", cursor);
-      const [summary, page] = await Promise.all([
+      const [summary, page, waiting] = await Promise.all([
         api("/api/dashboard/overview"),
         api(`/api/dashboard/orders?${query}`),
+        api("/api/dashboard/verifications"),
       ]);
       clockSkewMs = Date.parse(summary.now) - Date.now();
       renderKpis(kpis, summary);
+      rxQueue.render(waiting);
       renderChart(chart, chartNote, summary.throughput);
       renderQueue(queue, summary.queue, summary.projections);
       renderStuck(stuck, summary.stuck);
@@ -365,17 +495,206 @@
 
   function renderKpis(el, s) {
     const o = s.orders;
-    const finished = o.fulfilled + o.cancelled;
-    const rate = finished ? Math.round((o.fulfilled / finished) * 100) : null;
+    // Delivered and returned orders were fulfilled (picked up by the carrier) first.
+    const shipped = o.fulfilled + (o.delivered || 0) + (o.returned || 0);
+    const finished = shipped + o.cancelled;
+    const rate = finished ? Math.round((shipped / finished) * 100) : null;
+    const after = [o.delivered ? `${o.delivered} delivered` : null, o.returned ? `${o.returned} returned` : null].filter(Boolean);
+    const waiting = o.awaiting_verification || 0;
     fill(el,
       kpi("Orders", o.total, `${o.pending} in flight`, "", "kpi-total"),
-      kpi("Fulfilled", o.fulfilled, rate === null ? "no order finished yet" : `${rate}% of finished`, "tone-ok", "kpi-fulfilled"),
+      kpi("Awaiting pharmacist", waiting, waiting ? "prescriptions to verify" : "nothing to verify", waiting ? "tone-warn" : "", "kpi-verification"),
+      kpi("Fulfilled", shipped, [rate === null ? "no order finished yet" : `${rate}% of finished`, ...after].join(" \u00b7 "), "tone-ok", "kpi-fulfilled"),
       kpi("Cancelled", o.cancelled, "compensated", "tone-warn", "kpi-cancelled"),
       kpi("Needs attention", o.needs_attention, "compensation failed", o.needs_attention ? "tone-bad" : "", "kpi-attention"),
       kpi("Throughput", s.throughput.finished_per_minute_5m, "finished per minute, last 5 min", "", "kpi-throughput"),
       kpi("Queue depth", s.queue.depth, `${s.queue.ready} ready \u00b7 ${s.queue.running} running`, "", "kpi-queue"),
       kpi("Stuck sagas", s.stuck.count + (s.stuck.more ? "+" : ""), s.stuck.count ? "need an operator" : "all moving", s.stuck.count ? "tone-bad" : "tone-ok", "kpi-stuck"),
     );
+  }
+
+  // --- the pharmacist's queue ----------------------------------------------------------------
+  //
+  // Rows are kept by order id across refreshes, so a decision form being filled in keeps
+  // its text and focus while the queue refreshes around it.
+
+  function verificationQueue() {
+    const note = h("span", { class: "muted" });
+    const notice = h("p", { class: "queue-notice", id: "queue-notice", hidden: true });
+    const empty = h("p", { class: "empty ok", id: "queue-empty" }, "\u2713 No prescriptions waiting for a pharmacist.");
+    const tbody = h("tbody", {});
+    const table = h("table", { class: "rx-queue" },
+      h("thead", {}, h("tr", {}, ["Order", "Items", "Placed", "Waiting", "Verification", ""].map((c) => h("th", {}, c)))),
+      tbody);
+    const el = h("div", { class: "table-wrap" }, notice, empty, table);
+    const rows = new Map(); // order id -> row state
+
+    function render(data) {
+      note.textContent = data.count
+        ? `${plural(data.count, "order")} waiting, longest first${data.more ? ` (the first ${data.items.length} shown)` : ""} \u00b7 deciding needs a pharmacist key`
+        : "orders a pharmacist must verify before they go on";
+      const seen = new Set();
+      const nodes = [];
+      for (const item of data.items) {
+        seen.add(item.order_id);
+        let state = rows.get(item.order_id);
+        if (!state) {
+          state = newRow(item.order_id);
+          rows.set(item.order_id, state);
+        }
+        updateRow(state, item);
+        nodes.push(state.row);
+        if (state.form) nodes.push(state.form);
+      }
+      for (const [id, state] of rows) {
+        if (seen.has(id)) continue;
+        if (state.decided) flash("ok", `${shortId(id)}: ${state.decided} \u2014 it has left the queue.`);
+        rows.delete(id);
+      }
+      keep(tbody, nodes);
+      empty.hidden = data.items.length > 0;
+      table.hidden = data.items.length === 0;
+    }
+
+    function flash(tone, text) {
+      notice.hidden = false;
+      notice.className = `queue-notice tone-${tone}`;
+      notice.textContent = text;
+    }
+
+    function newRow(orderId) {
+      const href = `#/orders/${encodeURIComponent(orderId)}`;
+      const state = { orderId, form: null, sent: null, decided: null };
+      state.cells = {
+        items: h("td", { class: "items" }),
+        placed: h("td", { class: "muted nowrap" }),
+        waiting: h("td", { class: "nowrap" }),
+        verification: h("td", {}),
+      };
+      state.message = h("div", { class: "decide-message", role: "status" });
+      state.buttons = Object.entries(DECISIONS).map(([decision, d]) =>
+        h("button", { type: "button", class: `small ${d.cls}`, dataset: { decision }, onclick: () => openForm(state, decision) }, d.button));
+      state.row = h("tr", { dataset: { orderId } },
+        h("td", {}, h("a", { href, class: "mono order-link", title: orderId }, shortId(orderId))),
+        state.cells.items, state.cells.placed, state.cells.waiting, state.cells.verification,
+        h("td", { class: "actions" }, h("div", { class: "buttons" }, state.buttons), state.message));
+      return state;
+    }
+
+    function updateRow(state, item) {
+      state.row.dataset.verification = item.verification.status;
+      state.cells.items.textContent = items(item.items);
+      state.cells.placed.title = fullTime(item.placed_at);
+      state.cells.placed.textContent = ago(item.placed_at);
+      fill(state.cells.waiting,
+        h("span", { title: item.waiting_since ? `since ${fullTime(item.waiting_since)}` : "" }, item.waiting_since ? ago(item.waiting_since).replace(" ago", "") : "\u2013"),
+        item.timeout_at ? h("small", { class: "muted", title: fullTime(item.timeout_at) }, ` \u00b7 cancels ${until(item.timeout_at)}`) : null);
+      fill(state.cells.verification, verificationPill(item.verification, "awaiting_verification"));
+    }
+
+    function say(state, tone, text) {
+      state.message.className = `decide-message tone-${tone}`;
+      state.message.textContent = text;
+    }
+
+    function closeForm(state) {
+      if (state.form) state.form.remove();
+      state.form = null;
+      for (const b of state.buttons) b.classList.remove("active");
+    }
+
+    function openForm(state, decision) {
+      const d = DECISIONS[decision];
+      closeForm(state);
+      for (const b of state.buttons) b.classList.toggle("active", b.dataset.decision === decision);
+      const who = h("input", {
+        name: "pharmacist_id", required: true, maxlength: MAX_ID, spellcheck: "false", autocomplete: "off",
+        placeholder: "e.g. ph-12", value: sessionStorage.getItem(PHARMACIST_STORAGE) || "",
+      });
+      const extra = d.field === "reason"
+        ? h("input", { name: "reason", required: d.required, maxlength: MAX_ID, autocomplete: "off", placeholder: "e.g. duplicate therapy" })
+        : h("textarea", { name: "note", required: d.required, maxlength: MAX_NOTE, rows: 1, placeholder: decision === "approve" ? "e.g. dose checked" : "what the prescriber should clarify" });
+      const note = d.field === "reason"
+        ? h("textarea", { name: "note", maxlength: MAX_NOTE, rows: 1, placeholder: "optional" })
+        : null;
+      const submit = h("button", { type: "submit", class: `small ${d.cls === "ghost" ? "" : d.cls}` }, d.submit);
+      const form = h("form", { class: "decide", dataset: { decision }, autocomplete: "off" },
+        h("label", {}, h("span", {}, "Pharmacist ID"), who),
+        h("label", { class: "grow" }, h("span", {}, d.fieldLabel), extra),
+        note ? h("label", { class: "grow" }, h("span", {}, "Note (optional)"), note) : null,
+        h("div", { class: "decide-buttons" },
+          submit,
+          h("button", { type: "button", class: "small ghost", onclick: () => closeForm(state) }, "Cancel")));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        decide(state, decision, form, submit);
+      });
+      state.form = h("tr", { class: "decide-row", dataset: { orderId: state.orderId } }, h("td", { colspan: 6 }, form));
+      state.row.after(state.form);
+      say(state, "muted", "");
+      (who.value ? extra : who).focus();
+    }
+
+    async function decide(state, decision, form, submit) {
+      const body = { decision, pharmacist_id: form.elements.pharmacist_id.value.trim() };
+      for (const name of ["reason", "note"]) {
+        const field = form.elements[name];
+        if (field && field.value.trim()) body[name] = field.value.trim();
+      }
+      if (!body.pharmacist_id) { form.elements.pharmacist_id.focus(); return; }
+      sessionStorage.setItem(PHARMACIST_STORAGE, body.pharmacist_id);
+      const json = JSON.stringify(body);
+      // The same decision sent again (a retry) keeps its key; another one gets a new key.
+      if (!state.sent || state.sent.json !== json) state.sent = { json, key: idempotencyKey() };
+      submit.disabled = true;
+      say(state, "muted", "Sending\u2026");
+      let answer;
+      try {
+        answer = await apiPost(`/orders/${encodeURIComponent(state.orderId)}/verification`, json, state.sent.key);
+      } catch (error) {
+        submit.disabled = false;
+        say(state, "bad", `The server did not answer (${error.message}): try again.`);
+        return;
+      }
+      submit.disabled = false;
+      const { status, body: reply } = answer;
+      if (status === 202 || status === 200) {
+        closeForm(state);
+        state.sent = null;
+        say(state, "ok", DECISIONS[decision].done);
+        state.row.dataset.decided = decision;
+        if (decision !== "request_clarification") {
+          state.decided = { approve: "approved", reject: "rejected" }[decision];
+          for (const b of state.buttons) b.disabled = true;
+        }
+        const gen = generation;
+        setTimeout(() => tick(gen, false), 300); // projected by then, most likely
+      } else if (status === 401) {
+        askForKey();
+      } else if (status === 403) {
+        say(state, "bad", "This key's role may not decide verifications: use a pharmacist key (\u201cForget key\u201d, then enter one).");
+      } else if (status === 409 && errorCode(reply) === "verification_not_pending") {
+        closeForm(state);
+        say(state, "warn", "No longer waiting for a decision: someone decided, it was cancelled, or it timed out.");
+      } else if (status === 404) {
+        closeForm(state);
+        say(state, "bad", "No such order.");
+      } else {
+        say(state, "bad", `Not recorded: ${errorText(reply, status)}`);
+      }
+    }
+
+    return { el, note, render };
+  }
+
+  // Make `parent`'s children exactly `nodes`, in order, moving as few as possible (a node
+  // moved in the DOM loses its focus).
+  function keep(parent, nodes) {
+    const wanted = new Set(nodes);
+    for (const child of [...parent.children]) if (!wanted.has(child)) child.remove();
+    nodes.forEach((node, i) => {
+      if (parent.children[i] !== node) parent.insertBefore(node, parent.children[i] || null);
+    });
   }
 
   function renderChart(el, note, t) {
@@ -488,6 +807,8 @@
 
   function orderView(orderId) {
     const head = h("div", { class: "order-head" });
+    const life = h("div", { id: "lifecycle-body" });
+    const lifeNote = h("span", { class: "muted" });
     const flow = h("div", { class: "flow", id: "steps" });
     const gantt = h("div", { class: "gantt", id: "gantt" });
     const comps = h("div", { id: "compensations" });
@@ -500,6 +821,9 @@
     mount(
       h("a", { class: "back", href: "#/" }, "\u2190 All orders"),
       head,
+      h("section", { class: "panel", id: "lifecycle" },
+        h("div", { class: "panel-head" }, h("h2", {}, "Lifecycle"), lifeNote),
+        life),
       h("section", { class: "panel" },
         h("div", { class: "panel-head" }, h("h2", {}, "Saga steps"), h("span", { class: "muted", id: "flow-caption" })),
         flow,
@@ -515,6 +839,7 @@
     async function refresh() {
       const t = await api(`/api/dashboard/orders/${encodeURIComponent(orderId)}/timeline`);
       renderHead(head, t);
+      renderLifecycle(life, lifeNote, t);
       renderFlow(flow, t);
       renderGantt(gantt, t);
       renderCompensations(comps, compNote, t);
@@ -541,7 +866,9 @@
       ["Items", items(o.items)],
       ["Placed", h("span", { title: fullTime(o.placed_at) }, `${clockTime(o.placed_at)} (${ago(o.placed_at)})`)],
       ["Duration", s.duration_ms === null ? `running for ${formatMs(offsetMs(s.started_at, new Date(Date.now() + clockSkewMs).toISOString()))}` : formatMs(s.duration_ms)],
-      ["Shipment", o.shipment ? `${o.shipment.tracking_number} (${o.shipment.status})` : "\u2013"],
+      ["Verification", verificationPill(o.verification, o.status)],
+      ["Shipment", o.shipment ? h("span", {}, h("span", { class: "mono" }, o.shipment.tracking_number), " ", pill(o.shipment.status, TRACKING_LABELS[o.shipment.status])) : "\u2013"],
+      ["Lots", lotsText(o.lots)],
     ];
     if (t.job) facts.push(["Job", `${t.job.kind}: ${t.job.status}${t.job.failures ? `, ${plural(t.job.failures, "failure")}` : ""}`]);
     fill(el,
@@ -552,6 +879,96 @@
       s.parked_error ? h("div", { class: "alert" }, h("b", {}, "Parked: "), s.parked_error, h("span", { class: "muted" }, "  \u2014 retry with "), h("code", {}, `fulfillment sagas retry ${o.order_id}`)) : null,
       h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     );
+  }
+
+  // --- one order: its pharmacy lifecycle -------------------------------------------------
+
+  const DECISION_TEXT = {
+    approve: (d) => `Approved by ${d.pharmacist_id}`,
+    reject: (d) => `Rejected by ${d.pharmacist_id}${d.reason ? `: ${d.reason}` : ""}`,
+    request_clarification: (d) => `Asked the prescriber (${d.pharmacist_id})`,
+    policy: () => "Not required: verified by the policy",
+    timeout: () => "No decision in time",
+  };
+
+  function noteOf(x) {
+    if (x.note) return h("blockquote", { class: "note" }, x.note);
+    if (x.note_hidden) return h("p", { class: "muted note-hidden" }, "A note was left; this key's role may not read it (patient data).");
+    return null;
+  }
+
+  function when(iso, start) {
+    return h("span", { class: "mono when", title: fullTime(iso) }, clockTime(iso), start ? h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, iso))}`) : null);
+  }
+
+  function lifeCard(part, title, ...body) {
+    return h("div", { class: "life-card", dataset: { part } }, h("h3", {}, title), ...body);
+  }
+
+  function renderLifecycle(el, note, t) {
+    const l = t.lifecycle, o = t.order;
+    if (!l || !o) { fill(el, h("p", { class: "empty" }, "No order.")); return; }
+    const start = o.placed_at;
+    const v = l.verification;
+    note.textContent = "verification, cancellation, pickup and the carrier's updates, as the events record them";
+
+    const decisions = v.decisions.map((d) => h("li", { class: `decision dec-${d.decision}`, dataset: { decision: d.decision } },
+      when(d.at, start), " ", h("b", {}, DECISION_TEXT[d.decision] ? DECISION_TEXT[d.decision](d) : pretty(d.decision)),
+      d.by && d.by !== "policy" ? h("small", { class: "muted" }, ` \u00b7 key ${d.by}`) : null,
+      noteOf(d)));
+    const verification = lifeCard("verification", "Verification",
+      h("p", {}, verificationPill(v, o.status)),
+      v.waiting ? h("p", { class: "muted" }, `waiting since ${clockTime(v.waiting_since)}`, v.timeout_at ? ` \u00b7 cancels ${until(v.timeout_at)} (${fullTime(v.timeout_at)})` : "") : null,
+      decisions.length ? h("ol", { class: "decisions" }, decisions) : (v.status === "not_required" ? null : h("p", { class: "muted" }, "No decision yet.")));
+
+    const c = l.cancellation;
+    const cancellation = lifeCard("cancellation", "Cancellation",
+      c ? [
+        h("p", {}, pill("cancelled", `requested: ${pretty(c.reason)}`)),
+        h("p", { class: "muted" }, when(c.at, start), ` \u00b7 by ${c.by}`),
+        noteOf(c),
+        h("p", { class: "muted" }, o.status === "cancelled" ? `The order ended cancelled (${pretty(o.reason || c.reason)}).` : o.status === "pending" ? "Takes effect after the step in progress." : ""),
+      ] : h("p", { class: "muted" }, "Not requested."));
+
+    const p = l.pickup;
+    let pickupBody;
+    if (p) {
+      pickupBody = [
+        h("p", {}, pill("succeeded", "\u2713 picked up by the carrier")),
+        h("p", { class: "muted" }, when(p.picked_up_at), p.location ? ` \u00b7 ${p.location}` : "", p.carrier_event_id ? "" : " \u00b7 confirmed at booking"),
+        h("p", { class: "muted" }, "The point of no return: the order can no longer be cancelled."),
+      ];
+    } else if (l.awaiting_pickup) {
+      pickupBody = [
+        h("p", {}, pill("waiting", "waiting for the carrier")),
+        h("p", { class: "muted" }, `since ${clockTime(l.awaiting_pickup.since)}`, l.awaiting_pickup.timeout_at ? ` \u00b7 times out ${until(l.awaiting_pickup.timeout_at)}` : ""),
+      ];
+    } else {
+      pickupBody = h("p", { class: "muted" }, o.shipment && o.shipment.status === "cancelled" ? "None: the label was voided." : "Not yet: nothing shipped.");
+    }
+    const pickup = lifeCard("pickup", "Pickup", pickupBody);
+
+    const lots = lifeCard("lots", "Lots reserved",
+      l.lots.length
+        ? h("ul", { class: "lots" }, l.lots.map((x) => h("li", { dataset: { sku: x.sku, lot: x.lot } }, h("code", {}, x.sku), " \u00b7 lot ", h("code", {}, x.lot), ` \u00d7${x.quantity}`)))
+        : h("p", { class: "muted" }, "Nothing reserved yet."));
+
+    const tracking = l.tracking.length
+      ? h("table", { class: "tracking", id: "tracking" },
+        h("thead", {}, h("tr", {}, ["Carrier update", "Location", "Reported", "Recorded", "Applied", "Carrier event"].map((x) => h("th", {}, x)))),
+        h("tbody", {}, l.tracking.map((u) => h("tr", { dataset: { status: u.status, applied: String(u.applied), event: u.event } },
+          h("td", {}, pill(u.status, TRACKING_LABELS[u.status] || pretty(u.status)), u.event === "ShipmentPickedUp" ? h("small", { class: "muted" }, " pickup") : null),
+          h("td", {}, u.location || "\u2013"),
+          h("td", {}, when(u.reported_at)),
+          h("td", {}, when(u.at, start)),
+          h("td", {}, u.applied ? "yes" : h("span", { class: "warn-text" }, "no: out of order, status kept")),
+          h("td", { class: "mono muted" }, u.carrier_event_id || "\u2013")))))
+      : h("p", { class: "empty", id: "tracking" }, o.shipment ? "No carrier updates yet." : "No shipment yet.");
+
+    fill(el,
+      h("div", { class: "life-grid" }, verification, cancellation, pickup, lots),
+      h("div", { class: "panel-head sub" }, h("h3", {}, "Tracking history"), h("span", { class: "muted" }, "each update the carrier sent, in the order it arrived")),
+      tracking);
   }
 
   function renderFlow(el, t) {
@@ -627,7 +1044,7 @@
     };
     for (const step of t.steps) {
       if (step.status === "pending" || step.status === "skipped") continue;
-      const cls = step.status === "failed" ? "st-failed" : step.status === "running" ? "st-running" : "st-succeeded";
+      const cls = step.status === "failed" ? "st-failed" : step.status === "running" ? "st-running" : step.status === "waiting" ? "st-waiting" : "st-succeeded";
       bar(step.name, step.started_at, step.finished_at, cls, `${step.name}: ${formatMs(step.duration_ms)}`);
     }
     for (const c of t.compensation.ran) bar(`\u21ba ${c.name}`, c.started_at, c.finished_at, "st-compensated", `${c.name}: ${formatMs(c.duration_ms)}`);
@@ -667,6 +1084,7 @@
     if (FAILURE_EVENTS.has(type)) return "ev-bad";
     if (COMPENSATION_EVENTS.has(type)) return "ev-warn";
     if (SUCCESS_EVENTS.has(type)) return "ev-ok";
+    if (INFO_EVENTS.has(type)) return "ev-info";
     return "";
   }
 
@@ -683,7 +1101,7 @@
         h("td", { class: "num mono" }, e.position),
         h("td", { class: "mono nowrap", title: fullTime(e.recorded_at) }, clockTime(e.recorded_at), h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, e.recorded_at))}`)),
         h("td", { class: "mono nowrap muted" }, `${e.stream_id.split("-")[0]} #${e.version}`),
-        h("td", {}, h("span", { class: `ev ${eventTone(e.type)}` }, e.type)),
+        h("td", {}, h("span", { class: `ev ${eventTone(e.type)}` }, e.type), e.title ? h("div", { class: "ev-title" }, e.title) : null),
         h("td", { class: "data" }, details));
     });
     fill(el, h("table", { class: "events" },
