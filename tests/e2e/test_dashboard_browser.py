@@ -6,22 +6,31 @@ The browser is Debian's `chromium` package, driven by Playwright through
 
 Orders are placed over HTTP, one fulfilled and one compensated after its shipment failed;
 the test then uses the dashboard as a person would: opens `/`, clicks through to the
-compensated order and reads its saga. Screenshots land in `artifacts/`; with
-UPDATE_SCREENSHOT=1 the order page is also saved as `docs/dashboard.png` (the README's).
+compensated order and reads its saga. On a server that holds every order for a
+pharmacist (FULFILLMENT_VERIFICATION_REQUIRED_FOR=all), a pharmacist decides from the
+dashboard's queue, the order page shows the lifecycle (decisions, pickup, the carrier's
+updates, lots), and a viewer's key is told it may not decide. Screenshots land in
+`artifacts/` (the queue and the lifecycle also in /tmp/dashboard-queue.png and
+/tmp/dashboard-order.png); with UPDATE_SCREENSHOT=1 the order page is also saved as
+`docs/dashboard.png` (the README's).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import IN_CI
+
+from fulfillment.entrypoints.webhook_signature import sign
 
 from .server import Server, poll, start_server
 
@@ -40,6 +49,12 @@ ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "artifacts"
 README_SCREENSHOT = ROOT / "docs" / "dashboard.png"
 API_KEY = "dashboard-test-key"
+PHARMACIST_KEY = "rx-desk-secret-4f1c"
+ADMIN_KEY = "root-secret-9a7e"
+VIEWER_KEY = "watch-secret-2b8d"
+WEBHOOK_SECRET = "whsec-dashboard-0123456789"
+QUEUE_SHOT = Path("/tmp/dashboard-queue.png")
+ORDER_SHOT = Path("/tmp/dashboard-order.png")
 #: Long enough for a poll of the page (every 2 s) and a saga on a loaded CI machine.
 WAIT_MS = 20_000
 
@@ -113,10 +128,12 @@ def page(browser: Browser) -> Iterator[Page]:
     assert errors == [], f"errors on the page: {errors}"
 
 
-def screenshot(page: Page, name: str) -> Path:
+def screenshot(page: Page, name: str, also: Path | None = None) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
+    if also is not None:
+        shutil.copyfile(path, also)
     return path
 
 
@@ -152,18 +169,20 @@ def test_a_compensated_orders_page_shows_its_steps_and_compensations_in_lifo_ord
     expect(page.locator("#order-id")).to_have_text(compensated)
 
     steps = page.locator("#steps .step")
-    expect(steps).to_have_count(4)
-    for name, status, shown in (
-        ("create_prescription", "compensated", ["succeeded", "compensated"]),
-        ("reserve_inventory", "compensated", ["succeeded", "compensated"]),
-        ("initiate_shipment", "failed", ["failed", "carrier does not ship to BR"]),
-        ("complete", "skipped", ["skipped"]),
+    expect(steps).to_have_count(6)
+    for name, status, shown, attempts in (
+        ("create_prescription", "compensated", ["succeeded", "compensated"], "1"),
+        ("verify_prescription", "succeeded", ["succeeded"], "0"),  # by the policy
+        ("reserve_inventory", "compensated", ["succeeded", "compensated"], "1"),
+        ("initiate_shipment", "failed", ["failed", "carrier does not ship to BR"], "1"),
+        ("await_pickup", "skipped", ["skipped"], "0"),
+        ("complete", "skipped", ["skipped"], "0"),
     ):
         step = page.locator(f'#steps .step[data-step="{name}"]')
         expect(step).to_have_attribute("data-status", status)
         for text in shown:
             expect(step).to_contain_text(text)
-        expect(step.locator(".attempts")).to_have_text("0" if name == "complete" else "1")
+        expect(step.locator(".attempts")).to_have_text(attempts)
     expect(page.locator('.step[data-step="reserve_inventory"] .undo')).to_contain_text(
         "InventoryReleased"
     )
@@ -268,3 +287,214 @@ def test_with_api_keys_the_dashboard_asks_for_a_key_then_shows_the_orders(
         other.goto(f"{server.url}/")
         expect(other.locator("#key-gate")).to_be_visible()
         other.close()
+
+
+# --- the pharmacist's queue and an order's lifecycle ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Every order waits for a pharmacist; the simulated carrier picks parcels up after
+    a delay and reports pickup and delivery through the signed webhook. Its client
+    holds the admin key."""
+    folder = tmp_path_factory.mktemp("rx")
+    env = {
+        "FULFILLMENT_VERIFICATION_REQUIRED_FOR": "all",
+        "FULFILLMENT_API_KEYS": (
+            f"rx-desk:pharmacist:{PHARMACIST_KEY},root:admin:{ADMIN_KEY},watch:viewer:{VIEWER_KEY}"
+        ),
+        "FULFILLMENT_CARRIER_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "FULFILLMENT_CARRIER_PICKUP_DELAY_MS": "600",
+    }
+    with start_server(
+        f"sqlite:///{folder / 'rx.db'}", env=env, api_key=ADMIN_KEY, log_dir=folder
+    ) as srv:
+        with srv.client() as client:
+            assert client.put("/inventory/AMOXICILLIN-500", json={"on_hand": 100}).is_success
+        yield srv
+
+
+def place_awaiting(client: httpx.Client, count: int = 1) -> list[str]:
+    """Place orders; wait until each waits for a pharmacist (on the dashboard's data too)."""
+    ids = []
+    for _ in range(count):
+        response = client.post("/orders", json=order_body("GB"))
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["order_id"])
+    queue = poll(
+        lambda: client.get("/api/dashboard/verifications").json(),
+        lambda q: {i["order_id"] for i in q["items"]} >= set(ids),
+    )
+    assert {i["order_id"] for i in queue["items"]} >= set(ids), queue
+    return ids
+
+
+def unlock(page: Page, server: Server, key: str) -> None:
+    page.goto(f"{server.url}/")
+    page.fill("#key-input", key)
+    page.click("#key-submit")
+    expect(page.locator("#key-gate")).to_be_hidden()
+
+
+def decide(page: Page, order_id: str, button: str, pharmacist: str, **fields: str) -> None:
+    """Open the row's inline form with `button`, fill it in and send it."""
+    row = page.locator(f'#verifications tr[data-order-id="{order_id}"]:not(.decide-row)')
+    row.get_by_role("button", name=button).click()
+    form = page.locator(f'#verifications tr.decide-row[data-order-id="{order_id}"] form')
+    expect(form).to_be_visible()
+    form.locator('input[name="pharmacist_id"]').fill(pharmacist)
+    for name, value in fields.items():
+        form.locator(f'[name="{name}"]').fill(value)
+    form.locator('button[type="submit"]').click()
+
+
+def signed_update(server: Server, body: dict[str, Any]) -> httpx.Response:
+    raw = json.dumps(body).encode()
+    signature = sign(WEBHOOK_SECRET, raw, int(time.time()))
+    return httpx.post(
+        f"{server.url}/webhooks/carrier",
+        content=raw,
+        headers={"Content-Type": "application/json", "Carrier-Signature": signature},
+    )
+
+
+def test_a_pharmacist_decides_from_the_queue_and_the_order_page_shows_the_lifecycle(
+    rx_server: Server, page: Page
+) -> None:
+    with rx_server.client() as client:
+        approved, waiting = place_awaiting(client, 2)
+
+    unlock(page, rx_server, PHARMACIST_KEY)
+    queue = page.locator("#verifications")
+    row = queue.locator(f'tr[data-order-id="{approved}"]:not(.decide-row)')
+    expect(row).to_have_attribute("data-verification", "pending")
+    expect(row).to_contain_text("AMOXICILLIN-500 \u00d72")
+    expect(row.locator("a.order-link")).to_have_text(f"{approved[:8]}\u2026{approved[-4:]}")
+    expect(queue.locator(f'tr[data-order-id="{waiting}"]:not(.decide-row)')).to_be_visible()
+    expect(page.locator("#kpi-verification .kpi-value")).not_to_have_text("0")
+    expect(page.locator('#status-filter [data-filter="awaiting_verification"]')).to_be_visible()
+    orders_row = page.locator(f'table.orders tr[data-order-id="{approved}"]')
+    expect(orders_row).to_have_attribute("data-status", "awaiting_verification")
+    expect(orders_row.locator(".pill")).to_have_text("awaiting verification")
+
+    # Ask the prescriber first: the order stays in the queue, marked as such.
+    decide(page, approved, "Ask prescriber", "ph-7", note="Which strength: 250 or 500 mg?")
+    expect(row.locator(".decide-message")).to_contain_text("Question sent to the prescriber")
+    expect(row).to_have_attribute("data-verification", "clarification_requested")
+    expect(row).to_contain_text("by ph-7")
+
+    # The inline form survives the page's refreshes while it is filled in.
+    row.get_by_role("button", name="Approve").click()
+    form = queue.locator(f'tr.decide-row[data-order-id="{approved}"] form')
+    form.locator('input[name="pharmacist_id"]').fill("ph-12")
+    form.locator('[name="note"]').fill("Dose checked against the label")
+    page.wait_for_timeout(2500)  # a refresh or more
+    expect(form.locator('input[name="pharmacist_id"]')).to_have_value("ph-12")
+    screenshot(page, "dashboard-queue.png", also=QUEUE_SHOT)
+    form.locator('button[type="submit"]').click()
+    expect(row.locator(".decide-message")).to_contain_text("Approved")
+    # 202: the order leaves the queue on a refresh; the other one still waits.
+    expect(queue.locator(f'tr[data-order-id="{approved}"]')).to_have_count(0)
+    expect(page.locator("#queue-notice")).to_contain_text("left the queue")
+    expect(queue.locator(f'tr[data-order-id="{waiting}"]:not(.decide-row)')).to_be_visible()
+
+    # The simulated carrier picks the parcel up, then delivers it; a late update arrives.
+    with rx_server.client() as client:
+        order = poll(
+            lambda: client.get(f"/orders/{approved}").json(),
+            lambda o: o["status"] == "delivered",
+        )
+        assert order["status"] == "delivered", order
+        number = order["shipment"]["tracking_number"]
+    late = signed_update(
+        rx_server,
+        {
+            "event_id": f"late-{number}",
+            "tracking_number": number,
+            "status": "in_transit",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "location": "Heathrow hub",
+        },
+    )
+    assert late.json() == {"accepted": True}, late.text
+
+    page.locator(f'table.orders tr[data-order-id="{approved}"] a.order-link').click()
+    expect(page).to_have_url(f"{rx_server.url}/#/orders/{approved}")
+    life = page.locator("#lifecycle")
+    verification = life.locator('[data-part="verification"]')
+    expect(verification).to_contain_text("approved")
+    expect(verification).to_contain_text("by ph-12")
+    decisions = verification.locator("li.decision")
+    expect(decisions).to_have_count(2)
+    expect(decisions.nth(0)).to_contain_text("Asked the prescriber (ph-7)")
+    expect(decisions.nth(0).locator(".note")).to_have_text("Which strength: 250 or 500 mg?")
+    expect(decisions.nth(1)).to_contain_text("Approved by ph-12")
+    expect(decisions.nth(1)).to_contain_text("key rx-desk")
+    expect(life.locator('[data-part="pickup"]')).to_contain_text("picked up by the carrier")
+    expect(life.locator('[data-part="lots"]')).to_contain_text("AMOXICILLIN-500")
+    expect(life.locator('[data-part="lots"]')).to_contain_text("lot default \u00d72")
+    expect(life.locator('[data-part="cancellation"]')).to_contain_text("Not requested")
+    tracking = page.locator("#tracking tbody tr")
+    expect(tracking).to_have_count(4)
+    statuses = [tracking.nth(i).get_attribute("data-status") for i in range(4)]
+    assert statuses == ["in_transit", "out_for_delivery", "delivered", "in_transit"]
+    expect(tracking.nth(3)).to_have_attribute("data-applied", "false")
+    expect(tracking.nth(3)).to_contain_text("Heathrow hub")
+    expect(tracking.nth(3)).to_contain_text("no: out of order")
+    expect(page.locator(".title-row .pill").first).to_have_text("delivered")
+    for title in ("Verified by ph-12", "Picked up by the carrier", "Out for delivery", "Delivered"):
+        expect(page.locator("#events .ev-title", has_text=title).first).to_be_visible()
+    expect(page.locator('#steps .step[data-step="await_pickup"]')).to_have_attribute(
+        "data-status", "succeeded"
+    )
+    screenshot(page, "dashboard-order-lifecycle.png", also=ORDER_SHOT)
+
+
+def test_a_viewer_key_may_read_the_queue_but_is_told_to_use_a_pharmacist_key(
+    rx_server: Server, page: Page
+) -> None:
+    with rx_server.client() as client:
+        (order_id,) = place_awaiting(client)
+        asked = client.post(  # the admin key may decide too
+            f"/orders/{order_id}/verification",
+            json={"decision": "request_clarification", "pharmacist_id": "ph-1", "note": "eGFR?"},
+        )
+        assert asked.status_code == 202, asked.text
+
+    unlock(page, rx_server, VIEWER_KEY)
+    row = page.locator(f'#verifications tr[data-order-id="{order_id}"]:not(.decide-row)')
+    expect(row).to_have_attribute("data-verification", "clarification_requested")
+    decide(page, order_id, "Approve", "ph-12")
+    expect(row.locator(".decide-message")).to_contain_text(
+        "This key's role may not decide verifications: use a pharmacist key"
+    )
+    expect(page.locator(f'tr.decide-row[data-order-id="{order_id}"] form')).to_be_visible()
+    with rx_server.client() as client:
+        assert client.get(f"/orders/{order_id}").json()["status"] == "awaiting_verification"
+
+    # The viewer sees the decision on the order page, not its note (patient data).
+    row.locator("a.order-link").click()
+    decision = page.locator('#lifecycle [data-part="verification"] li.decision')
+    expect(decision).to_contain_text("Asked the prescriber (ph-1)")
+    expect(decision).to_contain_text("this key's role may not read it")
+    expect(page.locator("#app")).not_to_contain_text("eGFR?")
+    expect(page.locator('#steps .step[data-step="verify_prescription"]')).to_have_attribute(
+        "data-status", "waiting"
+    )
+
+
+def test_a_decision_on_an_order_no_longer_waiting_says_so(rx_server: Server, page: Page) -> None:
+    with rx_server.client() as client:
+        (order_id,) = place_awaiting(client)
+
+    unlock(page, rx_server, PHARMACIST_KEY)
+    row = page.locator(f'#verifications tr[data-order-id="{order_id}"]:not(.decide-row)')
+    row.get_by_role("button", name="Reject").click()
+    form = page.locator(f'tr.decide-row[data-order-id="{order_id}"] form')
+    form.locator('input[name="pharmacist_id"]').fill("ph-12")
+    form.locator('[name="reason"]').fill("duplicate therapy")
+    with rx_server.client() as client:  # meanwhile, the customer cancels it
+        cancelled = client.post(f"/orders/{order_id}/cancel", json={"reason": "customer_request"})
+        assert cancelled.status_code == 202, cancelled.text
+    form.locator('button[type="submit"]').click()
+    expect(row.locator(".decide-message")).to_contain_text("No longer waiting for a decision")

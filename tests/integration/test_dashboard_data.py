@@ -1,8 +1,10 @@
 """What the dashboard and `fulfillment sagas show` display, on every backend.
 
 The timeline of one saga (steps, attempts, errors, durations, compensations in the order
-they ran, events), the overview (outcomes, throughput, queue, stuck sagas), the orders
-list, the dashboard's HTTP routes with and without API keys, and the terminal timeline.
+they ran, events), an order's lifecycle (verification, cancellation, pickup, tracking,
+lots; notes left out for roles that may not read patient data), the overview (outcomes,
+throughput, queue, stuck sagas), the pharmacist's queue, the orders list, the
+dashboard's HTTP routes with and without API keys, and the terminal timeline.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 from saga_testkit import failing_job, run_jobs
 
+from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import TransientFailure
@@ -27,7 +31,8 @@ from fulfillment.entrypoints import cli_common, cli_sagas
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.dashboard import SHELL_PATHS
 from fulfillment.service_layer import commands as c
-from fulfillment.views import dashboard_orders, order_timeline, overview
+from fulfillment.views import dashboard_orders, get_order, order_timeline, overview
+from fulfillment.views.dashboard import verification_queue
 
 MakeApp = Callable[..., App]
 STATIC = Path(__file__).parents[2] / "src" / "fulfillment" / "entrypoints" / "static"
@@ -43,6 +48,28 @@ def catch_up(app: App) -> None:
 
 def steps_of(timeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in timeline["steps"]}
+
+
+def titles(timeline: dict[str, Any]) -> list[str]:
+    return [e["title"] for e in timeline["events"] if e["title"] is not None]
+
+
+def decide(app: App, order_id: str, decision: str, **payload: Any) -> None:
+    """A pharmacist's decision, as `POST /orders/{id}/verification` sends it."""
+    app.bus.handle(c.SignalSaga(order_id, decision, payload, "rx-desk", None, "pharmacist"))
+
+
+def track(
+    app: App, order_id: str, status: str, event_id: str, location: str = "Memphis hub"
+) -> None:
+    """A carrier's tracking update, as `POST /webhooks/carrier` records it."""
+    order = get_order(app, order_id)
+    assert order is not None and order["shipment"] is not None, order
+    number = order["shipment"]["tracking_number"]
+    app.bus.handle(
+        c.RecordTrackingUpdate(event_id, number, status, datetime.now(UTC), location),
+        sender="carrier",
+    )
 
 
 @pytest.fixture
@@ -70,14 +97,18 @@ def test_a_shipment_failure_shows_the_failed_step_and_compensations_in_lifo_orde
     steps = steps_of(timeline)
     assert [s["name"] for s in timeline["steps"]] == [
         "create_prescription",
+        "verify_prescription",
         "reserve_inventory",
         "initiate_shipment",
+        "await_pickup",
         "complete",
     ]
     assert {name: s["status"] for name, s in steps.items()} == {
         "create_prescription": "compensated",
+        "verify_prescription": "succeeded",  # by the policy: NAPROXEN is not controlled
         "reserve_inventory": "compensated",
         "initiate_shipment": "failed",
+        "await_pickup": "skipped",
         "complete": "skipped",
     }
     for name, undone_by in (
@@ -121,11 +152,20 @@ def test_a_fulfilled_order_has_every_step_succeeded_with_durations_and_nothing_t
     timeline = order_timeline(stocked, "o-ok")
     assert timeline is not None
     assert timeline["saga"]["status"] == "completed"
-    assert timeline["order"]["shipment"]["status"] == "initiated"
+    # The simulated carrier picks up as it books: no wait.
+    assert timeline["order"]["shipment"]["status"] == "in_transit"
     for step in timeline["steps"]:
-        assert (step["status"], step["attempts"], step["compensation"]) == ("succeeded", 1, None)
+        # A wait passed at once is not an attempt.
+        attempts = 0 if step["kind"] == "wait" else 1
+        assert (step["status"], step["attempts"], step["compensation"]) == (
+            "succeeded",
+            attempts,
+            None,
+        )
         assert step["duration_ms"] is not None and step["duration_ms"] >= 0
-        assert step["started_at"] <= step["finished_at"]
+        # A wait passed at once shows no start (no attempt), only its end.
+        assert step["started_at"] is None if attempts == 0 else step["started_at"] is not None
+        assert (step["started_at"] or step["finished_at"]) <= step["finished_at"]
     saga = timeline["saga"]
     assert saga["duration_ms"] >= sum(s["duration_ms"] for s in timeline["steps"]) - 0.01
     assert timeline["compensation"] == {
@@ -192,7 +232,7 @@ def test_a_saga_in_flight_shows_the_step_being_worked_on(app: App) -> None:
 
     timeline = order_timeline(app, "o-new")
     assert timeline is not None
-    assert [s["status"] for s in timeline["steps"]] == ["running", "pending", "pending", "pending"]
+    assert [s["status"] for s in timeline["steps"]] == ["running"] + ["pending"] * 5
     first = timeline["steps"][0]
     assert first["started_at"] == timeline["saga"]["started_at"]
     assert first["job"]["kind"] == "create_prescription"
@@ -227,7 +267,10 @@ def test_the_overview_counts_outcomes_throughput_queue_and_stuck_sagas(
     assert summary["orders"] == {
         "total": 5,
         "pending": 1,
+        "awaiting_verification": 0,
         "fulfilled": 2,
+        "delivered": 0,
+        "returned": 0,
         "cancelled": 1,
         "needs_attention": 1,
     }
@@ -275,6 +318,239 @@ def test_the_orders_list_pages_newest_first_with_times_and_filters_by_status(
     assert [(o["order_id"], o["reason"]) for o in cancelled] == [
         ("o-br", "unsupported_destination")
     ]
+
+
+def test_the_overview_counts_orders_awaiting_verification_delivered_and_returned(
+    make_app: MakeApp,
+) -> None:
+    app = make_app(verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    for order_id in ("o-delivered", "o-returned", "o-fulfilled", "o-waiting"):
+        place_order(app, order_id)
+    run_jobs(app)
+    for order_id in ("o-delivered", "o-returned", "o-fulfilled"):
+        decide(app, order_id, "approve", pharmacist_id="ph-12")
+    run_jobs(app)
+    catch_up(app)
+    track(app, "o-delivered", "delivered", "d-1")
+    track(app, "o-returned", "returned_to_sender", "r-1")
+    catch_up(app)
+
+    summary = overview(app)
+    assert summary["orders"] == {
+        "total": 4,
+        "pending": 0,
+        "awaiting_verification": 1,
+        "fulfilled": 1,
+        "delivered": 1,
+        "returned": 1,
+        "cancelled": 0,
+        "needs_attention": 0,
+    }
+    buckets = summary["throughput"]["buckets"]
+    # Delivered and returned orders were fulfilled first: their sagas completed.
+    assert sum(b["fulfilled"] for b in buckets) == 3
+    assert set(buckets[0]) == {"minute", "placed", "fulfilled", "cancelled", "needs_attention"}
+    listing, _ = dashboard_orders(app, "awaiting_verification", 10, None)
+    assert [o["order_id"] for o in listing] == ["o-waiting"]
+    assert listing[0]["verification"] == {"status": "pending", "by": None}
+
+
+# --- the pharmacist's queue -----------------------------------------------------------------
+
+
+def test_the_queue_lists_the_orders_awaiting_verification_longest_waiting_first(
+    make_app: MakeApp,
+) -> None:
+    app = make_app(verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    for order_id in ("o-1", "o-2", "o-3", "o-4"):
+        place_order(app, order_id, qty=2)
+    run_jobs(app)
+    decide(app, "o-2", "request_clarification", pharmacist_id="ph-7", note="which strength?")
+    decide(app, "o-3", "approve", pharmacist_id="ph-12")
+    decide(app, "o-4", "reject", pharmacist_id="ph-12", reason="duplicate therapy")
+    run_jobs(app)
+    catch_up(app)
+
+    queue = verification_queue(app)
+    assert (queue["count"], queue["more"]) == (2, False)
+    first, second = queue["items"]
+    assert [first["order_id"], second["order_id"]] == ["o-1", "o-2"]  # oldest first
+    assert first["items"] == [{"sku": "NAPROXEN", "quantity": 2}]
+    assert first["customer_id"] == "cust-7"
+    assert first["verification"] == {"status": "pending", "by": None}
+    # Asking the prescriber keeps the order waiting, with who asked.
+    assert second["verification"] == {"status": "clarification_requested", "by": "ph-7"}
+    for item in queue["items"]:
+        assert item["placed_at"] <= item["waiting_since"]
+        waited = datetime.fromisoformat(item["waiting_since"])
+        timeout_at = datetime.fromisoformat(item["timeout_at"])
+        assert timeout_at - waited == timedelta(seconds=86400)  # the default timeout
+        assert item["waiting_ms"] >= 0
+    assert "which strength?" not in str(queue)  # the queue holds no notes
+
+    one = verification_queue(app, limit=1)
+    assert (one["count"], one["more"], [i["order_id"] for i in one["items"]]) == (2, True, ["o-1"])
+
+    decide(app, "o-1", "approve", pharmacist_id="ph-12")
+    run_jobs(app)
+    catch_up(app)
+    assert [i["order_id"] for i in verification_queue(app)["items"]] == ["o-2"]
+
+
+def test_an_empty_queue(app: App) -> None:
+    place_order(app, "o-1", stock=5)  # controlled substances only, by default: no wait
+    run_jobs(app)
+    catch_up(app)
+    assert verification_queue(app) == {"count": 0, "more": False, "items": []}
+
+
+# --- an order's lifecycle -------------------------------------------------------------------
+
+
+def test_the_timeline_shows_the_verification_pickup_tracking_and_lots(make_app: MakeApp) -> None:
+    app = make_app(
+        verification_required_for="all",
+        carrier=SimulatedCarrier(("US",), pickup_delay_ms=60_000),  # the pickup is a webhook
+    )
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    place_order(app, "o-1", qty=3)
+    run_jobs(app)
+
+    waiting = order_timeline(app, "o-1")
+    assert waiting is not None
+    assert waiting["order"]["status"] == "awaiting_verification"
+    assert steps_of(waiting)["verify_prescription"]["status"] == "waiting"
+    verification = waiting["lifecycle"]["verification"]
+    assert (verification["status"], verification["waiting"]) == ("pending", True)
+    assert verification["timeout_at"] is not None and verification["decisions"] == []
+    assert waiting["lifecycle"]["lots"] == [] and waiting["lifecycle"]["pickup"] is None
+
+    decide(app, "o-1", "request_clarification", pharmacist_id="ph-7", note="which strength?")
+    decide(app, "o-1", "approve", pharmacist_id="ph-12", note="dose checked")
+    run_jobs(app)
+    catch_up(app)
+    shipped = order_timeline(app, "o-1")
+    assert shipped is not None
+    assert shipped["lifecycle"]["awaiting_pickup"]["timeout_at"] is not None
+    track(app, "o-1", "in_transit", "e-1")  # the pickup
+    run_jobs(app)
+    catch_up(app)
+    track(app, "o-1", "out_for_delivery", "e-2", location="Springfield")
+    track(app, "o-1", "delivered", "e-3", location="Springfield")
+    track(app, "o-1", "in_transit", "e-4")  # late: recorded, not applied
+    catch_up(app)
+
+    timeline = order_timeline(app, "o-1")
+    assert timeline is not None
+    order = timeline["order"]
+    assert order["status"] == "delivered"
+    assert order["verification"] == {"status": "approved", "by": "ph-12"}
+    assert order["lots"] == [{"sku": "NAPROXEN", "lot": "default", "quantity": 3}]
+    life = timeline["lifecycle"]
+    verification = life["verification"]
+    assert (verification["status"], verification["by"], verification["waiting"]) == (
+        "approved",
+        "ph-12",
+        False,
+    )
+    assert [
+        (d["decision"], d["pharmacist_id"], d["by"], d["note"], d["note_hidden"])
+        for d in verification["decisions"]
+    ] == [
+        ("request_clarification", "ph-7", "rx-desk", "which strength?", False),
+        ("approve", "ph-12", "rx-desk", "dose checked", False),
+    ]
+    assert life["cancellation"] is None and life["awaiting_pickup"] is None
+    assert life["pickup"]["location"] == "Memphis hub"
+    assert life["pickup"]["carrier_event_id"] == "e-1"
+    assert [
+        (u["event"], u["status"], u["location"], u["applied"], u["carrier_event_id"])
+        for u in life["tracking"]
+    ] == [
+        ("ShipmentPickedUp", "in_transit", "Memphis hub", True, "e-1"),
+        ("ShipmentTrackingUpdated", "out_for_delivery", "Springfield", True, "e-2"),
+        ("ShipmentDelivered", "delivered", "Springfield", True, "e-3"),
+        ("ShipmentTrackingUpdated", "in_transit", "Memphis hub", False, "e-4"),
+    ]
+    assert all(u["reported_at"] and u["at"] for u in life["tracking"])
+    assert [u["position"] for u in life["tracking"]] == sorted(
+        u["position"] for u in life["tracking"]
+    )
+    assert life["lots"] == order["lots"]
+    assert titles(timeline) == [
+        "Waiting for a pharmacist's decision",
+        "Signal request_clarification received: wait",
+        "Clarification asked of the prescriber by ph-7",
+        "Signal approve received: continue",
+        "Verified by ph-12",
+        "Waiting for the carrier's pickup",
+        "Signal picked_up received: continue",
+        "Picked up by the carrier at Memphis hub",
+        "Out for delivery at Springfield",
+        "Delivered at Springfield",
+        "In transit at Memphis hub (out of order: not applied)",
+    ]
+    assert "dose checked" not in str(titles(timeline))  # a title never holds the note
+
+
+def test_a_rejection_and_a_verification_by_policy_have_their_titles(make_app: MakeApp) -> None:
+    app = make_app(verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    place_order(app, "o-rejected")
+    run_jobs(app)
+    decide(app, "o-rejected", "reject", pharmacist_id="ph-12", reason="duplicate therapy")
+    run_jobs(app)
+    by_policy = make_app(verification_required_for="none")
+    place_order(by_policy, "o-policy")
+    run_jobs(by_policy)
+
+    rejected = order_timeline(app, "o-rejected")
+    assert rejected is not None
+    assert (rejected["order"]["status"], rejected["order"]["reason"]) == (
+        "cancelled",
+        "verification_rejected",
+    )
+    (decision,) = rejected["lifecycle"]["verification"]["decisions"]
+    assert (decision["decision"], decision["reason"]) == ("reject", "duplicate therapy")
+    assert "Rejected by ph-12: duplicate therapy" in titles(rejected)
+    assert rejected["lifecycle"]["lots"] == []  # the wait came before the reservation
+
+    policy = order_timeline(by_policy, "o-policy")
+    assert policy is not None
+    verification = policy["lifecycle"]["verification"]
+    assert (verification["status"], verification["by"]) == ("not_required", "policy")
+    assert [d["decision"] for d in verification["decisions"]] == ["policy"]
+    assert "Verified by policy: no pharmacist review required" in titles(policy)
+    assert "Picked up by the carrier" in titles(policy)  # at booking: no location
+
+
+def test_a_cancellation_request_shows_its_reason_note_and_sender(make_app: MakeApp) -> None:
+    app = make_app(verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    place_order(app, "o-1")
+    run_jobs(app)
+    app.bus.handle(c.CancelSaga("o-1", "customer_request", "ordered twice", "shop-web"))
+    run_jobs(app)
+
+    timeline = order_timeline(app, "o-1")
+    assert timeline is not None
+    assert (timeline["order"]["status"], timeline["order"]["reason"]) == (
+        "cancelled",
+        "customer_request",
+    )
+    cancellation = timeline["lifecycle"]["cancellation"]
+    assert {k: cancellation[k] for k in ("reason", "by", "note", "note_hidden", "event")} == {
+        "reason": "customer_request",
+        "by": "shop-web",
+        "note": "ordered twice",
+        "note_hidden": False,
+        "event": "OrderCancellationRequested",
+    }
+    assert "Cancellation requested: customer_request" in titles(timeline)
+    verification = timeline["lifecycle"]["verification"]
+    assert (verification["waiting"], verification["decisions"]) == (False, [])
 
 
 # --- the dashboard over HTTP ----------------------------------------------------------------
@@ -352,6 +628,108 @@ def test_with_api_keys_the_page_is_open_but_every_bit_of_data_needs_a_key(
         assert http.get("/dashboard/app.js/../../orders").status_code in (401, 404)
         assert http.get("/dashboard/").status_code == 401
         assert "Rosalind" not in http.get("/").text
+
+
+KEYS = (
+    "watch:viewer:k-viewer",
+    "shop-web:client:k-client",
+    "rx-desk:pharmacist:k-pharmacist",
+    "ops:operator:k-operator",
+    "root:admin:k-admin",
+)
+
+
+def bearer(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer k-{role}"}
+
+
+def test_every_role_reads_the_queue_and_only_a_pharmacist_or_admin_decides(
+    make_app: MakeApp,
+) -> None:
+    app = make_app(api_keys=KEYS, verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    place_order(app, "o-1")
+    run_jobs(app)
+    catch_up(app)
+    with TestClient(create_api(app)) as http:
+        assert http.get("/api/dashboard/verifications").status_code == 401
+        for role in ("viewer", "client", "pharmacist", "operator", "admin"):
+            answer = http.get("/api/dashboard/verifications", headers=bearer(role))
+            assert answer.status_code == 200, (role, answer.text)
+            assert answer.headers["cache-control"] == "no-store"
+            assert [i["order_id"] for i in answer.json()["items"]] == ["o-1"]
+        body = {"decision": "approve", "pharmacist_id": "ph-12"}
+        for role in ("viewer", "client", "operator"):
+            refused = http.post("/orders/o-1/verification", json=body, headers=bearer(role))
+            assert refused.status_code == 403, role
+            assert refused.json()["error"]["code"] == "forbidden"
+        assert (
+            http.get("/api/dashboard/verifications?limit=0", headers=bearer("viewer")).status_code
+            == 422
+        )
+        approved = http.post(
+            "/orders/o-1/verification",
+            json=body,
+            headers={**bearer("pharmacist"), "Idempotency-Key": "dashboard-1"},
+        )
+        assert approved.status_code == 202, approved.text
+        again = http.post(
+            "/orders/o-1/verification",
+            json=body,
+            headers={**bearer("pharmacist"), "Idempotency-Key": "dashboard-1"},
+        )
+        assert again.status_code == 200  # the dashboard's retry of the same decision
+        run_jobs(app)
+        catch_up(app)
+        queue = http.get("/api/dashboard/verifications", headers=bearer("viewer")).json()
+        assert queue == {"count": 0, "more": False, "items": []}
+        late = http.post("/orders/o-1/verification", json=body, headers=bearer("admin"))
+        assert late.status_code == 409
+        assert late.json()["error"]["code"] == "verification_not_pending"
+
+
+@pytest.mark.parametrize(
+    ("role", "sees_notes"),
+    [("viewer", False), ("client", False), ("pharmacist", True), ("admin", True)],
+)
+def test_notes_are_patient_data_the_timeline_leaves_out_for_viewers_and_clients(
+    make_app: MakeApp, role: str, sees_notes: bool
+) -> None:
+    app = make_app(api_keys=KEYS, verification_required_for="all")
+    app.bus.handle(c.SetInventory(sku="NAPROXEN", on_hand=50))
+    place_order(app, "o-1")
+    run_jobs(app)
+    decide(app, "o-1", "request_clarification", pharmacist_id="ph-7", note="eGFR 28: dose?")
+    app.bus.handle(c.CancelSaga("o-1", "prescriber_cancelled", "patient in hospital", "shop-web"))
+    run_jobs(app)
+
+    with TestClient(create_api(app)) as http:
+        answer = http.get("/api/dashboard/orders/o-1/timeline", headers=bearer(role))
+    assert answer.status_code == 200, answer.text
+    timeline = answer.json()
+    life = timeline["lifecycle"]
+    (asked,) = life["verification"]["decisions"]
+    cancellation = life["cancellation"]
+    events = {e["type"]: e for e in timeline["events"]}
+    signal = events["SagaSignalReceived"]["data"]
+    if sees_notes:
+        assert (asked["note"], asked["note_hidden"]) == ("eGFR 28: dose?", False)
+        assert cancellation["note"] == "patient in hospital"
+        assert signal["payload"]["note"] == "eGFR 28: dose?"
+        assert events["OrderCancellationRequested"]["data"]["note"] == "patient in hospital"
+    else:
+        for text in ("eGFR 28", "patient in hospital", "Ada Lovelace"):
+            assert text not in answer.text, text
+        assert (asked["note"], asked["note_hidden"]) == (None, True)
+        assert (cancellation["note"], cancellation["note_hidden"]) == (None, True)
+        assert "note" not in signal["payload"]
+        assert signal["payload"]["pharmacist_id"] == "ph-7"
+        for kind in ("PrescriptionClarificationRequested", "OrderCancellationRequested"):
+            assert "note" not in events[kind]["data"], kind
+    # What is not patient data is kept for every role.
+    assert (asked["pharmacist_id"], cancellation["reason"]) == ("ph-7", "prescriber_cancelled")
+    assert "Clarification asked of the prescriber by ph-7" in titles(timeline)
+    assert "Cancellation requested: prescriber_cancelled" in titles(timeline)
 
 
 def test_the_page_loads_nothing_from_another_origin() -> None:

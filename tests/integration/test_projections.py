@@ -94,6 +94,24 @@ def test_a_fulfilled_order_shows_every_step_done_and_its_shipment(app: App) -> N
     assert row["finished_at"] is not None and row["finished_at"] >= row["placed_at"]
 
 
+def test_every_order_status_of_the_lifecycle_fits_its_row(make_app: MakeApp) -> None:
+    """The longest statuses and reasons are stored as they are (the column was once too
+    narrow for `awaiting_verification` on PostgreSQL and MariaDB)."""
+    from fulfillment.domain.status import OrderStatus
+
+    app = make_app(verification_required_for="all")
+    stock(app, "ASPIRIN", 10)
+    place_order(app, "o-waiting", {"ASPIRIN": 1})
+    run_jobs(app)
+    Projector(app.engine, app.mapper).catch_up()
+
+    row = summary(app, "o-waiting")
+    assert row["status"] == "awaiting_verification"
+    assert row["verification"] == {"status": "pending", "by": None}
+    widest = max(OrderStatus, key=len)
+    assert len(widest) <= t.order_summaries.c.status.type.length  # type: ignore[attr-defined]
+
+
 def test_a_cancelled_order_shows_its_reason_and_the_undone_steps(app: App) -> None:
     stock(app, "ASPIRIN", 10)
     place_order(app, "o-nowhere", country="ZZ")

@@ -194,7 +194,7 @@ order_summaries = Table(
     Column("order_id", Id, primary_key=True),
     # Position of OrderCreated: commit order, the stable sort key of the listings.
     Column("created_position", BigInteger, nullable=False, unique=True),
-    Column("status", String(20), nullable=False),
+    Column("status", String(32), nullable=False),
     Column("reason", String(100), nullable=True),
     Column("customer_id", String(200), nullable=False),
     Column("items", JSON, nullable=False),

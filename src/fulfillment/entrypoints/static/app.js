@@ -16,6 +16,7 @@
   const PHARMACIST_STORAGE = "fulfillment.pharmacistId";
   const MAX_ID = 200;
   const MAX_NOTE = 2000;
+  const LINGER_MS = 6000; // how long a row that left the queue keeps saying why
 
   // Step titles, hints and their order come with each timeline, from the saga's definition.
   const STATUS_ICONS = {
@@ -534,7 +535,6 @@
         ? `${plural(data.count, "order")} waiting, longest first${data.more ? ` (the first ${data.items.length} shown)` : ""} \u00b7 deciding needs a pharmacist key`
         : "orders a pharmacist must verify before they go on";
       const seen = new Set();
-      const nodes = [];
       for (const item of data.items) {
         seen.add(item.order_id);
         let state = rows.get(item.order_id);
@@ -543,17 +543,29 @@
           rows.set(item.order_id, state);
         }
         updateRow(state, item);
+      }
+      const nodes = []; // in the order first seen: the queue's, oldest first
+      for (const [id, state] of rows) {
+        if (!seen.has(id)) {
+          // Gone from the queue (decided, cancelled or timed out): a form being filled
+          // in stays, a warning stays for a few seconds; else the row goes.
+          if (!state.form && Date.now() - state.saidAt >= LINGER_MS) {
+            if (state.decided) flash(state.row.dataset.gone ? "warn" : "ok", `${shortId(id)}: ${state.decided} \u2014 it has left the queue.`);
+            rows.delete(id);
+            continue;
+          }
+          if (!state.row.dataset.gone) {
+            state.row.dataset.gone = "true";
+            for (const b of state.buttons) b.disabled = true;
+            if (state.form) say(state, "warn", "No longer in the queue: decided, cancelled or timed out meanwhile.");
+          }
+        }
         nodes.push(state.row);
         if (state.form) nodes.push(state.form);
       }
-      for (const [id, state] of rows) {
-        if (seen.has(id)) continue;
-        if (state.decided) flash("ok", `${shortId(id)}: ${state.decided} \u2014 it has left the queue.`);
-        rows.delete(id);
-      }
       keep(tbody, nodes);
-      empty.hidden = data.items.length > 0;
-      table.hidden = data.items.length === 0;
+      empty.hidden = nodes.length > 0;
+      table.hidden = nodes.length === 0;
     }
 
     function flash(tone, text) {
@@ -564,7 +576,7 @@
 
     function newRow(orderId) {
       const href = `#/orders/${encodeURIComponent(orderId)}`;
-      const state = { orderId, form: null, sent: null, decided: null };
+      const state = { orderId, form: null, sent: null, decided: null, saidAt: 0 };
       state.cells = {
         items: h("td", { class: "items" }),
         placed: h("td", { class: "muted nowrap" }),
@@ -595,6 +607,7 @@
     function say(state, tone, text) {
       state.message.className = `decide-message tone-${tone}`;
       state.message.textContent = text;
+      state.saidAt = tone === "warn" || tone === "bad" ? Date.now() : 0;
     }
 
     function closeForm(state) {
@@ -675,6 +688,7 @@
         say(state, "bad", "This key's role may not decide verifications: use a pharmacist key (\u201cForget key\u201d, then enter one).");
       } else if (status === 409 && errorCode(reply) === "verification_not_pending") {
         closeForm(state);
+        state.decided = "no longer waiting for a decision";
         say(state, "warn", "No longer waiting for a decision: someone decided, it was cancelled, or it timed out.");
       } else if (status === 404) {
         closeForm(state);

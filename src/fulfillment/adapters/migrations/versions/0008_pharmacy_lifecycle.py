@@ -47,6 +47,15 @@ def _timestamp() -> sa.types.TypeEngine[Any]:
 
 
 def upgrade() -> None:
+    # `awaiting_verification` is longer than the 20 characters the statuses had. (A batch
+    # copy on SQLite: the read model has no CHECK constraint to lose.)
+    with op.batch_alter_table("order_summaries", schema=None) as batch_op:
+        batch_op.alter_column(
+            "status",
+            existing_type=sa.String(length=20),
+            type_=sa.String(length=32),
+            existing_nullable=False,
+        )
     op.add_column("inventory", sa.Column("dea_schedule", sa.String(length=3), nullable=True))
     op.create_table(
         "inventory_lots",
@@ -129,6 +138,18 @@ def downgrade() -> None:
     # table would lose its CHECK constraint on SQLite.
     op.drop_column("order_summaries", "lots")
     op.drop_column("order_summaries", "verification")
+    # The read model is rebuilt from the events at will; before the lifecycle an order
+    # waiting for a pharmacist was pending.
+    op.execute(
+        "UPDATE order_summaries SET status = 'pending' WHERE status = 'awaiting_verification'"
+    )
+    with op.batch_alter_table("order_summaries", schema=None) as batch_op:
+        batch_op.alter_column(
+            "status",
+            existing_type=sa.String(length=32),
+            type_=sa.String(length=20),
+            existing_nullable=False,
+        )
     op.drop_index("ix_shipments_tracking_number", table_name="shipments")
     op.drop_index("ix_reservation_lots_sku_lot", table_name="reservation_lots")
     op.drop_table("reservation_lots")
