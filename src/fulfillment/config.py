@@ -162,7 +162,7 @@ class Settings:
     verification_timeout_seconds: float = 86400.0
     pickup_timeout_seconds: float = 259200.0
     carrier_pickup_delay_ms: float = 0.0
-    carrier_webhook_secret: str | None = None
+    carrier_webhook_secret: str | None = field(default=None, repr=False)
     #: Days of shelf life a lot must have left to be reserved (FEFO skips the others).
     min_shelf_life_days: int = 30
     extra: dict[str, str] = field(default_factory=dict)
@@ -173,8 +173,9 @@ class Settings:
 
     @property
     def api_secrets(self) -> tuple[str, ...]:
-        """The keys' secrets: what the log must never show."""
-        return tuple(key.secret for key in self.api_keys)
+        """The keys' secrets and the carrier webhooks' secret: what the log must never show."""
+        webhook = (self.carrier_webhook_secret,) if self.carrier_webhook_secret else ()
+        return tuple(key.secret for key in self.api_keys) + webhook
 
     @property
     def db_bounds(self) -> DatabaseBounds:

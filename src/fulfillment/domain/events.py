@@ -268,37 +268,35 @@ class ShipmentPickedUp(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShipmentTrackingUpdated(DomainEvent):
-    """A carrier's tracking update after pickup, on the order's stream (in_transit,
-    out_for_delivery, delivery_failed); `applied` is False for an out-of-order update
-    that does not move the shipment's status."""
+class CarrierReport(DomainEvent):
+    """What a carrier's tracking update says, recorded on the order's stream (the base
+    of the three events below)."""
 
     order_id: str
     tracking_number: str
-    status: str
     carrier_event_id: str
     reported_at: datetime
     location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShipmentTrackingUpdated(CarrierReport):
+    """A tracking update after pickup (in_transit, out_for_delivery, delivery_failed, or
+    any that came out of order); `applied` is False for an out-of-order update that does
+    not move the shipment's status."""
+
+    status: str
     applied: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShipmentDelivered(DomainEvent):
-    order_id: str
-    tracking_number: str
-    carrier_event_id: str
-    reported_at: datetime
-    location: str | None = None
+class ShipmentDelivered(CarrierReport):
+    pass
 
 
 @dataclass(frozen=True, kw_only=True)
-class ShipmentReturned(DomainEvent):
-    order_id: str
-    tracking_number: str
-    carrier_event_id: str
-    reported_at: datetime
-    location: str | None = None
-
+class ShipmentReturned(CarrierReport):
+    pass
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.__name__: cls

@@ -503,8 +503,8 @@
     const after = [o.delivered ? `${o.delivered} delivered` : null, o.returned ? `${o.returned} returned` : null].filter(Boolean);
     const waiting = o.awaiting_verification || 0;
     fill(el,
-      kpi("Orders", o.total, `${o.pending} in flight`, "", "kpi-total"),
-      kpi("Awaiting pharmacist", waiting, waiting ? "prescriptions to verify" : "nothing to verify", waiting ? "tone-warn" : "", "kpi-verification"),
+      kpi("Orders", o.total, `${o.pending + waiting} in flight`, "", "kpi-total"),
+      kpi("To verify", waiting, waiting ? "awaiting a pharmacist" : "no prescription waiting", waiting ? "tone-warn" : "", "kpi-verification"),
       kpi("Fulfilled", shipped, [rate === null ? "no order finished yet" : `${rate}% of finished`, ...after].join(" \u00b7 "), "tone-ok", "kpi-fulfilled"),
       kpi("Cancelled", o.cancelled, "compensated", "tone-warn", "kpi-cancelled"),
       kpi("Needs attention", o.needs_attention, "compensation failed", o.needs_attention ? "tone-bad" : "", "kpi-attention"),
