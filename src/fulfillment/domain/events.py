@@ -298,6 +298,7 @@ class ShipmentDelivered(CarrierReport):
 class ShipmentReturned(CarrierReport):
     pass
 
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.__name__: cls
     for cls in (
