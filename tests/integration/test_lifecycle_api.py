@@ -240,6 +240,28 @@ def test_a_cancellation_before_the_saga_ran_undoes_nothing_it_did_not_do(
     assert "OrderCancellationRequested" in event_types(client, order_id)
 
 
+def test_a_cancellation_with_an_idempotency_key_is_answered_again_once_done(
+    client_for: Any,
+) -> None:
+    app, client = client_for(verification_required_for="all")
+    order_id = place(client)
+    run_jobs(app)
+    url, key = f"/orders/{order_id}/cancel", {"Idempotency-Key": "cancel-1"}
+
+    first = client.post(url, json={"reason": "customer_request"}, headers=key)
+    run_jobs(app)
+    again = client.post(url, json={"reason": "customer_request"}, headers=key)
+    other = client.post(url, json={"reason": "prescriber_cancelled"}, headers=key)
+
+    assert first.status_code == 202, first.text
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == {"order_id": order_id, "status": "cancelled"}
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert event_types(client, order_id).count("OrderCancellationRequested") == 1
+
+
 def test_after_pickup_it_is_too_late_to_cancel(client_for: Any) -> None:
     app, client = client_for()
     order_id = place(client)

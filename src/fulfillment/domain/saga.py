@@ -63,6 +63,7 @@ class CancellationAccepted(StrEnum):
     NOW = "now"  # the saga compensates from this transaction on
     AFTER_STEP = "after_step"  # recorded: the saga compensates after its step in progress
     ALREADY = "already"  # a request was recorded before, or the saga compensates already
+    REPLAYED = "replayed"  # the same Idempotency-Key again: its first answer stands
 
 
 @dataclass

@@ -25,7 +25,7 @@ from fulfillment import __version__, views
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
-from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
+from fulfillment.domain.saga import CancellationAccepted, SignalNotExpected, TooLateToCancel
 from fulfillment.domain.saga_definition import MAX_NAME_LENGTH
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
@@ -54,6 +54,7 @@ from fulfillment.service_layer.ports import IdempotencyRecord
 from fulfillment.service_layer.saga_engine import (
     SignalAccepted,
     UnknownSignal,
+    cancel_idempotency,
     signal_idempotency,
 )
 
@@ -361,7 +362,12 @@ def create_api(
         },
         tags=["orders"],
     )
-    def post_cancel(order_id: OrderId, body: s.CancelRequest, request: Request) -> JSONResponse:
+    def post_cancel(
+        order_id: OrderId,
+        body: s.CancelRequest,
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
         """Stop the order until the carrier has picked the parcel up: the saga
         compensates after its step in progress (label voided, stock released,
         prescription cancelled) and the order ends `cancelled` with the given reason.
@@ -370,13 +376,19 @@ def create_api(
         if views.current_order(app, order_id) is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
         sender = sender_of(request)
+        record = None
+        if idempotency_key is not None:
+            fingerprint = request_hash({"cancel": order_id, "body": body.model_dump(mode="json")})
+            record = cancel_idempotency(order_id, idempotency_key, fingerprint)
+        command = CancelSaga(order_id, body.reason, body.note, sender, record)
         try:
-            app.bus.handle(CancelSaga(order_id, body.reason, body.note, sender), sender=sender)
+            accepted = app.bus.handle(command, sender=sender)
         except TooLateToCancel as exc:
             raise ApiError(409, "too_late_to_cancel", str(exc)) from exc
-        return JSONResponse(
-            {"order_id": order_id, "status": _order_status(order_id)}, status_code=202
-        )
+        answer = {"order_id": order_id, "status": _order_status(order_id)}
+        if accepted is CancellationAccepted.REPLAYED:
+            return JSONResponse(answer, status_code=200, headers={"Idempotent-Replayed": "true"})
+        return JSONResponse(answer, status_code=202)
 
     @api.get(
         "/orders/{order_id}/fhir",

@@ -215,6 +215,7 @@ def orders_cancel(
         "now": "it compensates now",
         "after_step": "it compensates after its step in progress",
         "already": "it was cancelling already",
+        "replayed": "already asked with this key",
     }
     ui.console.print(f"order {order_id}: cancellation accepted; {when[accepted.value]}")
 

@@ -26,6 +26,7 @@ import secrets
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -195,18 +196,19 @@ def _run(
 ) -> int:
     s = app.settings
     pickup = (
-        f"picks up {s.carrier_pickup_delay_ms:g} ms after booking (signed webhooks)"
+        f"picks parcels up {s.carrier_pickup_delay_ms:g} ms after booking (signed webhooks)"
         if s.carrier_pickup_delay_ms > 0
-        else "picks up as it books"
+        else "picks parcels up as it books them"
     )
     console.print(
-        f"[bold]Fulfillment demo[/bold] on {options.database} | {len(plans)} orders, "
-        f"worker concurrency {options.concurrency}, seed {options.seed}\n"
-        f"carrier: latency {s.carrier_latency_ms:g} ms, transient failure rate "
-        f"{s.carrier_failure_rate:g}, ships to {','.join(s.carrier_countries)}, {pickup}; "
-        f"retry backoff base {s.retry_backoff_seconds:g} s, {s.max_attempts} attempts\n"
-        f"pharmacist verifies: {s.verification_required_for} orders; lots: first expiry "
-        f"first out, at least {s.min_shelf_life_days} days of shelf life left",
+        f"[bold]Fulfillment demo[/bold] on {options.database}: {len(plans)} orders, "
+        f"concurrency {options.concurrency}, seed {options.seed}\n"
+        f"carrier: {s.carrier_latency_ms:g} ms latency, {s.carrier_failure_rate:.0%} "
+        f"transient faults, ships to {','.join(s.carrier_countries)}\n"
+        f"         {pickup}\n"
+        f"retries: backoff base {s.retry_backoff_seconds:g} s, {s.max_attempts} attempts\n"
+        f"pharmacist: verifies {s.verification_required_for} orders\n"
+        f"lots: first expiry first out, {s.min_shelf_life_days} days of shelf life at least",
         highlight=False,
     )
     mix = Counter(p.scenario for p in plans)
@@ -268,7 +270,9 @@ def _start_tracking(app: App, running: ExitStack) -> bool:
     when they are off (no webhook secret, or no httpx)."""
     if app.settings.carrier_webhook_secret is None or not tracking_available():
         return False
-    from fastapi.testclient import TestClient
+    with warnings.catch_warnings():  # starlette prefers httpx2; httpx works as well
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from fastapi.testclient import TestClient
 
     from fulfillment.entrypoints.api import create_api
     from fulfillment.entrypoints.simulated_tracking import WEBHOOK_PATH, simulator_for

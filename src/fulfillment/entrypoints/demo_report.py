@@ -102,11 +102,12 @@ class EventTally:
                     event = self.app.mapper.to_event(
                         stored.type, stored.event_version, stored.data, stored.recorded_at
                     )
-                    self._apply(event)
+                    self.apply(event)
             if len(batch) < 1000:
                 return
 
-    def _apply(self, event: DomainEvent) -> None:
+    def apply(self, event: DomainEvent) -> None:
+        """Tally one event (those of other orders are left out)."""
         order_id = getattr(event, "order_id", None) or getattr(event, "saga_id", None)
         if order_id not in self.order_ids:
             return

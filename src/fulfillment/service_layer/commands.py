@@ -76,6 +76,8 @@ class CancelSaga(SagaCommand):
     reason: str
     note: str | None
     sender: str
+    # Stored with the request; a key already stored means a replay (its first answer).
+    idempotency: IdempotencyRecord | None = None
 
 
 @dataclass(frozen=True)

@@ -467,6 +467,12 @@ def deliver_signal(
     return outcome
 
 
+def cancel_idempotency(saga_id: str, key: str, body_hash: str) -> IdempotencyRecord:
+    """The stored form of a cancellation's `Idempotency-Key`, scoped to the saga."""
+    scoped = hashlib.sha256(f"{saga_id}\x00cancel\x00{key}".encode()).hexdigest()
+    return IdempotencyRecord(f"cancel:{scoped}", body_hash, saga_id, {})
+
+
 def signal_idempotency(saga_id: str, signal: str, key: str, body_hash: str) -> IdempotencyRecord:
     """The stored form of a signal's `Idempotency-Key`: scoped to the saga and the signal
     (hashed: it fits the keys' column and never meets an order's key)."""
@@ -483,8 +489,11 @@ def cancel_saga(
     """Record the request to stop, in one transaction. When the saga waits, or no job of
     it is in progress (none, or dead), it compensates at once: its job makes way for the
     first compensation. Otherwise the job of its step in progress honours the request
-    when that step ends. TooLateToCancel (409) after the pivot or once the saga ended."""
+    when that step ends. TooLateToCancel (409) after the pivot or once the saga ended.
+    With an `Idempotency-Key` already stored: `REPLAYED`, nothing done."""
     with uow:
+        if replayed(uow, cmd.idempotency) is not None:
+            return CancellationAccepted.REPLAYED
         saga = load(uow, cmd.saga_id)
         job = uow.jobs.get(saga.id) if saga.waiting is None else None
         idle = saga.waiting is not None or job is None or job.dead
@@ -494,6 +503,8 @@ def cancel_saga(
         )
         if accepted is CancellationAccepted.NOW:
             uow.jobs.cancel(saga.id)
+        if cmd.idempotency is not None:
+            uow.idempotency.add(cmd.idempotency)
         uow.sender = cmd.sender
         settle_if_ended(StepContext(saga, uow, now, deps))
         uow.commit()
