@@ -171,6 +171,17 @@ class Settings:
         # Normalised (and checked) however the settings were made, the environment or code.
         object.__setattr__(self, "api_keys", parse_api_keys(self.api_keys))
 
+    def check_pickups_confirmable(self) -> None:
+        """For the processes that run sagas (`serve`, `worker`): a simulated carrier that
+        picks up later confirms by signed webhooks, which need the secret (the demo sets
+        its own)."""
+        if self.carrier_pickup_delay_ms > 0 and self.carrier_webhook_secret is None:
+            raise ValueError(
+                "FULFILLMENT_CARRIER_PICKUP_DELAY_MS above 0 needs "
+                "FULFILLMENT_CARRIER_WEBHOOK_SECRET: the simulated carrier confirms "
+                "pickups by signed webhooks"
+            )
+
     @property
     def api_secrets(self) -> tuple[str, ...]:
         """The keys' secrets and the carrier webhooks' secret: what the log must never show."""
@@ -287,12 +298,7 @@ class Settings:
                 raise ValueError(f"{name} must be > 0")
         if self.carrier_pickup_delay_ms < 0:
             raise ValueError("FULFILLMENT_CARRIER_PICKUP_DELAY_MS must be >= 0")
-        if self.carrier_pickup_delay_ms > 0 and self.carrier_webhook_secret is None:
-            raise ValueError(
-                "FULFILLMENT_CARRIER_PICKUP_DELAY_MS above 0 needs "
-                "FULFILLMENT_CARRIER_WEBHOOK_SECRET: the simulated carrier confirms "
-                "pickups by signed webhooks"
-            )
+
         if self.carrier_webhook_secret is not None and len(self.carrier_webhook_secret) < 16:
             raise ValueError("FULFILLMENT_CARRIER_WEBHOOK_SECRET must be at least 16 characters")
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

@@ -83,12 +83,11 @@ def test_demo_runs_the_whole_lifecycle_and_keeps_inventory_consistent(tmp_path: 
     assert _count(output, "approved by the pharmacist") >= 1
     assert _count(output, "rejected by the pharmacist") >= 1
     assert _count(output, "clarification requested, then decided") == 1
-    assert _count(output, "verification not required (no controlled line)") >= 1
+    assert _count(output, "verification not required by the policy") >= 1
     requested = _count(output, "cancellations requested by customers")
     assert requested >= 1
     assert (
-        _count(output, "cancelled as the customer asked")
-        + _count(output, "too late to cancel (already picked up)")
+        _count(output, "cancelled as the customer asked") + _count(output, "too late to cancel")
         == requested
     )
     assert "inventory invariant holds" in output

@@ -247,3 +247,30 @@ def test_the_minimum_shelf_life_is_a_whole_number_of_days_not_below_zero() -> No
     for value in ("-1", "1.5", "soon"):
         with pytest.raises(ValueError, match="FULFILLMENT_MIN_SHELF_LIFE_DAYS"):
             Settings.from_env({"FULFILLMENT_MIN_SHELF_LIFE_DAYS": value})
+
+
+def test_a_pickup_delay_needs_the_webhook_secret_in_the_processes_that_run_sagas() -> None:
+    delayed = Settings.from_env({"FULFILLMENT_CARRIER_PICKUP_DELAY_MS": "500"})
+    with pytest.raises(ValueError, match="FULFILLMENT_CARRIER_WEBHOOK_SECRET"):
+        delayed.check_pickups_confirmable()
+    Settings.from_env(
+        {
+            "FULFILLMENT_CARRIER_PICKUP_DELAY_MS": "500",
+            "FULFILLMENT_CARRIER_WEBHOOK_SECRET": "s" * 16,
+        }
+    ).check_pickups_confirmable()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FULFILLMENT_VERIFICATION_REQUIRED_FOR", "some"),
+        ("FULFILLMENT_VERIFICATION_TIMEOUT_SECONDS", "0"),
+        ("FULFILLMENT_PICKUP_TIMEOUT_SECONDS", "-1"),
+        ("FULFILLMENT_CARRIER_PICKUP_DELAY_MS", "-5"),
+        ("FULFILLMENT_CARRIER_WEBHOOK_SECRET", "short"),
+    ],
+)
+def test_bad_lifecycle_settings_are_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env({name: value})

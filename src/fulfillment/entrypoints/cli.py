@@ -23,9 +23,13 @@ app = typer.Typer(
 console = Console()
 
 
-def _settings() -> Settings:
+def _settings(*, runs_sagas: bool = False) -> Settings:
+    """The environment's settings; `runs_sagas`: also what a process running sagas needs."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        if runs_sagas:
+            settings.check_pickups_confirmable()
+        return settings
     except ValueError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -71,7 +75,7 @@ def worker_command(
     from fulfillment.adapters.projections import ProjectorThread
     from fulfillment.entrypoints.worker import Worker
 
-    settings = _settings()
+    settings = _settings(runs_sagas=True)
     _logging(settings)
     fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
@@ -156,7 +160,7 @@ def serve_command(
     """Serve the HTTP API (migrations applied first), with workers and the projector."""
     from fulfillment.entrypoints.api_server import bind_host, run_server
 
-    settings = _settings()
+    settings = _settings(runs_sagas=True)
     _logging(settings)
     bound = bind_host(host, settings)
     if not settings.api_keys:

@@ -50,7 +50,10 @@ GROUPS = (
 @orders_app.command("list")
 def orders_list(
     status: str | None = typer.Option(
-        None, "--status", "-s", help="pending, fulfilled, cancelled or needs_attention."
+        None,
+        "--status",
+        "-s",
+        help="pending, awaiting_verification, fulfilled, delivered, returned, cancelled or needs_attention.",
     ),
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
     cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),

@@ -41,7 +41,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fulfillment import views
 from fulfillment.adapters.carrier import SimulatedCarrier
-from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.projections import ProjectorThread
 from fulfillment.adapters.tracking_simulator import MIN_STEP_SECONDS
 from fulfillment.bootstrap import App, bootstrap
@@ -137,7 +136,8 @@ def run_demo(
     base_settings: Settings | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
-    """Run the demo; the exit status is 0 when every saga ended and the invariant holds."""
+    """Run the demo; the exit status is 0 when every saga ended, the inventory invariant
+    holds (by SKU and by lot) and every reservation took its lots first expiry first."""
     logging.basicConfig(
         level=logging.WARNING, handlers=[RichHandler(console=console)], format="%(message)s"
     )
@@ -434,7 +434,8 @@ def _follow(
         TextColumn("{task.fields[detail]}"),
     )
     settings = app.settings
-    # Nothing new in the log for this long, and no job due or running: the rest is stuck.
+    # Nothing new in the log for this long (longer than the longest retry backoff), and
+    # no job running: the rest is stuck.
     quiet_seconds = 3.0 + settings.retry_backoff_seconds * 2**settings.max_attempts
     step = max(MIN_STEP_SECONDS, settings.carrier_pickup_delay_ms / 1000.0)
     deliver_seconds = 3.0 + 2 * step  # after the pickup: out for delivery, delivered
@@ -475,7 +476,6 @@ def _follow(
 
 
 def _idle(app: App) -> bool:
-    """No job due now or running (the wait's timers are due much later)."""
-    with read_connection(app.engine) as conn:
-        jobs = views.count_jobs(conn)
-    return not jobs.get("ready") and not jobs.get("running")
+    """No job running (due ones are claimed at once; the waits' timers are due much
+    later, and a retry's backoff is shorter than the quiet period)."""
+    return not views.jobs_by_status(app).get("running")

@@ -216,14 +216,14 @@ def print_decisions(tally: EventTally, cancellations: Cancellations, console: Co
     table = Table(title="Verification and cancellation", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("orders", justify="right")
-    table.add_row("verification not required (no controlled line)", str(decided["policy"]))
+    table.add_row("verification not required by the policy", str(decided["policy"]))
     table.add_row("approved by the pharmacist", str(decided["approved"]), style="green")
     table.add_row("rejected by the pharmacist", str(decided["rejected"]), style="yellow")
     table.add_row("clarification requested, then decided", str(len(tally.clarified)))
     table.add_row("cancellations requested by customers", str(cancellations.requested))
     cancelled = tally.counts()[CancellationReason.CUSTOMER_REQUEST.value]
     table.add_row("cancelled as the customer asked", str(cancelled), style="yellow")
-    table.add_row("too late to cancel (already picked up)", str(cancellations.too_late))
+    table.add_row("too late to cancel", str(cancellations.too_late))
     if cancellations.errors:
         table.add_row("cancellations that failed", str(len(cancellations.errors)), style="red")
     console.print(table)
