@@ -123,6 +123,11 @@ def fresh_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     drop()
 
 
+#: The base URL of in-process API clients: without API keys the API answers only
+#: requests to a loopback host (421 otherwise), and TestClient's own is `testserver`.
+LOOPBACK = "http://127.0.0.1"
+
+
 def settings_for(database_url: str, **overrides: Any) -> Settings:
     """Settings for tests: milliseconds of backoff, short leases."""
     values: dict[str, Any] = {

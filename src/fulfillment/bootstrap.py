@@ -52,7 +52,12 @@ class App:
 
     def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(
-            self.engine, self.mapper, job, cache=self.cache, group=self.group
+            self.engine,
+            self.mapper,
+            job,
+            cache=self.cache,
+            group=self.group,
+            idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
         )
 
     def prefetch_sagas(self, saga_ids: list[str]) -> None:
@@ -142,8 +147,17 @@ def bootstrap(
         else None
     )
 
+    idempotency_ttl = settings.idempotency_ttl_seconds
+
     def uow_factory(job: ClaimedJob | None) -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(engine, mapper, job, cache=cache, group=group)
+        return SqlAlchemyUnitOfWork(
+            engine,
+            mapper,
+            job,
+            cache=cache,
+            group=group,
+            idempotency_ttl_seconds=idempotency_ttl,
+        )
 
     deps = saga_engine.EngineDeps(
         clock,

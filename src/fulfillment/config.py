@@ -165,6 +165,8 @@ class Settings:
     carrier_webhook_secret: str | None = field(default=None, repr=False)
     #: Days of shelf life a lot must have left to be reserved (FEFO skips the others).
     min_shelf_life_days: int = 30
+    #: How long an `Idempotency-Key` holds; the workers prune older ones.
+    idempotency_ttl_seconds: float = 86400.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -233,6 +235,7 @@ class Settings:
             db_keepalive_seconds=_optional(env, "FULFILLMENT_DB_KEEPALIVE_SECONDS"),
             db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
             min_shelf_life_days=_int(env, "FULFILLMENT_MIN_SHELF_LIFE_DAYS", 30),
+            idempotency_ttl_seconds=_float(env, "FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", 86400.0),
             saga_modules=tuple(
                 m.strip() for m in env.get("FULFILLMENT_SAGA_MODULES", "").split(",") if m.strip()
             ),
@@ -293,6 +296,7 @@ class Settings:
         for name, seconds in (
             ("FULFILLMENT_VERIFICATION_TIMEOUT_SECONDS", self.verification_timeout_seconds),
             ("FULFILLMENT_PICKUP_TIMEOUT_SECONDS", self.pickup_timeout_seconds),
+            ("FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", self.idempotency_ttl_seconds),
         ):
             if seconds <= 0:
                 raise ValueError(f"{name} must be > 0")

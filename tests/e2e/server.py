@@ -2,7 +2,9 @@
 
 `start_server(database_url)` starts the CLI on a free port against the given database
 (the server applies the migrations itself), waits until `/health` answers, and stops it
-with SIGTERM on exit. Its output goes to a log file that failing tests print.
+with SIGTERM on exit. Its output goes to a log file that failing tests print. With
+`--ssl-certfile` among its `args` it is reached over https (`verify`: what its
+certificate is checked with).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,10 +49,12 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     headers: dict[str, str] = field(default_factory=dict)
+    verify: ssl.SSLContext | bool = True
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An HTTP client for this server (with its bearer key, if it has one)."""
         headers = {**self.headers, **kwargs.pop("headers", {})}
+        kwargs.setdefault("verify", self.verify)
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
     def output(self) -> str:
@@ -89,7 +94,8 @@ def _wait_healthy(server: Server, timeout: float) -> bool:
         if server.process.poll() is not None:
             return False
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            health = httpx.get(f"{server.url}/health", timeout=2, verify=server.verify)
+            if health.status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -107,6 +113,7 @@ def start_server(
     api_key: str | None = None,
     log_dir: Path | None = None,
     timeout: float = 60,
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[Server]:
     """Run `fulfillment serve` on a free port until the block ends (then SIGTERM)."""
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="fulfillment-serve-"))
@@ -115,10 +122,11 @@ def start_server(
     if api_key is not None:
         env.setdefault("FULFILLMENT_API_KEYS", api_key)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    scheme = "https" if "--ssl-certfile" in (args or []) else "http"
     for _attempt in range(3):  # another process may grab the free port first
         port = free_port()
         process = _launch(database_url, port, env, args or [], log_path)
-        server = Server(f"http://127.0.0.1:{port}", process, log_path, headers)
+        server = Server(f"{scheme}://127.0.0.1:{port}", process, log_path, headers, verify)
         if _wait_healthy(server, timeout):
             break
     else:

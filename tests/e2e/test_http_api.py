@@ -469,6 +469,21 @@ def test_without_api_keys_the_server_listens_on_loopback_only(server: Server) ->
     assert f"serving on {server.url} " in output
 
 
+def test_without_api_keys_only_a_loopback_host_is_answered(server: Server) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name."""
+    with server.client() as client:
+        port = server.url.rsplit(":", 1)[1]
+        for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.2"):
+            answer = client.get("/health", headers={"Host": host})
+            assert answer.status_code == 200, (host, answer.text)
+            assert answer.headers["cache-control"] == "no-store"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+        for host in ("rebound.example", f"rebound.example:{port}", "10.1.2.3"):
+            refused = client.get("/orders", headers={"Host": host})
+            assert_error(refused, 421, "misdirected_request")
+            assert refused.headers["cache-control"] == "no-store"
+
+
 @pytest.fixture(scope="module")
 def keyed_server(
     _migrated_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -503,6 +518,14 @@ def test_with_api_keys_every_route_but_health_needs_a_bearer_key(keyed_server: S
     assert "s3cret" not in keyed_server.output()
 
 
+def test_with_api_keys_any_host_is_answered(keyed_server: Server) -> None:
+    with keyed_server.client(headers={"Host": "pharmacy.example.com"}) as client:
+        answer = client.get("/orders")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-store"
+        assert_error(client.get("/orders", headers={"Authorization": ""}), 401, "unauthorized")
+
+
 def test_without_a_database_health_metrics_and_writes_answer_503() -> None:
     import anyio
 
@@ -514,7 +537,7 @@ def test_without_a_database_health_metrics_and_writes_answer_503() -> None:
 
     async def requests() -> list[httpx.Response]:
         transport = httpx.ASGITransport(create_api(app))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as offline:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as offline:
             return [
                 await offline.get("/health"),
                 await offline.get("/metrics"),

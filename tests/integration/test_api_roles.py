@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import saga_testkit
+from conftest import LOOPBACK
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from saga_testkit import run_jobs
@@ -414,7 +415,7 @@ def test_the_timeline_leaves_the_prescription_and_address_out_for_viewers_and_cl
 @SQLITE_ONLY
 def test_without_keys_everyone_is_an_anonymous_admin(app: App) -> None:
     saga_testkit.place_order(app, "o-1", stock=5, patient_name=PATIENT)
-    with TestClient(create_api(app)) as http:
+    with TestClient(create_api(app), base_url=LOOPBACK) as http:
         assert http.get("/events").status_code == 200
         timeline = http.get("/api/dashboard/orders/o-1/timeline")
         assert PATIENT in timeline.text

@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import settings_for
+from conftest import LOOPBACK, settings_for
 from saga_testkit import place_order
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -318,7 +318,7 @@ def test_an_order_placed_while_a_paused_process_holds_the_append_lock_gets_503_i
 
     async def place(n: int) -> tuple[httpx.Response, float]:
         transport = httpx.ASGITransport(create_api(bounded))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOOPBACK) as client:
             started = time.monotonic()
             response = await client.post("/orders", json=order_body(n))
             return response, time.monotonic() - started
@@ -435,7 +435,7 @@ def test_an_order_placed_while_the_pool_is_exhausted_gets_503_in_time(database_u
 
         async def place() -> tuple[httpx.Response, float]:
             transport = httpx.ASGITransport(create_api(app))
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url=LOOPBACK) as client:
                 started = time.monotonic()
                 response = await client.post("/orders", json=order_body(3))
                 return response, time.monotonic() - started

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import saga_testkit
+from conftest import LOOPBACK
 from fastapi.testclient import TestClient
 from rich.console import Console
 from saga_testkit import failing_job, run_jobs
@@ -558,7 +559,7 @@ def test_a_cancellation_request_shows_its_reason_note_and_sender(make_app: MakeA
 
 @pytest.fixture
 def client(stocked: App) -> Iterator[TestClient]:
-    with TestClient(create_api(stocked)) as http:
+    with TestClient(create_api(stocked), base_url=LOOPBACK) as http:
         yield http
 
 

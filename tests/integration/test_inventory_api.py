@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import LOOPBACK
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
@@ -23,7 +24,7 @@ NOW = datetime(2030, 5, 1, 12, tzinfo=UTC)
 
 @pytest.fixture
 def client(app: App) -> Iterator[TestClient]:
-    with TestClient(create_api(app)) as http:
+    with TestClient(create_api(app), base_url=LOOPBACK) as http:
         yield http
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from conftest import LOOPBACK
 from fastapi.testclient import TestClient
 from saga_testkit import run_jobs
 
@@ -51,7 +52,7 @@ def client_for(make_app: Callable[..., App]) -> Iterator[Callable[..., tuple[App
         settings.setdefault("carrier_webhook_secret", SECRET)
         app = make_app(**settings)
         app.bus.handle(c.SetInventory(SKU, 50))
-        client = TestClient(create_api(app))
+        client = TestClient(create_api(app), base_url=LOOPBACK)
         client.__enter__()
         clients.append(client)
         return app, client

@@ -8,6 +8,7 @@ from typing import Any
 
 import approval_saga as appr
 import pytest
+from conftest import LOOPBACK
 from fastapi.testclient import TestClient
 from saga_testkit import run_jobs
 
@@ -36,7 +37,7 @@ def job_kind(app: App, saga_id: str) -> str | None:
 
 @pytest.fixture
 def client(app: App) -> Iterator[TestClient]:
-    with TestClient(create_api(app)) as http:
+    with TestClient(create_api(app), base_url=LOOPBACK) as http:
         yield http
 
 

@@ -274,3 +274,12 @@ def test_a_pickup_delay_needs_the_webhook_secret_in_the_processes_that_run_sagas
 def test_bad_lifecycle_settings_are_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_idempotency_keys_hold_a_day_unless_set_and_the_ttl_must_be_positive() -> None:
+    assert Settings.from_env({}).idempotency_ttl_seconds == 86400
+    ttl = {"FULFILLMENT_IDEMPOTENCY_TTL_SECONDS": "3600"}
+    assert Settings.from_env(ttl).idempotency_ttl_seconds == 3600
+    for value in ("0", "-1", "nan", "a day"):
+        with pytest.raises(ValueError, match="FULFILLMENT_IDEMPOTENCY_TTL_SECONDS"):
+            Settings.from_env({"FULFILLMENT_IDEMPOTENCY_TTL_SECONDS": value})

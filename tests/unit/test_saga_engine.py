@@ -38,7 +38,11 @@ def start(app: FakeApp, saga_id: str = "a-1", amount: int = 100, room: str = "b-
 def signal(
     app: FakeApp, name: str, payload: dict[str, Any], saga_id: str = "a-1", key: str | None = None
 ) -> Any:
-    record = signal_idempotency(saga_id, name, key, str(sorted(payload.items()))) if key else None
+    record = (
+        signal_idempotency(saga_id, name, key, str(sorted(payload.items())), sender="key:tester")
+        if key
+        else None
+    )
     return app.bus.handle(c.SignalSaga(saga_id, name, payload, "key:tester", record))
 
 

@@ -13,11 +13,19 @@ How each backend keeps event positions in commit order (docs/architecture.md, ru
   AUTO_INCREMENT position is allocated, released at commit. Transactions run at READ
   COMMITTED, which also keeps the queue's ``SKIP LOCKED`` claims free of gap-lock
   deadlocks.
+
+Every engine hides bound parameters from its errors' messages (`hide_parameters`): those
+end up in logs, and parameters carry patients' names and addresses. An SQLite database
+file and the files SQLite keeps beside it are readable by their owner only
+(`secure_sqlite_files`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +36,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
+
+log = logging.getLogger("fulfillment.db")
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -98,7 +108,9 @@ def create_db_engine(
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
     bounds = bounds or DatabaseBounds()
-    kwargs: dict[str, Any] = {"future": True}
+    # Bound parameters (patient data) never appear in an error's message, hence in a log.
+    kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
+    sqlite_path = sqlite_file(url) if backend == "sqlite" else None
     if backend == "sqlite":
         database = make_url(url).database
         if not database or database == ":memory:":
@@ -125,9 +137,11 @@ def create_db_engine(
             isolation_level="READ COMMITTED",
             connect_args=mysql_connect_args(bounds),
         )
+    if sqlite_path is not None:
+        secure_sqlite_files(sqlite_path)
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
-        _configure_sqlite(engine, sqlite_synchronous, bounds.lock_timeout)
+        _configure_sqlite(engine, sqlite_synchronous, bounds.lock_timeout, sqlite_path)
     elif backend == "mysql":
         _configure_mysql(engine, bounds)
     return engine
@@ -218,22 +232,76 @@ def create_nullpool_engine(url: str) -> Engine:
     """An engine that does not keep connections (short CLI commands, migrations)."""
     url = normalize_url(url)
     backend = make_url(url).get_backend_name()
-    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    kwargs: dict[str, Any] = {"poolclass": NullPool, "hide_parameters": True}
     if backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
+    sqlite_path = sqlite_file(url) if backend == "sqlite" else None
+    if sqlite_path is not None:
+        secure_sqlite_files(sqlite_path)
     engine = create_engine(url, **kwargs)
     if backend == "sqlite":
-        _configure_sqlite(engine, "FULL", 60.0)
+        _configure_sqlite(engine, "FULL", 60.0, sqlite_path)
     return engine
 
 
-def _configure_sqlite(engine: Engine, synchronous: str, busy_seconds: float) -> None:
+#: What SQLite keeps beside a database file: the write-ahead log, its shared-memory
+#: index, and the rollback journal (before WAL mode is on).
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+#: Group and others' permission bits, taken off every file of an SQLite database.
+_NOT_OWNER = stat.S_IRWXG | stat.S_IRWXO
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite URL; None in memory (or for a `file:` URI)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if "uri" in parsed.query:
+        return None
+    return database
+
+
+def secure_sqlite_files(path: str) -> None:
+    """Make an SQLite database readable by its owner only: create the file with mode 0600
+    before SQLite opens it (SQLite creates its -wal, -shm and -journal files with the
+    database file's permissions), and take the group's and others' bits off the file and
+    off any of those that exist already (made before, with a wider mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # no such directory, say: SQLite says why when it connects
+    else:
+        os.close(fd)  # an empty file is an empty database to SQLite
+    _owner_only(path, *SQLITE_SIDE_FILES)
+
+
+def _owner_only(path: str, *suffixes: str) -> None:
+    for name in (path, *(path + suffix for suffix in suffixes)):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & _NOT_OWNER:
+                os.chmod(name, mode & ~_NOT_OWNER)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # another user's file, say
+            log.warning("could not make %s readable by its owner only: %s", name, exc)
+
+
+def _configure_sqlite(
+    engine: Engine, synchronous: str, busy_seconds: float, path: str | None = None
+) -> None:
+    side_files_checked = False
+
     # SQLite has one writer; every writer, thread or process, waits in SQLite's busy
     # handler (busy_timeout). An in-process lock that handed the write lock from thread
     # to thread was faster for one process but starved other processes (a second worker
     # could wait over a minute to start), so fairness between processes wins.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        nonlocal side_files_checked
         # Let us issue BEGIN ourselves (pysqlite's implicit BEGIN is deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -243,6 +311,11 @@ def _configure_sqlite(engine: Engine, synchronous: str, busy_seconds: float) -> 
         cursor.execute(f"PRAGMA busy_timeout={_ms(busy_seconds)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if path is not None and not side_files_checked:
+            # WAL mode made the -wal and -shm files (with the database file's mode, which
+            # `secure_sqlite_files` set): checked once per engine all the same.
+            side_files_checked = True
+            _owner_only(path, *SQLITE_SIDE_FILES)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -4,6 +4,9 @@ The key is the table's primary key and is inserted in the transaction that appen
 `OrderCreated`, so one key yields exactly one order, whatever the number of API
 processes, restarts or concurrent retries: a concurrent twin blocks on (or collides
 with) the key, fails, and when the command bus runs it again it finds the winner's row.
+
+Keys expire (FULFILLMENT_IDEMPOTENCY_TTL_SECONDS): an expired key is one never seen, and
+the workers delete expired rows in batches (`prune_expired`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, delete, false, insert, select
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import read_connection
+from fulfillment.adapters.db import backend_of, read_connection
 from fulfillment.service_layer import ports
 
 Now = Callable[[], datetime]
+#: Expired rows deleted per statement by `prune_expired`.
+PRUNE_BATCH = 1000
 
 
 def _utcnow() -> datetime:
@@ -34,22 +39,43 @@ def request_hash(payload: Any) -> str:
 
 
 class SqlAlchemyIdempotencyKeys(ports.IdempotencyKeys):
-    """Works inside the caller's transaction (the unit of work's connection)."""
+    """Works inside the caller's transaction (the unit of work's connection).
 
-    def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
+    With `ttl_seconds`, a key stored longer ago is absent to `get`, and `add` replaces
+    its row (which the workers may not have pruned yet).
+    """
+
+    def __init__(
+        self, conn: Connection, now: Now = _utcnow, ttl_seconds: float | None = None
+    ) -> None:
         self.conn = conn
         self.now = now
+        self.ttl_seconds = ttl_seconds
+        self._expired: set[str] = set()
+
+    def _cutoff(self) -> datetime | None:
+        if self.ttl_seconds is None:
+            return None
+        return self.now() - timedelta(seconds=self.ttl_seconds)
 
     def get(self, key: str) -> ports.IdempotencyRecord | None:
+        cutoff = self._cutoff()
+        keys = t.idempotency_keys
+        # Compared by the database, in the column's own type (time zones and all).
+        expired = (keys.c.created_at < cutoff) if cutoff is not None else false()
         row = self.conn.execute(
             select(
-                t.idempotency_keys.c.key,
-                t.idempotency_keys.c.request_hash,
-                t.idempotency_keys.c.order_id,
-                t.idempotency_keys.c.response,
-            ).where(t.idempotency_keys.c.key == key)
+                keys.c.key,
+                keys.c.request_hash,
+                keys.c.order_id,
+                keys.c.response,
+                expired.label("expired"),
+            ).where(keys.c.key == key)
         ).first()
         if row is None:
+            return None
+        if row.expired:
+            self._expired.add(key)
             return None
         return ports.IdempotencyRecord(
             key=row.key,
@@ -59,6 +85,17 @@ class SqlAlchemyIdempotencyKeys(ports.IdempotencyKeys):
         )
 
     def add(self, record: ports.IdempotencyRecord) -> None:
+        cutoff = self._cutoff()
+        if record.key in self._expired and cutoff is not None:
+            # The expired row makes way (still expired: a concurrent twin's fresh row stays
+            # and this insert collides with it, as with any concurrent twin).
+            self.conn.execute(
+                delete(t.idempotency_keys).where(
+                    t.idempotency_keys.c.key == record.key,
+                    t.idempotency_keys.c.created_at < cutoff,
+                )
+            )
+            self._expired.discard(record.key)
         self.conn.execute(
             insert(t.idempotency_keys).values(
                 key=record.key,
@@ -74,3 +111,27 @@ def find(engine: Engine, key: str) -> ports.IdempotencyRecord | None:
     """Read one key outside any unit of work (a read-only transaction)."""
     with read_connection(engine) as conn:
         return SqlAlchemyIdempotencyKeys(conn).get(key)
+
+
+def prune_expired(
+    engine: Engine, ttl_seconds: float, *, batch: int = PRUNE_BATCH, now: Now = _utcnow
+) -> int:
+    """Delete at most `batch` keys stored more than `ttl_seconds` ago, in one short
+    transaction (periodic maintenance of the workers, never on a saga's path); returns
+    how many were deleted (`batch`: there may be more)."""
+    keys = t.idempotency_keys
+    cutoff = now() - timedelta(seconds=ttl_seconds)
+    expired = keys.c.created_at < cutoff
+    with read_connection(engine) as conn:  # no write transaction (lock) for nothing
+        if conn.execute(select(keys.c.key).where(expired).limit(1)).first() is None:
+            return 0
+    with engine.begin() as conn:
+        if backend_of(conn) == "mysql":
+            # MariaDB cannot LIMIT a subquery of IN, nor read the table it deletes from.
+            statement = delete(keys).where(expired).with_dialect_options(mysql_limit=batch)
+        else:
+            oldest = select(keys.c.key).where(expired).limit(batch)
+            if backend_of(conn) == "postgresql":
+                oldest = oldest.with_for_update(skip_locked=True)  # another worker's batch
+            statement = delete(keys).where(keys.c.key.in_(oldest))
+        return int(conn.execute(statement).rowcount)

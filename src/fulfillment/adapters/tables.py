@@ -182,6 +182,8 @@ idempotency_keys = Table(
     Column("order_id", Id, nullable=False),
     Column("response", JSON, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # The workers delete expired keys, oldest first, in batches.
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )
 
 # --- read models (projections), rebuilt from the events at will ------------------------

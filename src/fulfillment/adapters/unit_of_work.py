@@ -45,12 +45,15 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         causation_id: str | None = None,
         cache: StreamCache | None = None,
         group: GroupCommitter | None = None,
+        idempotency_ttl_seconds: float | None = None,
     ) -> None:
         super().__init__(job, causation_id)
         self.engine = engine
         self.mapper = mapper
         self.cache = cache
         self.group = group
+        #: How long an idempotency key holds (None: for ever).
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self._conn: Connection | None = None
         self._in_group = False
 
@@ -88,7 +91,9 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
         self.inventory = SqlAlchemyInventoryService(self.conn)
         self.shipments = SqlAlchemyShipmentService(self.conn)
-        self.idempotency = SqlAlchemyIdempotencyKeys(self.conn)
+        self.idempotency = SqlAlchemyIdempotencyKeys(
+            self.conn, ttl_seconds=self.idempotency_ttl_seconds
+        )
         self.jobs = job_queue.SqlAlchemySagaJobs(self.conn)
 
     def _commit(self, appends: list[StreamAppend], jobs: list[JobSpec]) -> ClaimedJob | None:

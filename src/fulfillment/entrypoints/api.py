@@ -38,6 +38,7 @@ from fulfillment.entrypoints.api_errors import (
     role_of,
     sender_of,
 )
+from fulfillment.entrypoints.api_headers import LoopbackHostOnly, SecurityHeaders, wrap_outermost
 from fulfillment.entrypoints.api_inventory import inventory_router
 from fulfillment.entrypoints.api_roles import SIGNED_PATHS
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
@@ -50,11 +51,11 @@ from fulfillment.service_layer.commands import (
     RecordTrackingUpdate,
     SignalSaga,
 )
-from fulfillment.service_layer.ports import IdempotencyRecord
 from fulfillment.service_layer.saga_engine import (
     SignalAccepted,
     UnknownSignal,
     cancel_idempotency,
+    order_idempotency,
     signal_idempotency,
 )
 
@@ -116,6 +117,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         405: "Method not allowed",
         409: "Conflict with the current state",
         413: "Request body larger than 64 KiB",
+        421: "Host is not a loopback name or address (when the server has no FULFILLMENT_API_KEYS)",
         422: "Invalid request; `details` lists the fields",
         503: "Database unavailable or busy",
     }
@@ -157,12 +159,16 @@ def create_api(
         description="Order fulfillment for an online pharmacy. Every error is "
         '`{"error": {"code", "message", "details"?}}`.',
         lifespan=lifespan,
-        responses=_errors(401, 403, 405, 413, 503),
+        responses=_errors(401, 403, 405, 413, 421, 503),
     )
     install_error_handlers(api)
     api.add_middleware(BodySizeLimit)
     if app.settings.api_keys:
         api.add_middleware(BearerAuth, keys=app.settings.api_keys, open_paths=OPEN_PATHS)
+        wrap_outermost(api, SecurityHeaders)
+    else:
+        # No keys: no authentication, so only requests to a loopback host (DNS rebinding).
+        wrap_outermost(api, SecurityHeaders, LoopbackHostOnly)
     api.state.fulfillment = app
 
     api.include_router(inventory_router(app))
@@ -184,10 +190,11 @@ def create_api(
         """Place an order; its fulfillment saga runs in the background."""
         order_id = str(uuid.uuid4())
         accepted = {"order_id": order_id, "status": "pending"}
+        sender = sender_of(request)
         record = None
         if idempotency_key is not None:
             fingerprint = request_hash(body.model_dump(mode="json"))
-            record = IdempotencyRecord(idempotency_key, fingerprint, order_id, accepted)
+            record = order_idempotency(sender, idempotency_key, fingerprint, order_id, accepted)
         command = CreateOrder(
             order_id=order_id,
             customer_id=body.customer_id,
@@ -196,13 +203,13 @@ def create_api(
             shipping_address=body.address(),
             idempotency=record,
         )
-        created: str = app.bus.handle(command, sender=sender_of(request))
+        created: str = app.bus.handle(command, sender=sender)
         if created == order_id:
             return JSONResponse(
                 accepted, status_code=202, headers={"Location": f"/orders/{created}"}
             )
-        assert idempotency_key is not None
-        stored = find_idempotency_key(app.engine, idempotency_key)
+        assert record is not None
+        stored = find_idempotency_key(app.engine, record.key)
         first = stored.response if stored else {"order_id": created, "status": "pending"}
         return JSONResponse(
             first,
@@ -291,11 +298,11 @@ def create_api(
     ) -> JSONResponse:
         """Deliver a signal to the saga's wait (docs/sagas.md): 409 `signal_not_expected`
         when the saga does not wait for it now, 422 when the body does not match."""
+        sender = sender_of(request)
         record = None
         if idempotency_key is not None:
             fingerprint = request_hash({"signal": name, "body": body})
-            record = signal_idempotency(saga_id, name, idempotency_key, fingerprint)
-        sender = sender_of(request)
+            record = signal_idempotency(saga_id, name, idempotency_key, fingerprint, sender=sender)
         accepted: SignalAccepted = app.bus.handle(
             SignalSaga(saga_id, name, body, sender, record, role_of(request)), sender=sender
         )
@@ -332,15 +339,18 @@ def create_api(
         the order does not wait for a decision."""
         if views.current_order(app, order_id) is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        sender = sender_of(request)
         record = None
         if idempotency_key is not None:
             fingerprint = request_hash({"verification": body.model_dump(mode="json")})
-            record = signal_idempotency(order_id, body.decision, idempotency_key, fingerprint)
+            record = signal_idempotency(
+                order_id, body.decision, idempotency_key, fingerprint, sender=sender
+            )
         command = SignalSaga(
-            order_id, body.decision, body.payload(), sender_of(request), record, role_of(request)
+            order_id, body.decision, body.payload(), sender, record, role_of(request)
         )
         try:
-            accepted: SignalAccepted = app.bus.handle(command, sender=sender_of(request))
+            accepted: SignalAccepted = app.bus.handle(command, sender=sender)
         except (SignalNotExpected, UnknownSignal) as exc:
             raise ApiError(
                 409,
@@ -379,7 +389,7 @@ def create_api(
         record = None
         if idempotency_key is not None:
             fingerprint = request_hash({"cancel": order_id, "body": body.model_dump(mode="json")})
-            record = cancel_idempotency(order_id, idempotency_key, fingerprint)
+            record = cancel_idempotency(order_id, idempotency_key, fingerprint, sender=sender)
         command = CancelSaga(order_id, body.reason, body.note, sender, record)
         try:
             accepted = app.bus.handle(command, sender=sender)

@@ -52,6 +52,7 @@ _CODES = {
     406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
+    421: "misdirected_request",
     415: "unsupported_media_type",
     422: "validation_error",
     500: "internal_error",

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
+import stat
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from fastapi import FastAPI
@@ -101,6 +105,44 @@ def create_app(
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The certificate (chain) and private key that `fulfillment serve` serves HTTPS with."""
+
+    certfile: str
+    keyfile: str
+
+    @classmethod
+    def checked(cls, certfile: str | None, keyfile: str | None) -> TlsFiles:
+        """Both files, readable, a certificate and its key; else ValueError saying which
+        is wrong, in one line."""
+        if certfile is None or keyfile is None:
+            missing = "--ssl-keyfile" if keyfile is None else "--ssl-certfile"
+            raise ValueError(f"--ssl-certfile and --ssl-keyfile go together: {missing} is missing")
+        for option, name in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+            path = Path(name)
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+                if regular:  # (opening a pipe could wait for ever)
+                    with path.open("rb"):
+                        pass
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise ValueError(f"{option} {name}: cannot be read ({reason})") from None
+            if not regular:
+                raise ValueError(f"{option} {name}: not a file")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            # An encrypted key would make OpenSSL ask for its passphrase: none is given.
+            context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"--ssl-certfile {certfile} and --ssl-keyfile {keyfile}: not a PEM "
+                f"certificate and its unencrypted private key ({exc})"
+            ) from None
+        return cls(certfile, keyfile)
+
+
 def bind_host(requested: str, settings: Settings) -> str:
     """Without API keys the server is reachable from this machine only."""
     if settings.api_keys or requested in LOOPBACK:
@@ -115,16 +157,22 @@ def run_server(
     workers: int,
     worker_concurrency: int = 4,
     announce: Callable[[str], None] = print,
+    tls: TlsFiles | None = None,
 ) -> None:
-    """Serve until SIGTERM or Ctrl-C, then stop workers gracefully and return."""
+    """Serve until SIGTERM or Ctrl-C, then stop workers gracefully and return.
+
+    With `tls`, HTTPS only (uvicorn's TLS, with those files)."""
     import uvicorn
 
+    scheme = "https" if tls is not None else "http"
     own = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in own:
+        own = f"[{own}]"
     api = create_app(
         settings,
         workers=workers,
         worker_concurrency=worker_concurrency,
-        own_url=f"http://{own}:{port}",
+        own_url=f"{scheme}://{own}:{port}",
     )
     config = uvicorn.Config(
         api,
@@ -134,6 +182,8 @@ def run_server(
         log_config=None,  # uvicorn logs through our structlog set-up (JSON in production)
         timeout_graceful_shutdown=10,
         lifespan="on",
+        ssl_certfile=tls.certfile if tls is not None else None,
+        ssl_keyfile=tls.keyfile if tls is not None else None,
     )
     server = uvicorn.Server(config)
 
@@ -144,9 +194,10 @@ def run_server(
 
     signal.signal(signal.SIGTERM, _after_stop)
     signal.signal(signal.SIGINT, _after_stop)
+    shown = f"[{host}]" if ":" in host else host
     announce(
-        f"serving on http://{host}:{port} with {workers} in-process worker(s) "
-        f"on {settings.database_url.split('://', 1)[0]}; dashboard at http://{host}:{port}/"
+        f"serving on {scheme}://{shown}:{port} with {workers} in-process worker(s) on "
+        f"{settings.database_url.split('://', 1)[0]}; dashboard at {scheme}://{shown}:{port}/"
     )
     server.run()
     announce("server stopped")

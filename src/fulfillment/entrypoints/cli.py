@@ -156,10 +156,23 @@ def serve_command(
     worker_concurrency: int = typer.Option(
         4, "--worker-concurrency", min=1, help="Sagas in flight per in-process worker."
     ),
+    ssl_certfile: str | None = typer.Option(
+        None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."
+    ),
+    ssl_keyfile: str | None = typer.Option(
+        None, "--ssl-keyfile", help="The certificate's PEM private key (unencrypted)."
+    ),
 ) -> None:
     """Serve the HTTP API (migrations applied first), with workers and the projector."""
-    from fulfillment.entrypoints.api_server import bind_host, run_server
+    from fulfillment.entrypoints.api_server import TlsFiles, bind_host, run_server
 
+    tls: TlsFiles | None = None
+    if ssl_certfile is not None or ssl_keyfile is not None:
+        try:
+            tls = TlsFiles.checked(ssl_certfile, ssl_keyfile)
+        except ValueError as exc:
+            console.print(f"[red]configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from exc
     settings = _settings(runs_sagas=True)
     _logging(settings)
     bound = bind_host(host, settings)
@@ -177,6 +190,7 @@ def serve_command(
         workers,
         worker_concurrency,
         announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        tls=tls,
     )
 
 

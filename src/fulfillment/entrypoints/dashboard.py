@@ -49,7 +49,7 @@ _SHELL_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
+    "Cache-Control": "no-store",
 }
 _DATA_HEADERS = {"Cache-Control": "no-store"}
 DEFAULT_PAGE = 25

@@ -277,7 +277,8 @@ def _start_tracking(app: App, running: ExitStack) -> bool:
     from fulfillment.entrypoints.api import create_api
     from fulfillment.entrypoints.simulated_tracking import WEBHOOK_PATH, simulator_for
 
-    client = running.enter_context(TestClient(create_api(app)))
+    # A loopback Host: without API keys the API refuses any other (DNS rebinding).
+    client = running.enter_context(TestClient(create_api(app), base_url="http://127.0.0.1"))
 
     def post(body: bytes, headers: dict[str, str]) -> int:
         status: int = client.post(WEBHOOK_PATH, content=body, headers=headers).status_code

@@ -220,7 +220,8 @@ class IdempotencyRecord:
 
 
 class IdempotencyKeys(abc.ABC):
-    """Keys stored in the transaction that creates the order: one key, one order, ever."""
+    """Keys stored in the transaction that creates the order: one key, one order, until
+    the key expires (FULFILLMENT_IDEMPOTENCY_TTL_SECONDS; then `get` finds none)."""
 
     @abc.abstractmethod
     def get(self, key: str) -> IdempotencyRecord | None: ...

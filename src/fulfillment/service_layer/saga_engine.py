@@ -467,17 +467,35 @@ def deliver_signal(
     return outcome
 
 
-def cancel_idempotency(saga_id: str, key: str, body_hash: str) -> IdempotencyRecord:
-    """The stored form of a cancellation's `Idempotency-Key`, scoped to the saga."""
-    scoped = hashlib.sha256(f"{saga_id}\x00cancel\x00{key}".encode()).hexdigest()
-    return IdempotencyRecord(f"cancel:{scoped}", body_hash, saga_id, {})
+def _scoped(kind: str, sender: str, *parts: str) -> str:
+    """The stored form of a client's `Idempotency-Key`: scoped to its sender (the API
+    key's name, or `anonymous`) and to what it names, hashed (it fits the keys' column,
+    one kind never meets another's, and no client's key is kept as sent)."""
+    return f"{kind}:" + hashlib.sha256("\x00".join((sender, *parts)).encode()).hexdigest()
 
 
-def signal_idempotency(saga_id: str, signal: str, key: str, body_hash: str) -> IdempotencyRecord:
-    """The stored form of a signal's `Idempotency-Key`: scoped to the saga and the signal
-    (hashed: it fits the keys' column and never meets an order's key)."""
-    scoped = hashlib.sha256(f"{saga_id}\x00{signal}\x00{key}".encode()).hexdigest()
-    return IdempotencyRecord(f"signal:{scoped}", body_hash, saga_id, {})
+def order_idempotency(
+    sender: str, key: str, body_hash: str, order_id: str, response: dict[str, Any]
+) -> IdempotencyRecord:
+    """The stored form of an order's `Idempotency-Key`, scoped to its sender: one key
+    sent under two API keys is two keys."""
+    return IdempotencyRecord(_scoped("order", sender, key), body_hash, order_id, response)
+
+
+def cancel_idempotency(saga_id: str, key: str, body_hash: str, *, sender: str) -> IdempotencyRecord:
+    """The stored form of a cancellation's `Idempotency-Key`, scoped to its sender and
+    the saga."""
+    return IdempotencyRecord(_scoped("cancel", sender, saga_id, key), body_hash, saga_id, {})
+
+
+def signal_idempotency(
+    saga_id: str, signal: str, key: str, body_hash: str, *, sender: str
+) -> IdempotencyRecord:
+    """The stored form of a signal's `Idempotency-Key`: scoped to its sender, the saga
+    and the signal."""
+    return IdempotencyRecord(
+        _scoped("signal", sender, saga_id, signal, key), body_hash, saga_id, {}
+    )
 
 
 # --- cancellation -----------------------------------------------------------------------
