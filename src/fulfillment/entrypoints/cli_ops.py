@@ -53,7 +53,8 @@ def orders_list(
         None,
         "--status",
         "-s",
-        help="pending, awaiting_verification, fulfilled, delivered, returned, cancelled or needs_attention.",
+        help="pending, awaiting_verification, fulfilled, delivered, returned, cancelled "
+        "or needs_attention.",
     ),
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
     cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
