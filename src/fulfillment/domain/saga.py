@@ -336,11 +336,12 @@ class Saga(Aggregate):
         if cancellation is None:
             raise TooLateToCancel(f"saga {self.spec.name} cannot be cancelled")
         if not self.cancellable:
-            where = self.status.value if self.status else "not started"
+            status = self.status.value if self.status else "not started"
+            where = f"has ended ({status})"
             current = self.current
             if current is not None:
-                where = f"past the point of no return, at {current.name}"
-            raise TooLateToCancel(f"saga {self.id} is {where}: too late to cancel")
+                where = f"is past its point of no return (at {current.name})"
+            raise TooLateToCancel(f"too late to cancel: saga {self.id} {where}")
         if self.status is SagaStatus.COMPENSATING or self.cancellation is not None:
             return CancellationAccepted.ALREADY
         self._record(
