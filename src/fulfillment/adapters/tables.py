@@ -235,3 +235,16 @@ metric_counters = Table(
     Column("labels", ExactKey, primary_key=True),
     Column("value", Double, nullable=False),
 )
+
+# Patient data's envelope keys (adapters/phi_crypto.py, adapters/data_keys.py): one data
+# key per customer, wrapped by the master key. Deleting a customer's row erases every
+# field its key sealed (crypto-shredding); a later order of theirs gets a new key.
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("customer_id", ExactKey, nullable=False, unique=True),
+    Column("wrapped", Text, nullable=False),
+    Column("master_key_id", String(32), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
