@@ -250,3 +250,30 @@ def test_a_worker_prunes_expired_keys(keyed: App) -> None:
     fresh = add_keys(keyed, 2, 0, "fresh")
     Worker(keyed, 1).run(until_idle=True, timeout=30)
     assert remaining(keyed) == set(fresh)
+
+
+def test_a_retry_across_the_upgrade_finds_the_order_its_unscoped_key_made(
+    keyed: App, http: TestClient
+) -> None:
+    """Before keys were scoped (migration 0009) an order's key was stored as sent: a
+    client retrying across the upgrade gets its first order, not a second one."""
+    first = place(http, SHOP_A, "before-the-upgrade")
+    order_id = first.json()["order_id"]
+    with keyed.engine.begin() as conn:  # the row as the old release wrote it
+        conn.execute(
+            update(t.idempotency_keys).values(key="before-the-upgrade", response=first.json())
+        )
+    before = orders_created(keyed)
+
+    again = place(http, SHOP_A, "before-the-upgrade")
+    changed = http.post(
+        "/orders",
+        json=order_body("someone-else"),
+        headers={**SHOP_A, "Idempotency-Key": "before-the-upgrade"},
+    )
+
+    assert again.status_code == 200, again.text
+    assert again.json() == {"order_id": order_id, "status": "pending"}
+    assert changed.status_code == 409
+    assert changed.json()["error"]["code"] == "idempotency_key_reused"
+    assert orders_created(keyed) == before

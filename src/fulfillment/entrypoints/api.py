@@ -202,14 +202,17 @@ def create_api(
             prescription=body.prescription_details(),
             shipping_address=body.address(),
             idempotency=record,
+            legacy_key=idempotency_key,
         )
         created: str = app.bus.handle(command, sender=sender)
         if created == order_id:
             return JSONResponse(
                 accepted, status_code=202, headers={"Location": f"/orders/{created}"}
             )
-        assert record is not None
-        stored = find_idempotency_key(app.engine, record.key)
+        assert record is not None and idempotency_key is not None
+        stored = find_idempotency_key(app.engine, record.key) or find_idempotency_key(
+            app.engine, idempotency_key
+        )
         first = stored.response if stored else {"order_id": created, "status": "pending"}
         return JSONResponse(
             first,

@@ -24,6 +24,10 @@ class CreateOrder(Command):
     shipping_address: ShippingAddress
     # Stored in the same transaction as the order; a key already stored means a replay.
     idempotency: IdempotencyRecord | None = None
+    #: The client's key as it was stored before keys were scoped to the API key
+    #: (migration 0009): a retry across that upgrade still finds its first order, until
+    #: the old row expires.
+    legacy_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ The saga's own jobs, signals and operator actions are handled by the saga engine
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from fulfillment.domain.errors import DomainError
@@ -53,6 +54,8 @@ def create_order(cmd: c.CreateOrder, uow: AbstractUnitOfWork, deps: EngineDeps) 
     """
     with uow:
         stored = replayed(uow, cmd.idempotency)
+        if stored is None and cmd.idempotency is not None and cmd.legacy_key is not None:
+            stored = replayed(uow, dataclasses.replace(cmd.idempotency, key=cmd.legacy_key))
         if stored is not None:
             return stored.order_id
         if uow.orders.get(cmd.order_id) is not None:
