@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fulfillment.domain.aggregate import Aggregate
 from fulfillment.domain.errors import DomainError, IllegalTransition
@@ -94,8 +95,8 @@ class Order(Aggregate):
         if carrier_event_id in self.carrier_events:
             return False
         current = self.tracking_status
-        applies = current is None or (current.rank < 3 and status.rank >= current.rank)
-        fields = {
+        applies = current is None or (not current.final and status.rank >= current.rank)
+        fields: dict[str, Any] = {
             "occurred_at": at,
             "order_id": self.id,
             "tracking_number": tracking_number,
@@ -105,11 +106,11 @@ class Order(Aggregate):
         }
         event: DomainEvent
         if applies and status is TrackingStatus.DELIVERED:
-            event = ShipmentDelivered(**fields)  # type: ignore[arg-type]
+            event = ShipmentDelivered(**fields)
         elif applies and status is TrackingStatus.RETURNED_TO_SENDER:
-            event = ShipmentReturned(**fields)  # type: ignore[arg-type]
+            event = ShipmentReturned(**fields)
         else:
-            event = ShipmentTrackingUpdated(status=status.value, applied=applies, **fields)  # type: ignore[arg-type]
+            event = ShipmentTrackingUpdated(status=status.value, applied=applies, **fields)
         self._record(event)
         return True
 

@@ -70,6 +70,11 @@ class TrackingStatus(StrEnum):
         status it has is recorded but not applied (delivered and returned are final)."""
         return _TRACKING_RANK[self]
 
+    @property
+    def final(self) -> bool:
+        """Delivered or returned: no later update moves the parcel any more."""
+        return self in (TrackingStatus.DELIVERED, TrackingStatus.RETURNED_TO_SENDER)
+
 
 _TRACKING_RANK = {
     TrackingStatus.IN_TRANSIT: 1,

@@ -67,10 +67,6 @@ OPEN_PATHS = ("/health", *SHELL_PATHS, *SIGNED_PATHS)
 MAX_LIMIT = 1000
 MAX_POSITION = 2**63 - 1
 
-Sku = Annotated[
-    str,
-    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
-]
 OrderId = Annotated[
     str,
     Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
@@ -109,19 +105,7 @@ class Services(Protocol):
     def stop(self) -> None: ...
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
-        403: "The key's role may not do this (docs/api.md, Authentication)",
-        404: "Not found",
-        405: "Method not allowed",
-        409: "Conflict with the current state",
-        413: "Request body larger than 64 KiB",
-        421: "Host is not a loopback name or address (when the server has no FULFILLMENT_API_KEYS)",
-        422: "Invalid request; `details` lists the fields",
-        503: "Database unavailable or busy",
-    }
-    return {c: {"model": s.ErrorResponse, "description": descriptions[c]} for c in codes}
+_errors = s.error_responses
 
 
 def _page(items: list[Any], next_cursor: object) -> dict[str, Any]:

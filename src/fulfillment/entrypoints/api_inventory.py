@@ -8,7 +8,7 @@ Writes go through the command bus (`SetInventory`, `SetLot`); reads come from
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
@@ -24,22 +24,10 @@ Sku = Annotated[
     str,
     Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
 ]
-Lot = Annotated[
-    str,
-    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
-]
+#: A lot's name: the same rules as a SKU's.
+Lot = Sku
 
-_DESCRIPTIONS = {
-    404: "Not found",
-    409: "Conflict with the current state",
-    422: "Invalid request; `details` lists the fields",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The error responses of a route, as `api._errors` documents them (that module
-    includes this router, so it cannot be imported from here)."""
-    return {c: {"model": s.ErrorResponse, "description": _DESCRIPTIONS[c]} for c in codes}
+_errors = s.error_responses
 
 
 def inventory_router(app: App) -> APIRouter:

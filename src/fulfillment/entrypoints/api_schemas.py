@@ -310,3 +310,21 @@ class ErrorResponse(BaseModel):
     """Every error, whatever the status code."""
 
     error: ErrorBody
+
+
+_ERROR_DESCRIPTIONS = {
+    401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
+    403: "The key's role may not do this (docs/api.md, Authentication)",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict with the current state",
+    413: "Request body larger than 64 KiB",
+    421: "Host is not a loopback name or address (when the server has no FULFILLMENT_API_KEYS)",
+    422: "Invalid request; `details` lists the fields",
+    503: "Database unavailable or busy",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route's errors, by status code."""
+    return {c: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[c]} for c in codes}
