@@ -32,6 +32,11 @@ ADMIN_URLS = {
     ),
     "mysql": os.environ.get("FULFILLMENT_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
 }
+#: The master key of patient data in every test (fixed: the processes a test starts read
+#: what it wrote); subprocesses inherit it from the environment. Tests of the key file
+#: of SQLite, and of a server database without a key, unset it.
+TEST_MASTER_KEY = "test:" + "dGVzdC1tYXN0ZXIta2V5LWZvci10aGUtdGVzdC1zdWk="
+os.environ.setdefault("FULFILLMENT_MASTER_KEY", TEST_MASTER_KEY)
 # Every table the tests empty between tests (event_append_lock keeps its one row).
 DATA_TABLES = [tbl.name for tbl in t.metadata.sorted_tables if tbl.name != "event_append_lock"]
 
@@ -129,9 +134,10 @@ LOOPBACK = "http://127.0.0.1"
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:
-    """Settings for tests: milliseconds of backoff, short leases."""
+    """Settings for tests: milliseconds of backoff, short leases, the tests' master key."""
     values: dict[str, Any] = {
         "database_url": database_url,
+        "master_key": TEST_MASTER_KEY,
         "retry_backoff_seconds": 0.01,
         "job_lease_seconds": 5.0,
         "poll_interval_seconds": 0.01,

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
-from fulfillment.adapters.db import create_db_engine, read_connection
+from fulfillment.adapters.db import create_db_engine, read_connection, sqlite_file
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache, insert_events
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
+from fulfillment.adapters.patient_data import PatientData, key_file_of, load_or_create_key_file
+from fulfillment.adapters.phi_crypto import MasterKeys
 from fulfillment.adapters.unit_of_work import SqlAlchemyUnitOfWork
 from fulfillment.config import Settings
 from fulfillment.domain.saga import Saga
@@ -29,6 +32,8 @@ from fulfillment.service_layer.jobs import ClaimedJob
 from fulfillment.service_layer.messagebus import Handler, MessageBus
 from fulfillment.service_layer.ports import Carrier, Clock
 from fulfillment.service_layer.retry import RetryPolicy
+
+log = logging.getLogger("fulfillment")
 
 
 @dataclass
@@ -49,6 +54,11 @@ class App:
     tracing: Tracing = NO_TRACING
     #: The job threads' shared transaction (None when group commit is off).
     group: GroupCommitter | None = None
+
+    @property
+    def patient_data(self) -> PatientData:
+        assert self.mapper.patient_data is not None
+        return self.mapper.patient_data
 
     def uow(self, job: ClaimedJob | None = None) -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(
@@ -90,6 +100,31 @@ def build_handlers(deps: saga_engine.EngineDeps) -> dict[type[c.Command], Handle
     }
 
 
+def patient_data_of(settings: Settings) -> PatientData:
+    """The patient-data codec of `settings`: FULFILLMENT_MASTER_KEY, else on SQLite the
+    key file beside the database (created once), or a key for the process's lifetime
+    for a database in memory. A server database without a key stores patient data in
+    plain text, which `migrate`, `serve` and `worker` refuse
+    (`Settings.check_patient_data_protected`); said at every start when on purpose."""
+    masters = settings.master_keys
+    if masters is None and settings.database_url.startswith("sqlite"):
+        path = sqlite_file(settings.database_url)
+        masters = (
+            load_or_create_key_file(key_file_of(path))
+            if path is not None
+            else MasterKeys.parse(MasterKeys.generate())
+        )
+    if not settings.phi_encryption or masters is None:
+        log.warning(
+            "patient data encryption is off (%s): new orders' patient data are stored in "
+            "plain text",
+            "FULFILLMENT_PHI_ENCRYPTION=off"
+            if not settings.phi_encryption
+            else "FULFILLMENT_MASTER_KEY is not set",
+        )
+    return PatientData(masters, encrypt=settings.phi_encryption)
+
+
 def bootstrap(
     settings: Settings | None = None,
     *,
@@ -115,7 +150,7 @@ def bootstrap(
     )
     if run_migrations:
         migrate(engine)
-    mapper = EventMapper()
+    mapper = EventMapper(patient_data=patient_data_of(settings))
     cache = StreamCache()
     clock = clock or SystemClock()
     carrier = carrier or SimulatedCarrier(

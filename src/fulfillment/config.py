@@ -10,10 +10,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from fulfillment.adapters.db import DatabaseBounds
+from fulfillment.adapters.phi_crypto import MasterKeys
 
 DEFAULT_DATABASE_URL = "sqlite:///./fulfillment.db"
 DEFAULT_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "NL")
+
+
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be on or off, not {raw!r}")
 
 
 def _float(env: dict[str, str], name: str, default: float) -> float:
@@ -167,6 +183,14 @@ class Settings:
     min_shelf_life_days: int = 30
     #: How long an `Idempotency-Key` holds; the workers prune older ones.
     idempotency_ttl_seconds: float = 86400.0
+    #: Days the access audit of patient data keeps its rows (adapters/access_log.py);
+    #: the workers delete older ones.
+    audit_retention_days: float = 2190.0
+    #: Patient data (docs/security.md): FULFILLMENT_MASTER_KEY (None: on SQLite, the key
+    #: file beside the database; elsewhere none, see `check_patient_data_protected`), and
+    #: whether new patient data is sealed (FULFILLMENT_PHI_ENCRYPTION, `on` or `off`).
+    master_key: str | None = field(default=None, repr=False)
+    phi_encryption: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -185,10 +209,35 @@ class Settings:
             )
 
     @property
+    def master_keys(self) -> MasterKeys | None:
+        """FULFILLMENT_MASTER_KEY parsed; None when it is not set."""
+        return None if self.master_key is None else MasterKeys.parse(self.master_key)
+
+    def check_patient_data_protected(self) -> None:
+        """For `migrate`, `serve` and `worker`: a server database without a master key
+        would store patient data in plain text. Refused, unless encryption was switched
+        off on purpose (then `log_patient_data_warning` says so at every start). SQLite
+        keeps a generated key in a file beside the database instead."""
+        if self.master_key is not None or not self.phi_encryption:
+            return
+        try:
+            backend = make_url(self.database_url).get_backend_name()
+        except ArgumentError:
+            return  # a malformed URL: connecting says what is wrong with it
+        if backend != "sqlite":
+            raise ValueError(
+                "FULFILLMENT_MASTER_KEY is not set: patient data would be stored in plain "
+                "text. Set it to the output of `fulfillment keys generate` (or set "
+                "FULFILLMENT_PHI_ENCRYPTION=off on purpose)"
+            )
+
+    @property
     def api_secrets(self) -> tuple[str, ...]:
-        """The keys' secrets and the carrier webhooks' secret: what the log must never show."""
+        """The keys' secrets, the carrier webhooks' secret and the master key setting:
+        what the log must never show."""
         webhook = (self.carrier_webhook_secret,) if self.carrier_webhook_secret else ()
-        return tuple(key.secret for key in self.api_keys) + webhook
+        master = (self.master_key,) if self.master_key else ()
+        return tuple(key.secret for key in self.api_keys) + webhook + master
 
     @property
     def db_bounds(self) -> DatabaseBounds:
@@ -236,6 +285,7 @@ class Settings:
             db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
             min_shelf_life_days=_int(env, "FULFILLMENT_MIN_SHELF_LIFE_DAYS", 30),
             idempotency_ttl_seconds=_float(env, "FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", 86400.0),
+            audit_retention_days=_float(env, "FULFILLMENT_AUDIT_RETENTION_DAYS", 2190.0),
             saga_modules=tuple(
                 m.strip() for m in env.get("FULFILLMENT_SAGA_MODULES", "").split(",") if m.strip()
             ),
@@ -250,11 +300,15 @@ class Settings:
             pickup_timeout_seconds=_float(env, "FULFILLMENT_PICKUP_TIMEOUT_SECONDS", 259200.0),
             carrier_pickup_delay_ms=_float(env, "FULFILLMENT_CARRIER_PICKUP_DELAY_MS", 0.0),
             carrier_webhook_secret=env.get("FULFILLMENT_CARRIER_WEBHOOK_SECRET") or None,
+            master_key=env.get("FULFILLMENT_MASTER_KEY") or None,
+            phi_encryption=_on_off(env, "FULFILLMENT_PHI_ENCRYPTION", True),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        if self.master_key is not None:
+            MasterKeys.parse(self.master_key)  # its errors never echo the key
         if self.max_attempts < 1:
             raise ValueError("FULFILLMENT_MAX_ATTEMPTS must be at least 1")
         if self.retry_backoff_seconds < 0:
@@ -293,12 +347,13 @@ class Settings:
                 "FULFILLMENT_VERIFICATION_REQUIRED_FOR must be controlled, all or none, "
                 f"got {self.verification_required_for!r}"
             )
-        for name, seconds in (
+        for name, value in (
             ("FULFILLMENT_VERIFICATION_TIMEOUT_SECONDS", self.verification_timeout_seconds),
             ("FULFILLMENT_PICKUP_TIMEOUT_SECONDS", self.pickup_timeout_seconds),
             ("FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", self.idempotency_ttl_seconds),
+            ("FULFILLMENT_AUDIT_RETENTION_DAYS", self.audit_retention_days),
         ):
-            if seconds <= 0:
+            if value <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.carrier_pickup_delay_ms < 0:
             raise ValueError("FULFILLMENT_CARRIER_PICKUP_DELAY_MS must be >= 0")

@@ -55,13 +55,17 @@ class CommittingSqlStore:
         with read_connection(self.app.engine) as conn:
             return SqlAlchemyEventStore(conn, self.app.mapper).load(stream_id)
 
+    # Read back as a role that may read patient data sees them: opened by the mapper
+    # (stored sealed: tests/integration/test_patient_data.py).
     def read_stream(self, stream_id: str) -> list[StoredEvent]:
         with read_connection(self.app.engine) as conn:
-            return SqlAlchemyEventStore(conn, self.app.mapper).read_stream(stream_id)
+            stored = SqlAlchemyEventStore(conn, self.app.mapper).read_stream(stream_id)
+            return [self.app.mapper.open(conn, e) for e in stored]
 
     def read_all(self, after: int = 0, limit: int = 100) -> list[StoredEvent]:
         with read_connection(self.app.engine) as conn:
-            return SqlAlchemyEventStore(conn, self.app.mapper).read_all(after, limit)
+            stored = SqlAlchemyEventStore(conn, self.app.mapper).read_all(after, limit)
+            return [self.app.mapper.open(conn, e) for e in stored]
 
 
 @pytest.fixture(params=["fake", "sqlite", "postgresql", "mysql"])

@@ -68,6 +68,7 @@ class Cli:
     def app(self, **overrides: Any) -> App:
         values: dict[str, Any] = {
             "database_url": self.url,
+            "master_key": os.environ["FULFILLMENT_MASTER_KEY"],  # the subprocesses' key
             "retry_backoff_seconds": 0.01,
             "max_attempts": 2,
             "max_job_failures": 1,

@@ -11,6 +11,8 @@ from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.patient_data import table_place
+from fulfillment.adapters.phi_crypto import CryptoError
 from fulfillment.bootstrap import App
 from fulfillment.domain.errors import InsufficientStock, InvalidInventory, PrescriptionExpired
 from fulfillment.domain.values import OrderLine, PrescriptionDetails
@@ -57,13 +59,17 @@ def reserve(app: App, order_id: str, *lines: tuple[str, int]) -> str:
 # --- prescriptions --------------------------------------------------------------------
 
 
+def place(order_id: str, column: str) -> str:
+    return table_place("prescriptions", order_id, column)
+
+
 def test_a_prescription_is_created_once_per_order(app: App) -> None:
     with app.uow() as uow:
-        first = uow.prescriptions.create("o1", VALID, TODAY)
+        first = uow.prescriptions.create("o1", VALID, TODAY, customer_id="c1")
         uow.commit()
     other = PrescriptionDetails("dr-2", "Someone Else", date(2031, 1, 1))
     with app.uow() as uow:
-        again = uow.prescriptions.create("o1", other, TODAY)
+        again = uow.prescriptions.create("o1", other, TODAY, customer_id="c1")
         uow.commit()
 
     assert again == first
@@ -71,21 +77,27 @@ def test_a_prescription_is_created_once_per_order(app: App) -> None:
     assert status_of(app, t.prescriptions, "o1") == "active"
     with app.engine.connect() as conn:
         row = conn.execute(select(t.prescriptions)).one()
-    assert (row.prescriber_id, row.patient_name, row.expires_on) == (
-        "dr-1",
-        "Pat Doe",
-        VALID.expires_on,
-    )
+        # Stored sealed (adapters/patient_data.py), bound to their row and column.
+        assert "Pat Doe" not in f"{row.prescriber_id}{row.patient_name}"
+        opened = [
+            app.patient_data.open_value(conn, row._mapping[column], place("o1", column))
+            for column in ("prescriber_id", "patient_name")
+        ]
+        with pytest.raises(CryptoError):
+            app.patient_data.open_value(conn, row.patient_name, place("o2", "patient_name"))
+    assert (*opened, row.expires_on) == ("dr-1", "Pat Doe", VALID.expires_on)
 
 
 def test_an_expired_prescription_is_refused_and_nothing_is_stored(app: App) -> None:
     expired = PrescriptionDetails("dr-1", "Pat Doe", date(2030, 4, 30))
     with pytest.raises(PrescriptionExpired), app.uow() as uow:
-        uow.prescriptions.create("o1", expired, TODAY)
+        uow.prescriptions.create("o1", expired, TODAY, customer_id="c1")
     assert rows(app, t.prescriptions) == 0
     # Expiring today is still valid.
     with app.uow() as uow:
-        uow.prescriptions.create("o2", PrescriptionDetails("dr", "P", TODAY), TODAY)
+        uow.prescriptions.create(
+            "o2", PrescriptionDetails("dr", "P", TODAY), TODAY, customer_id="c1"
+        )
         uow.commit()
     assert rows(app, t.prescriptions) == 1
 
@@ -98,7 +110,7 @@ def test_a_prescription_leaves_active_only_once(
     app: App, first: str, then: str, final: str
 ) -> None:
     with app.uow() as uow:
-        uow.prescriptions.create("o1", VALID, TODAY)
+        uow.prescriptions.create("o1", VALID, TODAY, customer_id="c1")
         uow.commit()
     for action in (first, first, then):
         with app.uow() as uow:

@@ -100,7 +100,9 @@ def test_a_handler_that_raises_after_its_effects_leaves_nothing_behind(app: App)
         saga = uow.sagas.get(ORDER)
         assert saga is not None
         details = order_saga.started(saga).prescription
-        prescription_id = uow.prescriptions.create(ORDER, details, date(2030, 1, 1))
+        prescription_id = uow.prescriptions.create(
+            ORDER, details, date(2030, 1, 1), customer_id="c1"
+        )
         saga.succeed(
             "create_prescription",
             PrescriptionCreated(

@@ -225,7 +225,9 @@ class FakePrescriptionService(ports.PrescriptionService):
         self.db = db
         self.rows = rows
 
-    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
+    def create(
+        self, order_id: str, details: PrescriptionDetails, today: date, *, customer_id: str
+    ) -> str:
         existing = self.rows.get(order_id)
         if existing is not None:
             return existing.id

@@ -276,10 +276,19 @@ def test_bad_lifecycle_settings_are_refused_by_name(name: str, value: str) -> No
         Settings.from_env({name: value})
 
 
-def test_idempotency_keys_hold_a_day_unless_set_and_the_ttl_must_be_positive() -> None:
-    assert Settings.from_env({}).idempotency_ttl_seconds == 86400
-    ttl = {"FULFILLMENT_IDEMPOTENCY_TTL_SECONDS": "3600"}
-    assert Settings.from_env(ttl).idempotency_ttl_seconds == 3600
-    for value in ("0", "-1", "nan", "a day"):
-        with pytest.raises(ValueError, match="FULFILLMENT_IDEMPOTENCY_TTL_SECONDS"):
-            Settings.from_env({"FULFILLMENT_IDEMPOTENCY_TTL_SECONDS": value})
+@pytest.mark.parametrize(
+    ("name", "attribute", "default", "value"),
+    [
+        # Idempotency keys hold a day; the access audit keeps its rows six years.
+        ("FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", 86400, 3600),
+        ("FULFILLMENT_AUDIT_RETENTION_DAYS", "audit_retention_days", 2190, 365.5),
+    ],
+)
+def test_what_the_workers_prune_has_a_default_lifetime_that_must_be_positive(
+    name: str, attribute: str, default: float, value: float
+) -> None:
+    assert getattr(Settings.from_env({}), attribute) == default
+    assert getattr(Settings.from_env({name: str(value)}), attribute) == value
+    for bad in ("0", "-1", "nan", "inf", "a day"):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: bad})

@@ -81,10 +81,15 @@ class DataKeys:
         ).first()
         return None if row is None else self.masters.unwrap(row.wrapped, row.customer_id)
 
-    def forget(self, customer_id: str) -> bool:
-        """Delete the customer's data key: every field it sealed reads as erased. False
-        when they had none (already forgotten, or never ordered)."""
-        return self.conn.execute(delete(_K).where(_K.c.customer_id == customer_id)).rowcount > 0
+    def forget(self, customer_id: str) -> str | None:
+        """Delete the customer's data key: every field it sealed reads as erased. Its id,
+        or None when they had none (already forgotten, or never ordered)."""
+        key_id = self.conn.execute(
+            select(_K.c.key_id).where(_K.c.customer_id == customer_id)
+        ).scalar_one_or_none()
+        if key_id is not None:
+            self.conn.execute(delete(_K).where(_K.c.key_id == key_id))
+        return key_id
 
     def rewrap(self, limit: int = 500) -> int:
         """Re-wrap up to `limit` data keys still under an older master key with the

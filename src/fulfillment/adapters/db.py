@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
@@ -366,3 +366,33 @@ def db_now_epoch(backend: str) -> ColumnElement[float]:
     if backend == "mysql":
         return literal_column("unix_timestamp(now(6))")
     return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+def delete_batch(
+    engine: Engine,
+    table: Table,
+    key: ColumnElement[Any],
+    condition: ColumnElement[bool],
+    batch: int,
+) -> int:
+    """Delete at most `batch` rows of `table` that match `condition`, in one short
+    transaction; returns how many were deleted (`batch`: there may be more).
+
+    Periodic maintenance (expired idempotency keys, old access-log rows), never on a
+    saga's path: it first looks without a write transaction (no lock for nothing), and
+    on PostgreSQL skips the rows another process's batch holds. `key` is the table's
+    primary key, by which the rows of a batch are chosen.
+    """
+    with read_connection(engine) as conn:
+        if conn.execute(select(key).where(condition).limit(1)).first() is None:
+            return 0
+    with engine.begin() as conn:
+        if backend_of(conn) == "mysql":
+            # MariaDB cannot LIMIT a subquery of IN, nor read the table it deletes from.
+            statement = delete(table).where(condition).with_dialect_options(mysql_limit=batch)
+        else:
+            chosen = select(key).where(condition).limit(batch)
+            if backend_of(conn) == "postgresql":
+                chosen = chosen.with_for_update(skip_locked=True)  # another worker's batch
+            statement = delete(table).where(key.in_(chosen))
+        return int(conn.execute(statement).rowcount)

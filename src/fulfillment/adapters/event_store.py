@@ -183,7 +183,9 @@ class SqlAlchemyEventStore:
                         "version": append.expected_version + offset,
                         "type": type(event).__name__,
                         "event_version": type(event).event_version,
-                        "data": self.mapper.to_data(event),
+                        "data": self.mapper.to_row_data(
+                            self.conn, event, append.stream_id, append.expected_version + offset
+                        ),
                         "metadata": metadata,
                         "recorded_at": to_utc(event.occurred_at),
                     }
@@ -198,10 +200,7 @@ class SqlAlchemyEventStore:
             self.trusted.add(stream_id)
             return list(known)
         rows = fetch_all(self.conn, _TAIL, {"stream_id": stream_id, "v": len(known)})
-        tail = tuple(
-            self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
-            for e in map(_stored, rows)
-        )
+        tail = tuple(self.mapper.decode(self.conn, e) for e in map(_stored, rows))
         events = known + tail
         self.loaded[stream_id] = events
         return list(events)
@@ -243,9 +242,7 @@ class SqlAlchemyEventStore:
             return
         streams: dict[str, list[DomainEvent]] = {s: [] for s in stream_ids}
         for e in self.read_streams(stream_ids):
-            streams[e.stream_id].append(
-                self.mapper.to_event(e.type, e.event_version, e.data, e.recorded_at)
-            )
+            streams[e.stream_id].append(self.mapper.decode(self.conn, e))
         for stream_id, events in streams.items():
             if events:
                 self.cache.put(stream_id, tuple(events))

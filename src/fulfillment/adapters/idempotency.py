@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, false, insert, select
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, read_connection
+from fulfillment.adapters.db import delete_batch, read_connection
 from fulfillment.service_layer import ports
 
 Now = Callable[[], datetime]
@@ -121,17 +121,4 @@ def prune_expired(
     how many were deleted (`batch`: there may be more)."""
     keys = t.idempotency_keys
     cutoff = now() - timedelta(seconds=ttl_seconds)
-    expired = keys.c.created_at < cutoff
-    with read_connection(engine) as conn:  # no write transaction (lock) for nothing
-        if conn.execute(select(keys.c.key).where(expired).limit(1)).first() is None:
-            return 0
-    with engine.begin() as conn:
-        if backend_of(conn) == "mysql":
-            # MariaDB cannot LIMIT a subquery of IN, nor read the table it deletes from.
-            statement = delete(keys).where(expired).with_dialect_options(mysql_limit=batch)
-        else:
-            oldest = select(keys.c.key).where(expired).limit(batch)
-            if backend_of(conn) == "postgresql":
-                oldest = oldest.with_for_update(skip_locked=True)  # another worker's batch
-            statement = delete(keys).where(keys.c.key.in_(oldest))
-        return int(conn.execute(statement).rowcount)
+    return delete_batch(engine, keys, keys.c.key, keys.c.created_at < cutoff, batch)

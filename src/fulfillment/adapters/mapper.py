@@ -1,7 +1,10 @@
 """The one mapper between domain events and stored rows (docs/architecture.md, rule 9).
 
 Every event passes through here on its way in and out of the store, so upcasting old
-`event_version`s, and later encryption of health data in payloads, happen in one place.
+`event_version`s, and the sealing of patient data in payloads (adapters/patient_data.py),
+happen in one place: `seal` on the way in; `open` on the way out, only where the data is
+shown to a role that may read it or used by a saga's step (a projection, which needs no
+patient data, decodes the sealed values as they are).
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Any
 
+from sqlalchemy import Connection
+
+from fulfillment.adapters.patient_data import PatientData
 from fulfillment.domain.events import EVENT_TYPES, DomainEvent
 from fulfillment.domain.values import (
     LotAllocation,
@@ -115,11 +121,41 @@ def _schema(cls: type[DomainEvent]) -> tuple[tuple[str, Callable[[Any], Any]], .
 
 
 class EventMapper:
-    def __init__(self, upcasters: dict[tuple[str, int], Upcaster] | None = None) -> None:
+    def __init__(
+        self,
+        upcasters: dict[tuple[str, int], Upcaster] | None = None,
+        patient_data: PatientData | None = None,
+    ) -> None:
         self.upcasters = upcasters or {}
+        #: Seals and opens patient data; None: stored and read as they are.
+        self.patient_data = patient_data
 
     def to_data(self, event: DomainEvent) -> Data:
         return {name: _encode(getattr(event, name)) for name, _ in _schema(type(event))}
+
+    def to_row_data(
+        self, conn: Connection, event: DomainEvent, stream_id: str, version: int
+    ) -> Data:
+        """The data to store of an event appended at `version` of `stream_id`: its
+        patient data sealed, bound to that place (in the appending transaction)."""
+        data = self.to_data(event)
+        if self.patient_data is None:
+            return data
+        return self.patient_data.seal_event(conn, type(event).__name__, data, stream_id, version)
+
+    def open(self, conn: Connection, stored: StoredEvent) -> StoredEvent:
+        """A stored event with its patient data opened (`"[erased]"` once erased)."""
+        if self.patient_data is None:
+            return stored
+        data = self.patient_data.open_event(
+            conn, stored.type, stored.data, stored.stream_id, stored.version
+        )
+        return stored if data is stored.data else replace(stored, data=data)
+
+    def decode(self, conn: Connection, stored: StoredEvent) -> DomainEvent:
+        """The domain event of a stored one, its patient data opened (a saga's steps)."""
+        opened = self.open(conn, stored)
+        return self.to_event(opened.type, opened.event_version, opened.data, opened.recorded_at)
 
     def to_event(
         self, type_name: str, event_version: int, data: Data, recorded_at: datetime

@@ -25,16 +25,19 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fulfillment.domain.values import ERASED
+
+__all__ = ["ERASED", "CryptoError", "MasterKeys"]
 
 FORMAT = "phi1"
 NONCE_BYTES = 12
 KEY_BYTES = 32
 DEFAULT_MASTER_KEY_ID = "m1"
-#: What a protected field reads as once its customer's data key is gone.
-ERASED = "[erased]"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
@@ -149,7 +152,7 @@ def new_data_key() -> bytes:
 # --- fields -----------------------------------------------------------------------------
 
 
-def is_sealed(value: object) -> bool:
+def is_sealed(value: object) -> TypeGuard[str]:
     """Whether a stored value is a protected field's ciphertext."""
     return isinstance(value, str) and value.startswith(FORMAT + ":")
 

@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of
+from fulfillment.adapters.patient_data import PatientData, table_place
 from fulfillment.adapters.prepared import Prepared, execute_many, fetch_all, rowcount, scalar
 from fulfillment.domain.errors import (
     DomainError,
@@ -296,11 +297,24 @@ _SHIPMENT_CANCEL = Prepared(
 
 
 class SqlAlchemyPrescriptionService(ports.PrescriptionService):
-    def __init__(self, conn: Connection, now: Now = _utcnow) -> None:
+    """`patient_data`: seals the patient and the prescriber (None: stored as they are)."""
+
+    def __init__(
+        self, conn: Connection, now: Now = _utcnow, patient_data: PatientData | None = None
+    ) -> None:
         self.conn = conn
         self.now = now
+        self.patient_data = patient_data
 
-    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
+    def _sealed(self, customer_id: str, order_id: str, column: str, value: str) -> str:
+        if self.patient_data is None:
+            return value
+        place = table_place("prescriptions", order_id, column)
+        return self.patient_data.seal_value(self.conn, customer_id, value, place)
+
+    def create(
+        self, order_id: str, details: PrescriptionDetails, today: date, *, customer_id: str
+    ) -> str:
         if details.is_expired(today):
             existing = _PRESCRIPTION_ONCE.find(self.conn, order_id)
             if existing is not None:
@@ -312,8 +326,12 @@ class SqlAlchemyPrescriptionService(ports.PrescriptionService):
             {
                 "id": str(uuid.uuid4()),
                 "order_id": order_id,
-                "prescriber_id": details.prescriber_id,
-                "patient_name": details.patient_name,
+                "prescriber_id": self._sealed(
+                    customer_id, order_id, "prescriber_id", details.prescriber_id
+                ),
+                "patient_name": self._sealed(
+                    customer_id, order_id, "patient_name", details.patient_name
+                ),
                 "expires_on": details.expires_on,
                 "status": PrescriptionStatus.ACTIVE.value,
                 "created_at": now,

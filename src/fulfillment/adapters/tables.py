@@ -92,8 +92,9 @@ prescriptions = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("order_id", Id, nullable=False, unique=True),
-    Column("prescriber_id", String(200), nullable=False),
-    Column("patient_name", String(200), nullable=False),
+    # Sealed (adapters/patient_data.py): a 200-character value takes about 330.
+    Column("prescriber_id", String(600), nullable=False),
+    Column("patient_name", String(600), nullable=False),
     Column("expires_on", Date, nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
@@ -198,7 +199,7 @@ order_summaries = Table(
     Column("created_position", BigInteger, nullable=False, unique=True),
     Column("status", String(32), nullable=False),
     Column("reason", String(100), nullable=True),
-    Column("customer_id", String(200), nullable=False),
+    Column("customer_id", String(200), nullable=False, index=True),
     Column("items", JSON, nullable=False),
     Column("saga_status", String(20), nullable=False),
     Column("steps", JSON, nullable=False),
@@ -247,4 +248,21 @@ data_keys = Table(
     Column("wrapped", Text, nullable=False),
     Column("master_key_id", String(32), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+)
+
+# Who read patient data (adapters/access_log.py): one row per order or customer whose
+# patient data a request returned, written in batches off the request path, pruned after
+# FULFILLMENT_AUDIT_RETENTION_DAYS.
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("at", Timestamp, nullable=False),
+    Column("key_name", String(100), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("order_id", Id, nullable=True),
+    Column("customer_id", String(200), nullable=True),
+    Index("ix_access_log_at", "at"),
+    Index("ix_access_log_customer_id_at", "customer_id", "at"),
+    Index("ix_access_log_key_name_at", "key_name", "at"),
 )

@@ -88,7 +88,9 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         )
         self.orders = SqlAlchemyOrderRepository(self.events, self.track)
         self.sagas = SqlAlchemySagaRepository(self.events, self.track)
-        self.prescriptions = SqlAlchemyPrescriptionService(self.conn)
+        self.prescriptions = SqlAlchemyPrescriptionService(
+            self.conn, patient_data=self.mapper.patient_data
+        )
         self.inventory = SqlAlchemyInventoryService(self.conn)
         self.shipments = SqlAlchemyShipmentService(self.conn)
         self.idempotency = SqlAlchemyIdempotencyKeys(

@@ -39,6 +39,13 @@ class UnsupportedDestination(BusinessRuleViolation):
         super().__init__(FailureReason.UNSUPPORTED_DESTINATION, message)
 
 
+class PersonalDataErased(BusinessRuleViolation):
+    """A step needs the patient data of a customer who was erased meanwhile."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.PERSONAL_DATA_ERASED, message)
+
+
 class DeadlineExceeded(BusinessRuleViolation):
     """A step or the whole saga ran past its deadline."""
 

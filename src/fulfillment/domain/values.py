@@ -8,6 +8,10 @@ from typing import Any
 
 from fulfillment.domain.errors import DomainError
 
+#: What a field of patient data reads as once its customer was erased (crypto-shredding,
+#: adapters/patient_data.py).
+ERASED = "[erased]"
+
 
 @dataclass(frozen=True, slots=True)
 class OrderLine:
@@ -51,6 +55,11 @@ class PrescriptionDetails:
     def is_expired(self, today: date) -> bool:
         return self.expires_on < today
 
+    @property
+    def erased(self) -> bool:
+        """Its patient's data was erased: no prescription can be made from it."""
+        return ERASED in (self.patient_name, self.prescriber_id)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prescriber_id": self.prescriber_id,
@@ -74,6 +83,11 @@ class ShippingAddress:
     city: str
     postal_code: str
     country: str
+
+    @property
+    def erased(self) -> bool:
+        """Its customer's data was erased: nothing can be shipped there."""
+        return ERASED in (self.name, self.line1, self.city, self.postal_code)
 
     def to_dict(self) -> dict[str, Any]:
         return {

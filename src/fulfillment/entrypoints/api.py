@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from fulfillment import __version__, views
+from fulfillment.adapters.access_log import AccessLog, subjects_of
 from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
@@ -36,12 +37,14 @@ from fulfillment.entrypoints.api_errors import (
     error_response,
     install_error_handlers,
     role_of,
+    route_of,
     sender_of,
 )
 from fulfillment.entrypoints.api_headers import LoopbackHostOnly, SecurityHeaders, wrap_outermost
 from fulfillment.entrypoints.api_inventory import inventory_router
 from fulfillment.entrypoints.api_roles import SIGNED_PATHS
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
+from fulfillment.entrypoints.personal_data import forget_customer
 from fulfillment.entrypoints.webhook_signature import InvalidSignature
 from fulfillment.entrypoints.webhook_signature import verify as verify_signature
 from fulfillment.observability.metrics import Metrics
@@ -58,6 +61,7 @@ from fulfillment.service_layer.saga_engine import (
     order_idempotency,
     signal_idempotency,
 )
+from fulfillment.views.fhir import patient_of
 
 log = logging.getLogger("fulfillment.api")
 
@@ -68,6 +72,10 @@ MAX_LIMIT = 1000
 MAX_POSITION = 2**63 - 1
 
 OrderId = Annotated[
+    str,
+    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
+]
+CustomerId = Annotated[
     str,
     Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
 ]
@@ -118,11 +126,15 @@ def create_api(
     services: Services | None = None,
     close_app: bool = False,
 ) -> FastAPI:
-    """The FastAPI application over `app`; starts and stops `services` with itself."""
+    """The FastAPI application over `app`; starts and stops `services` with itself, and
+    the writer of the access audit of patient data (`api.state.access_log`)."""
     metrics_of_app = Metrics(app.engine, app.mapper)
+    # Who read patient data (adapters/access_log.py): written off the request path.
+    access_log = AccessLog(app.engine)
 
     @asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        access_log.start()
         if services is not None:
             services.start()
         try:
@@ -130,6 +142,7 @@ def create_api(
         finally:
             if services is not None:
                 await anyio.to_thread.run_sync(services.stop)
+            await anyio.to_thread.run_sync(access_log.close)
             if close_app:
                 app.close()
 
@@ -154,6 +167,11 @@ def create_api(
         # No keys: no authentication, so only requests to a loopback host (DNS rebinding).
         wrap_outermost(api, SecurityHeaders, LoopbackHostOnly)
     api.state.fulfillment = app
+    api.state.access_log = access_log
+
+    def audit(request: Request, subjects: Mapping[str, str | None]) -> None:
+        """Record that the request's key was shown these orders' patient data."""
+        access_log.record_all(sender_of(request), route_of(request), subjects)
 
     api.include_router(inventory_router(app))
 
@@ -241,11 +259,12 @@ def create_api(
         responses={200: {"model": list[s.EventView]}, **_errors(404, 422)},
         tags=["orders", "events"],
     )
-    def get_order_events(order_id: OrderId) -> JSONResponse:
+    def get_order_events(order_id: OrderId, request: Request) -> JSONResponse:
         """The order's and its saga's events, in commit order."""
         events = views.order_events(app, order_id)
         if events is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        audit(request, {order_id: subjects_of(events).get(order_id)})
         return JSONResponse(events)
 
     @api.get(
@@ -393,12 +412,30 @@ def create_api(
         responses={200: {"description": "A FHIR R5 Bundle (collection)"}, **_errors(404, 422)},
         tags=["orders"],
     )
-    def get_order_fhir(order_id: OrderId) -> JSONResponse:
+    def get_order_fhir(order_id: OrderId, request: Request) -> JSONResponse:
         """The order as a FHIR R5 Bundle: its MedicationRequest and MedicationDispense."""
         bundle = views.order_fhir(app, order_id)
         if bundle is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        audit(request, {order_id: patient_of(bundle)})
         return JSONResponse(bundle, media_type="application/fhir+json")
+
+    @api.delete(
+        "/customers/{customer_id}/personal-data",
+        response_model=None,
+        responses={
+            200: {"model": s.PersonalDataErasedView, "description": "Erased (or already)"},
+            **_errors(403, 422, 503),
+        },
+        tags=["customers"],
+    )
+    def delete_personal_data(customer_id: CustomerId, request: Request) -> JSONResponse:
+        """Erase a customer's personal data (admin): their sagas still running are
+        cancelled with reason `personal_data_erased`, then their data key is deleted, so
+        every patient-data field of their orders reads `"[erased]"` from then on. The
+        events themselves stay. Idempotent: again, the same answer."""
+        answer = forget_customer(app, customer_id, sender=sender_of(request))
+        return JSONResponse(answer)
 
     @api.post(
         "/webhooks/carrier",
@@ -447,13 +484,17 @@ def create_api(
         tags=["events"],
     )
     def get_events(
-        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0, limit: Limit = 100
+        request: Request,
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
+        limit: Limit = 100,
     ) -> JSONResponse:
         """Every event with a position greater than `after`, in position (commit) order.
 
         A follower that polls with the last position it saw never misses an event.
         """
-        return JSONResponse(views.events_after(app, after, limit))
+        events = views.events_after(app, after, limit)
+        audit(request, subjects_of(events))  # the orders whose prescription is in the page
+        return JSONResponse(events)
 
     @api.get(
         "/health",
@@ -496,7 +537,7 @@ def create_api(
             return error_response(503, "unavailable", "the database does not answer")
         return Response(payload, media_type=content_type)
 
-    api.include_router(dashboard_router(app))
+    api.include_router(dashboard_router(app, audit))
     _document_security(api, bool(app.settings.api_keys))
     return api
 

@@ -23,6 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fulfillment.adapters.db_errors import translate
+from fulfillment.adapters.patient_data import PatientDataLocked
 from fulfillment.config import ADMIN, ApiKey
 from fulfillment.domain.errors import DomainError, InvalidInventory
 from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
@@ -183,6 +184,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("database error")
         return error_response(500, "internal_error", "internal error")
 
+    async def patient_data_locked(_request: Request, exc: Exception) -> JSONResponse:
+        # A configuration fault of this process, said to its operator; the client is
+        # told the data cannot be read here, never that it is erased.
+        log.error("%s", exc)
+        return error_response(
+            503, "patient_data_locked", "patient data cannot be read: the server has no key"
+        )
+
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
@@ -196,6 +205,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DatabaseBusy, waited_too_long)
     app.add_exception_handler(PoolTimeout, waited_too_long)
     app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PatientDataLocked, patient_data_locked)
     app.add_exception_handler(Exception, internal_error)
 
 
@@ -218,6 +228,12 @@ def role_of(request: Request) -> str:
     """The role of the request's API key; `admin` when keys are off (everyone is an
     anonymous admin then, on loopback only); `NO_ROLE` on an open path with keys on."""
     return str(getattr(request.state, ROLE, ADMIN))
+
+
+def route_of(request: Request) -> str:
+    """The template of the route that serves the request (`/orders/{order_id}/fhir`),
+    never its raw path; the raw path where no route matched."""
+    return str(getattr(request.scope.get("route"), "path", None) or request.url.path)
 
 
 def _route_path(scope: Scope) -> str:

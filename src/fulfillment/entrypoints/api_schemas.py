@@ -256,6 +256,13 @@ class OrderView(_Response):
     lots: list[LotView]
 
 
+class PersonalDataErasedView(_Response):
+    """What `DELETE /customers/{customer_id}/personal-data` answers."""
+
+    customer_id: str
+    erased_orders: int
+
+
 class OrderStatusView(_Response):
     """What a verification or a cancellation request answers: the order's status now."""
 

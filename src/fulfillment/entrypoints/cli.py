@@ -23,12 +23,15 @@ app = typer.Typer(
 console = Console()
 
 
-def _settings(*, runs_sagas: bool = False) -> Settings:
-    """The environment's settings; `runs_sagas`: also what a process running sagas needs."""
+def _settings(*, runs_sagas: bool = False, serves: bool = False) -> Settings:
+    """The environment's settings; `runs_sagas`: also what a process running sagas needs;
+    `serves` (`migrate`, `serve`, `worker`): a key that protects patient data."""
     try:
         settings = Settings.from_env()
         if runs_sagas:
             settings.check_pickups_confirmable()
+        if serves:
+            settings.check_patient_data_protected()
         return settings
     except ValueError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
@@ -47,7 +50,12 @@ def _logging(settings: Settings, *, json: bool | None = None, level: str = "INFO
 @app.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the schema of FULFILLMENT_DATABASE_URL."""
-    settings = _settings()
+    settings = _settings(serves=True)
+    if not settings.phi_encryption:
+        console.print(
+            "[yellow]warning:[/yellow] FULFILLMENT_PHI_ENCRYPTION=off: new patient data "
+            "is stored in plain text"
+        )
     engine = create_nullpool_engine(settings.database_url)
     try:
         migrate(engine)
@@ -75,7 +83,7 @@ def worker_command(
     from fulfillment.adapters.projections import ProjectorThread
     from fulfillment.entrypoints.worker import Worker
 
-    settings = _settings(runs_sagas=True)
+    settings = _settings(runs_sagas=True, serves=True)
     _logging(settings)
     fapp = bootstrap(settings, run_migrations=migrate_first, pool_size=concurrency + 3)
     worker = Worker(fapp, concurrency)
@@ -173,7 +181,7 @@ def serve_command(
         except ValueError as exc:
             console.print(f"[red]configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
-    settings = _settings(runs_sagas=True)
+    settings = _settings(runs_sagas=True, serves=True)
     _logging(settings)
     bound = bind_host(host, settings)
     if not settings.api_keys:

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
+from fulfillment.adapters.patient_data import PatientDataLocked
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
@@ -60,6 +61,8 @@ def operator_app(*, catch_up: bool = True) -> Iterator[App]:
         if catch_up:
             Projector(app.engine, app.mapper).catch_up(timeout=120)
         yield app
+    except PatientDataLocked as exc:
+        raise fail(str(exc)) from exc
     except DBAPIError as exc:
         raise fail(
             f"database: {str(exc.orig).strip().splitlines()[0]} "

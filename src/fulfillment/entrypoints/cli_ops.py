@@ -5,7 +5,8 @@ up to date with the event log before it reads them, prints Rich tables, and exit
 a one-line message when the thing asked for does not exist or cannot be done.
 
 This module holds the orders, events, inventory and projections groups; the sagas and
-jobs groups are in `cli_sagas`, what they all share in `cli_common`.
+jobs groups are in `cli_sagas`, the audit group in `cli_audit`, what they all share in
+`cli_common`. The commands that print patient data record it (`cli_audit.recording`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from rich.table import Table
 from rich.text import Text
 
 from fulfillment import views
+from fulfillment.adapters.access_log import subjects_of
 from fulfillment.adapters.projections import Projector
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.api_schemas import MAX_TEXT, NO_CONTROL_CHARACTERS
+from fulfillment.entrypoints.cli_audit import audit_app, recording
+from fulfillment.entrypoints.cli_patient_data import customers_app, keys_app, phi_app
 from fulfillment.entrypoints.cli_sagas import jobs_app, sagas_app
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.ports import DEA_SCHEDULES, UNCHANGED, Unchanged
@@ -43,6 +47,10 @@ GROUPS = (
     (events_app, "events"),
     (inventory_app, "inventory"),
     (projections_app, "projections"),
+    (audit_app, "audit"),
+    (keys_app, "keys"),
+    (customers_app, "customers"),
+    (phi_app, "phi"),
 )
 
 
@@ -88,10 +96,12 @@ def orders_list(
 @orders_app.command("show")
 def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> None:
     """One order: its saga's steps (attempts, errors), shipment, job and events."""
-    with ui.operator_app() as app:
+    with ui.operator_app() as app, recording(app, "orders show") as record:
         order = views.get_order(app, order_id)
         saga = views.saga_detail(app, order_id)
         events = views.order_events(app, order_id) or []
+        if order is not None:
+            record({order_id: subjects_of(events).get(order_id)})
     if order is None:
         raise ui.fail(f"unknown order {order_id!r}")
 
@@ -237,11 +247,15 @@ def events_tail(
     interval: float = typer.Option(0.5, "--interval", min=0.01, help="Poll interval (s)."),
 ) -> None:
     """The global event feed, in commit order."""
-    with ui.operator_app(catch_up=False) as app:
+    with (
+        ui.operator_app(catch_up=False) as app,
+        recording(app, "events tail", background=follow) as record,
+    ):
         if after is None:
             events = views.latest_events(app, limit)
         else:
             events = views.events_after(app, after, limit)
+        record(subjects_of(events))
         if not follow:
             ui.console.print(ui.events_table(events) if events else "no events")
             return
@@ -251,6 +265,7 @@ def events_tail(
         try:
             while True:
                 batch = views.events_after(app, last, views.MAX_LIMIT)
+                record(subjects_of(batch))
                 for e in batch:
                     _print_event(e)
                 if batch:

@@ -17,10 +17,12 @@ from rich.table import Table
 from rich.text import Text
 
 from fulfillment import views
+from fulfillment.adapters.access_log import subjects_of
 from fulfillment.adapters.job_queue import DEAD, READY, RUNNING, JobRow
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
+from fulfillment.entrypoints.cli_audit import recording
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
@@ -190,8 +192,13 @@ def _step_notes(step: dict[str, Any], start: str | None) -> Text:
 @sagas_app.command("show")
 def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
     """One saga as a timeline: steps, compensations in the order they ran, then events."""
-    with ui.operator_app(catch_up=False) as app:
+    with ui.operator_app(catch_up=False) as app, recording(app, "sagas show") as record:
         timeline = views.saga_timeline(app, saga_id)
+        if timeline is not None:
+            subjects = subjects_of(timeline["events"])
+            if timeline["order"] is not None:
+                subjects[saga_id] = timeline["order"]["customer_id"]
+            record(subjects)
     if timeline is None:
         raise ui.fail(f"unknown saga {saga_id!r}")
     order, saga = timeline["order"], timeline["saga"]

@@ -7,7 +7,8 @@ data comes from key-protected JSON: the public API and the `/api/dashboard/...` 
 below. When the server has `FULFILLMENT_API_KEYS`, the page asks for a key once, keeps
 it in the tab's sessionStorage and sends it as `Authorization: Bearer`. Every role may
 read the dashboard's data; the timeline's events leave the patient data out for a role
-that may not read it (api_roles.PHI_READERS).
+that may not read it (api_roles.PHI_READERS), and a timeline with patient data is
+recorded in the access audit (adapters/access_log.py).
 
 Pages are hash routes of the one shell: `#/` (overview, the pharmacist's queue and
 orders), `#/orders/<id>` (one order's saga timeline and lifecycle), so no dashboard path
@@ -18,6 +19,7 @@ key may, whoever may read the queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Annotated
 
@@ -56,6 +58,8 @@ DEFAULT_PAGE = 25
 MAX_PAGE = 200
 
 OrderId = Annotated[str, Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)]
+#: Records that a request was shown the patient data of orders (order id -> customer id).
+Audit = Callable[[Request, Mapping[str, str | None]], None]
 
 
 def _load_shell() -> dict[str, tuple[bytes, str]]:
@@ -66,8 +70,9 @@ def _load_shell() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def dashboard_router(app: App) -> APIRouter:
-    """The dashboard's shell and JSON routes over `app` (none of them in the OpenAPI schema)."""
+def dashboard_router(app: App, audit: Audit) -> APIRouter:
+    """The dashboard's shell and JSON routes over `app` (none of them in the OpenAPI
+    schema); `audit` records the timelines served with patient data."""
     router = APIRouter(include_in_schema=False)
     shell = _load_shell()
 
@@ -117,9 +122,12 @@ def dashboard_router(app: App) -> APIRouter:
         """One order's saga: steps, compensations in the order they ran, its lifecycle
         and its events (without the prescription, the address and the notes for a key
         that may not read patient data)."""
-        timeline = views.order_timeline(app, order_id, include_phi=may_read_phi(role_of(request)))
+        include_phi = may_read_phi(role_of(request))
+        timeline = views.order_timeline(app, order_id, include_phi=include_phi)
         if timeline is None:
             raise ApiError(404, "not_found", f"unknown order {order_id!r}")
+        if include_phi:
+            audit(request, {order_id: timeline["order"]["customer_id"]})
         return JSONResponse(timeline, headers=_DATA_HEADERS)
 
     return router

@@ -4,7 +4,7 @@ One process keeps up to `concurrency` sagas in flight, each on one of up to
 `concurrency` job threads: a thread waiting on the carrier (or the database) releases
 the GIL, so slow carrier calls overlap. Leases are renewed by a heartbeat thread; each
 loop also reaps expired leases of workers that died, and about once a minute deletes a
-batch of expired idempotency keys.
+batch of expired idempotency keys and one of access-log rows past their retention.
 On stop (SIGTERM), the worker claims nothing new, lets running jobs finish for a grace
 period, and hands back whatever is still unfinished. Job threads are daemons, so a job
 stuck past the grace period does not keep the process from exiting.
@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from fulfillment.adapters.idempotency import PRUNE_BATCH, prune_expired
+from fulfillment.adapters import access_log, idempotency
 from fulfillment.bootstrap import App
 from fulfillment.observability.logging import job_context
 from fulfillment.service_layer.job_runner import JobOutcome
@@ -35,8 +35,8 @@ OutcomeHook = Callable[[ClaimedJob, JobOutcome], None]
 T = TypeVar("T")
 #: How soon a ready job must be due for `run(until_idle=True)` to wait for it.
 IDLE_HORIZON_SECONDS = 5.0
-#: Seconds between two batches of expired idempotency keys deleted (sooner while a
-#: batch comes back full: a backlog drains, a batch at a time).
+#: Seconds between two batches of expired idempotency keys (or of old access-log rows)
+#: deleted (sooner while a batch comes back full: a backlog drains, a batch at a time).
 PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_BACKLOG_SECONDS = 1.0
 
@@ -86,7 +86,7 @@ class Worker:
         deadline = time.monotonic() + timeout if timeout else None
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
-        next_reap = next_prune = 0.0
+        next_reap = next_prune = next_audit_prune = 0.0
         # After a claim that came back short, the queue had no more due jobs: a finished
         # job (which wakes the loop) is then no reason to ask again before the next poll.
         # Saves a claim transaction per finished job when the queue runs dry.
@@ -101,6 +101,8 @@ class Worker:
                     next_reap = now + max(0.5, min(5.0, self.lease_seconds / 2))
                 if now >= next_prune:
                     next_prune = now + self._prune_idempotency_keys()
+                if now >= next_audit_prune:
+                    next_audit_prune = now + self._prune_access_log()
                 claimed: list[ClaimedJob] = []
                 free = self.concurrency - len(self._in_flight)
                 # Refill in batches (a tenth of the slots) while others run: one claim
@@ -204,14 +206,24 @@ class Worker:
 
     def _prune_idempotency_keys(self) -> float:
         """Delete one batch of expired idempotency keys; seconds until the next batch."""
-        deleted = self._safely(
-            functools.partial(
-                prune_expired, self.app.engine, self.app.settings.idempotency_ttl_seconds
-            )
+        prune = functools.partial(
+            idempotency.prune_expired, self.app.engine, self.app.settings.idempotency_ttl_seconds
         )
+        return self._prune(prune, idempotency.PRUNE_BATCH, "expired idempotency keys")
+
+    def _prune_access_log(self) -> float:
+        """Delete one batch of access-log rows older than FULFILLMENT_AUDIT_RETENTION_DAYS;
+        seconds until the next batch."""
+        prune = functools.partial(
+            access_log.prune_expired, self.app.engine, self.app.settings.audit_retention_days
+        )
+        return self._prune(prune, access_log.PRUNE_BATCH, "access-log rows past their retention")
+
+    def _prune(self, prune: Callable[[], int], batch: int, what: str) -> float:
+        deleted = self._safely(prune)
         if deleted:
-            log.info("deleted %d expired idempotency keys", deleted)
-        return PRUNE_BACKLOG_SECONDS if deleted == PRUNE_BATCH else PRUNE_INTERVAL_SECONDS
+            log.info("deleted %d %s", deleted, what)
+        return PRUNE_BACKLOG_SECONDS if deleted == batch else PRUNE_INTERVAL_SECONDS
 
     def _queue_idle(self) -> bool:
         """No job running, and none due within IDLE_HORIZON_SECONDS (a retry's backoff

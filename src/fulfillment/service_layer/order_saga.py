@@ -37,7 +37,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 from fulfillment.domain import events as ev
-from fulfillment.domain.errors import PrescriptionExpired
+from fulfillment.domain.errors import PersonalDataErased, PrescriptionExpired
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga, WaitTimeouts
 from fulfillment.domain.saga_definition import (
@@ -119,10 +119,15 @@ def tracking_number(saga: Saga) -> str | None:
 
 
 def create_prescription(ctx: StepContext) -> ev.PrescriptionCreated:
-    prescription = started(ctx.saga).prescription
+    order = started(ctx.saga)
+    prescription = order.prescription
     if prescription.is_expired(ctx.today):
         raise PrescriptionExpired(f"prescription expired on {prescription.expires_on.isoformat()}")
-    prescription_id = ctx.uow.prescriptions.create(ctx.saga.id, prescription, ctx.today)
+    if prescription.erased:
+        raise PersonalDataErased("the patient's data was erased")
+    prescription_id = ctx.uow.prescriptions.create(
+        ctx.saga.id, prescription, ctx.today, customer_id=order.customer_id
+    )
     return ev.PrescriptionCreated(
         occurred_at=ctx.now, saga_id=ctx.saga.id, prescription_id=prescription_id
     )
@@ -163,6 +168,8 @@ def release_inventory(ctx: StepContext) -> ev.InventoryReleased:
 def book_carrier(ctx: StepContext) -> Booking:
     """Outside any transaction; idempotent by key, so a retry books nothing twice."""
     order = started(ctx.saga)
+    if order.shipping_address.erased:
+        raise PersonalDataErased("the customer's address was erased")
     return ctx.carrier.book(f"{ctx.saga.id}:shipment", order.shipping_address, order.items)
 
 

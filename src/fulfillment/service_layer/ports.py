@@ -116,8 +116,11 @@ def fefo_key(lot: LotLevel) -> tuple[bool, date, str]:
 
 class PrescriptionService(abc.ABC):
     @abc.abstractmethod
-    def create(self, order_id: str, details: PrescriptionDetails, today: date) -> str:
-        """One prescription per order (idempotent); raises PrescriptionExpired."""
+    def create(
+        self, order_id: str, details: PrescriptionDetails, today: date, *, customer_id: str
+    ) -> str:
+        """One prescription per order (idempotent); raises PrescriptionExpired. Its
+        patient data are the customer's (sealed under their key)."""
 
     @abc.abstractmethod
     def cancel(self, order_id: str) -> None: ...

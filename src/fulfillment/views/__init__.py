@@ -9,7 +9,8 @@ order it has just created.
 
 By topic:
 
-* ``orders``: one order, a page of orders, an order's events, orders by status.
+* ``orders``: one order, a page of orders, an order's events, orders by status, a
+  customer's orders.
 * ``sagas``: a page of sagas, one in detail, sagas by status, and THE definition of a
   stuck saga (``is_stuck``; ``list_sagas(status=STUCK)``).
 * ``events``: the global feed and the last events of the log.
@@ -47,6 +48,7 @@ from fulfillment.views.orders import (
     list_orders,
     order_events,
     order_fhir,
+    orders_of_customer,
 )
 from fulfillment.views.sagas import STUCK, is_stuck, list_sagas, saga_detail
 from fulfillment.views.timeline import order_timeline, saga_timeline
@@ -76,6 +78,7 @@ __all__ = [
     "order_events",
     "order_fhir",
     "order_timeline",
+    "orders_of_customer",
     "overview",
     "projection_status",
     "read_snapshot",

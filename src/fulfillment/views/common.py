@@ -77,10 +77,12 @@ def streams(order_id: str) -> list[str]:
     return [Order.stream_id_for(order_id), Saga.stream_id_for(order_id)]
 
 
-def read_streams(app: App, order_id: str) -> list[StoredEvent]:
-    """The events of the order's and its saga's streams, in commit order."""
+def read_streams(app: App, order_id: str, *, open_phi: bool = False) -> list[StoredEvent]:
+    """The events of the order's and its saga's streams, in commit order. `open_phi`:
+    with their patient data opened (for a role that may read it), else still sealed."""
     with read_connection(app.engine) as conn:
-        return SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
+        stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
+        return [app.mapper.open(conn, e) for e in stored] if open_phi else stored
 
 
 def iso(at: datetime | None) -> str | None:

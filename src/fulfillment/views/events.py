@@ -14,12 +14,13 @@ from fulfillment.views.common import checked_limit
 
 
 def events_after(app: App, after: int, limit: int) -> list[dict[str, Any]]:
-    """The global feed: events with a position greater than `after`, in commit order."""
+    """The global feed: events with a position greater than `after`, in commit order,
+    patient data opened (only roles that may read it are served the feed)."""
     with read_connection(app.engine) as conn:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_all(
             max(0, after), checked_limit(limit)
         )
-    return [e.as_dict() for e in stored]
+        return [app.mapper.open(conn, e).as_dict() for e in stored]
 
 
 def latest_events(app: App, limit: int) -> list[dict[str, Any]]:

@@ -204,3 +204,14 @@ def fhir_bundle(order: Mapping[str, Any], placed: Mapping[str, Any]) -> dict[str
         "timestamp": placed_at,
         "entry": entries,
     }
+
+
+def patient_of(bundle: Mapping[str, Any]) -> str | None:
+    """The customer id of the patient a bundle of `fhir_bundle` is about (its resources'
+    `subject`), for the access audit; None if no resource names one."""
+    for entry in bundle.get("entry") or ():
+        subject = entry.get("resource", {}).get("subject") or {}
+        identifier = subject.get("identifier") or {}
+        if identifier.get("system") == CUSTOMER_SYSTEM and identifier.get("value") is not None:
+            return str(identifier["value"])
+    return None

@@ -15,8 +15,15 @@ from sqlalchemy import Connection, func, select
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
-from fulfillment.adapters.projections import replay_order, row_from_db, summarize, summary_of
+from fulfillment.adapters.projections import (
+    ORDER_SUMMARIES,
+    replay_order,
+    row_from_db,
+    summarize,
+    summary_of,
+)
 from fulfillment.bootstrap import App
+from fulfillment.domain.events import OrderCreated
 from fulfillment.domain.order import Order
 from fulfillment.domain.status import OrderStatus
 from fulfillment.views.common import InvalidQuery, iso, page, read_streams, streams
@@ -72,7 +79,7 @@ def current_order(app: App, order_id: str) -> dict[str, Any] | None:
 
 def order_fhir(app: App, order_id: str) -> dict[str, Any] | None:
     """The order as a FHIR R5 Bundle (`GET /orders/{id}/fhir`); None if unknown."""
-    replayed = replay_order(order_id, read_streams(app, order_id), app.mapper)
+    replayed = replay_order(order_id, read_streams(app, order_id, open_phi=True), app.mapper)
     if replayed is None:
         return None
     order = replayed[0]
@@ -104,8 +111,9 @@ def list_orders(
 
 
 def order_events(app: App, order_id: str) -> list[dict[str, Any]] | None:
-    """The order's and its saga's events in commit order; None if the order is unknown."""
-    stored = read_streams(app, order_id)
+    """The order's and its saga's events in commit order, patient data opened (a role
+    that may read it asks); None if the order is unknown."""
+    stored = read_streams(app, order_id, open_phi=True)
     if not any(e.stream_id == Order.stream_id_for(order_id) for e in stored):
         return None
     return [e.as_dict() for e in stored]
@@ -119,3 +127,35 @@ def orders_by_status(conn: Connection) -> dict[str, int]:
         str(status): int(n)
         for status, n in conn.execute(select(s.c.status, func.count()).group_by(s.c.status))
     }
+
+
+#: Events read per query when looking for orders the projection has not reached yet.
+_TAIL_BATCH = 1000
+
+
+def orders_of_customer(app: App, customer_id: str) -> list[str]:
+    """The customer's orders: the projected ones, and those placed since the projection's
+    checkpoint (read from the log, so an order placed a moment ago is not missed)."""
+    s, cp = t.order_summaries, t.projection_checkpoints
+    with read_connection(app.engine) as conn:
+        found = list(
+            conn.execute(
+                select(s.c.order_id)
+                .where(s.c.customer_id == customer_id)
+                .order_by(s.c.created_position)
+            ).scalars()
+        )
+        after = conn.execute(
+            select(cp.c.position).where(cp.c.name == ORDER_SUMMARIES)
+        ).scalar_one_or_none()
+        store = SqlAlchemyEventStore(conn, app.mapper)
+        position = int(after or 0)
+        while True:
+            batch = store.read_all(position, _TAIL_BATCH)
+            for e in batch:
+                if e.type == OrderCreated.__name__ and e.data.get("customer_id") == customer_id:
+                    found.append(str(e.data["order_id"]))
+            if len(batch) < _TAIL_BATCH:
+                break
+            position = batch[-1].position
+    return list(dict.fromkeys(found))

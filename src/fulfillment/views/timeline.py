@@ -134,6 +134,8 @@ def _timeline(
 ) -> dict[str, Any] | None:
     with read_connection(app.engine) as conn:
         stored = SqlAlchemyEventStore(conn, app.mapper).read_streams(streams(order_id))
+        if include_phi:  # else the views leave the patient data out, sealed or not
+            stored = [app.mapper.open(conn, e) for e in stored]
         row = job_row(conn, order_id)
     walk = _Walk()
     replayed = replay_order(order_id, stored, app.mapper, watch=walk.see)
