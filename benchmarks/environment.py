@@ -87,5 +87,6 @@ def describe(backends: list[str], argv: list[str], started: float) -> dict[str, 
             "FULFILLMENT_POLL_INTERVAL_SECONDS": os.environ.get(
                 "FULFILLMENT_POLL_INTERVAL_SECONDS", "0.05"
             ),
+            "FULFILLMENT_PHI_ENCRYPTION": os.environ.get("FULFILLMENT_PHI_ENCRYPTION", "on"),
         },
     }

@@ -36,6 +36,7 @@ from benchmarks.common import (
     pace,
 )
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.phi_crypto import MasterKeys
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
@@ -59,9 +60,15 @@ class OursConfig:
     projector: str = "process"
 
 
+#: Patient data is sealed, as by default (docs/security.md): one master key per run.
+MASTER_KEY = MasterKeys.generate("bench")
+
+
 def product_env(db: Database, carrier_latency_ms: float) -> dict[str, str]:
-    """The worker processes' environment: the README's variables, product defaults."""
+    """The worker processes' environment: the README's variables, product defaults
+    (patient data encrypted: a master key, unless the caller's environment sets one)."""
     env = dict(os.environ)
+    env.setdefault("FULFILLMENT_MASTER_KEY", MASTER_KEY)
     env.update(
         FULFILLMENT_DATABASE_URL=db.url,
         FULFILLMENT_CARRIER_LATENCY_MS=str(carrier_latency_ms),

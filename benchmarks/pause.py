@@ -49,6 +49,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from benchmarks.common import BACKENDS, SKUS, fresh_database, server_reachable, workload
+from benchmarks.ours import MASTER_KEY
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import create_nullpool_engine
 
@@ -215,6 +216,8 @@ def _environment(database_url: str, config: PauseConfig) -> dict[str, str]:
         FULFILLMENT_RETRY_BACKOFF_SECONDS="0.05",
         FULFILLMENT_POLL_INTERVAL_SECONDS="0.01",
         FULFILLMENT_LOG_LEVEL="info",
+        # Patient data sealed, as by default; the caller's key if it set one.
+        FULFILLMENT_MASTER_KEY=os.environ.get("FULFILLMENT_MASTER_KEY") or MASTER_KEY,
     )
     return env
 

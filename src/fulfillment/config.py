@@ -216,7 +216,7 @@ class Settings:
     def check_patient_data_protected(self) -> None:
         """For `migrate`, `serve` and `worker`: a server database without a master key
         would store patient data in plain text. Refused, unless encryption was switched
-        off on purpose (then `log_patient_data_warning` says so at every start). SQLite
+        off on purpose (then `bootstrap.patient_data_of` logs so at every start). SQLite
         keeps a generated key in a file beside the database instead."""
         if self.master_key is not None or not self.phi_encryption:
             return
@@ -226,9 +226,9 @@ class Settings:
             return  # a malformed URL: connecting says what is wrong with it
         if backend != "sqlite":
             raise ValueError(
-                "FULFILLMENT_MASTER_KEY is not set: patient data would be stored in plain "
-                "text. Set it to the output of `fulfillment keys generate` (or set "
-                "FULFILLMENT_PHI_ENCRYPTION=off on purpose)"
+                "FULFILLMENT_MASTER_KEY is not set, so patient data would be stored in "
+                "plain text: set it to the output of `fulfillment keys generate` (or "
+                "FULFILLMENT_PHI_ENCRYPTION=off, on purpose)"
             )
 
     @property

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import TEST_MASTER_KEY
 from saga_testkit import wait_until as wait_until  # re-exported: tests import it from here
 from sqlalchemy import Connection, func, select
 
@@ -55,6 +56,7 @@ class WorkerProcess:
     ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILLMENT_")}
         env["FULFILLMENT_DATABASE_URL"] = database_url
+        env["FULFILLMENT_MASTER_KEY"] = TEST_MASTER_KEY  # what the tests' own Apps use
         env.update({f"FULFILLMENT_{k.upper()}": str(v) for k, v in settings.items()})
         env.update(extra_env or {})
         self.log_path = log_path

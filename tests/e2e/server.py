@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from conftest import TEST_MASTER_KEY
 
 #: Fast retries and polling, no carrier latency: a saga finishes in well under a second.
 TEST_ENV = {
@@ -80,6 +81,7 @@ def _launch(
     environ.update(TEST_ENV)
     environ.update(env)
     environ["FULFILLMENT_DATABASE_URL"] = database_url
+    environ.setdefault("FULFILLMENT_MASTER_KEY", TEST_MASTER_KEY)  # the tests' Apps' key
     command = [sys.executable, "-m", "fulfillment.entrypoints.cli", "serve", "--port", str(port)]
     with log_path.open("ab") as log:
         return subprocess.Popen(

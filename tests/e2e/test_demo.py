@@ -154,6 +154,50 @@ def _check_the_demo_database(database: Path) -> None:
         app.close()
 
 
+def test_no_patient_data_in_the_logs_of_a_whole_demo_run(tmp_path: Path) -> None:
+    """Every line the demo prints, its logs at DEBUG included (retries, failed steps,
+    compensations, rejections), holds none of its patients, addresses or prescribers;
+    and its database file and WAL hold them only sealed."""
+    command = (
+        [str(FULFILLMENT)]
+        if FULFILLMENT.exists()
+        else [sys.executable, "-m", "fulfillment.entrypoints.cli"]
+    )
+    result = subprocess.run(
+        [*command, "demo", "--orders", "60", "--seed", "11"],
+        cwd=tmp_path,
+        env={**_env(), "FULFILLMENT_LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = result.stdout + result.stderr
+    assert "attempt" in logs  # the failures were there to be logged
+    database = tmp_path / "fulfillment-demo.db"
+    app = bootstrap(Settings(database_url=f"sqlite:///{database}"), pool_size=2)
+    try:
+        secrets: set[str] = set()
+        for event in views.events_after(app, 0, views.MAX_LIMIT):
+            if event["type"] == "OrderCreated":
+                data = event["data"]
+                secrets |= {
+                    data["prescription"]["patient_name"],
+                    data["prescription"]["prescriber_id"],
+                }
+                secrets |= {data["shipping_address"]["name"], data["shipping_address"]["line1"]}
+    finally:
+        app.close()
+    assert len(secrets) > 60
+    stored = b"".join(
+        path.read_bytes()
+        for path in (database, database.with_name(database.name + "-wal"))
+        if path.exists()
+    ).decode("utf-8", errors="replace")
+    assert [s for s in secrets if s in logs] == []
+    assert [s for s in secrets if s in stored] == []
+
+
 def test_demo_starts_from_a_fresh_database_each_run(tmp_path: Path) -> None:
     (tmp_path / "fulfillment-demo.db").write_text("not a database")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import approval_saga as appr
 import pytest
+from conftest import TEST_MASTER_KEY
 from saga_testkit import wait_until
 
 from fulfillment.bootstrap import App
@@ -90,7 +91,12 @@ def signal(app: App, saga_id: str, name: str, payload: dict[str, str]) -> None:
 
 def cli_signal(database_url: str, saga_id: str, name: str, data: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FULFILLMENT_")}
-    env.update(saga_env(), FULFILLMENT_DATABASE_URL=database_url, COLUMNS="200")
+    env.update(
+        saga_env(),
+        FULFILLMENT_DATABASE_URL=database_url,
+        FULFILLMENT_MASTER_KEY=TEST_MASTER_KEY,
+        COLUMNS="200",
+    )
     done = subprocess.run(
         [*fulfillment_command(), "sagas", "signal", saga_id, name, "--data", data],
         env=env,

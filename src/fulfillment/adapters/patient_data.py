@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +68,14 @@ Data = dict[str, Any]
 class PatientDataLocked(RuntimeError):
     """Sealed patient data that this process cannot open: no master key, or not the
     one that wrapped the data key. Never a reason to show the data as erased."""
+
+
+def locked(exc: CryptoError) -> PatientDataLocked:
+    """A data key that the configured master keys do not unwrap, said as what to do."""
+    return PatientDataLocked(
+        f"a data key does not open with FULFILLMENT_MASTER_KEY ({exc}): set the master key "
+        "it was wrapped with (older keys may follow the current one: `id:base64,id:base64`)"
+    )
 
 
 def event_place(stream_id: str, version: int, value: str, field: str) -> str:
@@ -118,11 +127,20 @@ class PatientData:
         return DataKeys(conn, self.masters)
 
     def _remember(self, customer_id: str | None, key_id: str, key: bytes) -> None:
+        """A key just read from the table: trusted for the cache time from now."""
         until = self.clock() + self.key_cache_seconds
         with self._lock:
             self._keys[key_id] = (until, key)
             if customer_id is not None:
                 self._customers[customer_id] = (until, key_id, key)
+
+    def _seen(self, customer_id: str, key_id: str, key: bytes) -> None:
+        """A key that opened a customer's order: their latest key, trusted no longer
+        than the key itself (reading again never extends the cache time)."""
+        with self._lock:
+            cached = self._keys.get(key_id)
+            if cached is not None:
+                self._customers[customer_id] = (cached[0], key_id, key)
 
     def _key_by_id(self, conn: Connection, key_id: str) -> bytes | None:
         now = self.clock()
@@ -135,14 +153,11 @@ class PatientData:
         try:
             key = self.data_keys(conn).by_id(key_id)
         except CryptoError as exc:
-            raise PatientDataLocked(
-                f"a data key does not open with FULFILLMENT_MASTER_KEY ({exc}): "
-                "set the master key it was wrapped with (old keys may follow the current "
-                "one, `id:base64,id:base64`)"
-            ) from exc
+            raise locked(exc) from exc
         if key is None:
             with self._lock:
                 self._erased.add(key_id)
+                self._keys.pop(key_id, None)
             return None
         self._remember(None, key_id, key)
         return key
@@ -158,7 +173,10 @@ class PatientData:
                 cached = self._customers.get(customer_id)
             if cached is not None and cached[0] > self.clock():
                 return cached[1], cached[2]
-        key_id, key = self.data_keys(conn).for_customer(customer_id)
+        try:
+            key_id, key = self.data_keys(conn).for_customer(customer_id)
+        except CryptoError as exc:
+            raise locked(exc) from exc
         self._remember(customer_id, key_id, key)
         return key_id, key
 
@@ -239,7 +257,7 @@ class PatientData:
                 plain[name] = open_field(key, raw, event_place(stream_id, version, value, name))
                 customer_id = data.get("customer_id")
                 if isinstance(customer_id, str):
-                    self._remember(customer_id, key_id, key)
+                    self._seen(customer_id, key_id, key)
             opened[value] = plain
         return opened
 
@@ -271,6 +289,9 @@ def load_or_create_key_file(path: Path) -> MasterKeys:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:  # made wider by hand, or copied: the owner's alone again
+            os.chmod(path, mode & 0o700)
         return MasterKeys.parse(path.read_text().strip())
     setting = MasterKeys.generate()
     with os.fdopen(fd, "w") as file:

@@ -34,7 +34,7 @@ def _settings(*, runs_sagas: bool = False, serves: bool = False) -> Settings:
             settings.check_patient_data_protected()
         return settings
     except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+        console.print(f"[red]configuration error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
@@ -43,7 +43,7 @@ def _logging(settings: Settings, *, json: bool | None = None, level: str = "INFO
     try:
         configure_logging(json, level_from_env(level), secrets=settings.api_secrets)
     except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+        console.print(f"[red]configuration error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
 
 

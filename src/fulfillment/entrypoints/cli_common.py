@@ -22,8 +22,10 @@ from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.config import Settings
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+# No markup: what the commands print is data ("[erased]", ids with brackets), shown as is;
+# styles come from Text objects.
+console = Console(highlight=False, markup=False)
+errors = Console(stderr=True, highlight=False, markup=False)
 
 #: The colour of each status, whichever kind of thing has it (order, saga, step, job).
 STATUS_STYLE = {
@@ -45,7 +47,7 @@ STATUS_STYLE = {
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error line and return the Exit to raise."""
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(code)
 
 

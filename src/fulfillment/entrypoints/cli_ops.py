@@ -196,7 +196,7 @@ def orders_verify(
         except NotFound as exc:
             raise ui.fail(f"unknown order {order_id!r}") from exc
         status = (views.current_order(app, order_id) or {}).get("status")
-    ui.console.print(f"order {order_id}: [bold]{decision}[/bold] recorded; status {status}")
+    ui.console.print(f"order {order_id}: {decision} recorded; status {status}")
 
 
 @orders_app.command("cancel")
@@ -451,6 +451,6 @@ def projections_rebuild() -> None:
         elapsed = time.perf_counter() - started
         checkpoint = projector.checkpoint()
     ui.console.print(
-        f"rebuilt [bold]{projector.name}[/bold]: {events} events replayed "
+        f"rebuilt {projector.name}: {events} events replayed "
         f"up to position {checkpoint} in {elapsed:.2f} s"
     )

@@ -9,8 +9,9 @@ import sys
 import typer
 
 from fulfillment.adapters.data_keys import DataKeys
+from fulfillment.adapters.patient_data import locked
 from fulfillment.adapters.phi_backfill import Progress, encrypt_existing
-from fulfillment.adapters.phi_crypto import DEFAULT_MASTER_KEY_ID, MasterKeys
+from fulfillment.adapters.phi_crypto import DEFAULT_MASTER_KEY_ID, CryptoError, MasterKeys
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.personal_data import forget_customer
 
@@ -61,8 +62,11 @@ def keys_rotate() -> None:
             raise ui.fail("FULFILLMENT_MASTER_KEY is not set: there is no master key to rotate to")
         total = 0
         while True:
-            with app.engine.begin() as conn:
-                done = DataKeys(conn, masters).rewrap(REWRAP_BATCH)
+            try:
+                with app.engine.begin() as conn:
+                    done = DataKeys(conn, masters).rewrap(REWRAP_BATCH)
+            except CryptoError as exc:
+                raise ui.fail(str(locked(exc))) from exc
             total += done
             if done < REWRAP_BATCH:
                 break
@@ -85,7 +89,7 @@ def customers_forget(
 ) -> None:
     """Erase a customer's personal data: their running sagas are cancelled (reason
     `personal_data_erased`), then their data key is deleted, so the patient data of
-    all their orders reads "[erased]" everywhere. Cannot be undone."""
+    all their orders reads "\\[erased]" everywhere. Cannot be undone."""
     if not yes:
         if not sys.stdin.isatty():
             raise ui.fail("erasure cannot be undone: pass --yes to confirm", 2)

@@ -302,7 +302,7 @@ def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id."
         _print_revived(saga_id, resumed.name)
         return
     ui.console.print(
-        f"saga {saga_id}: compensation [bold]{resumed.name}[/bold] retried; "
+        f"saga {saga_id}: compensation {resumed.name} retried; "
         "the saga is compensating again and a worker will run it"
     )
 
@@ -338,15 +338,13 @@ def sagas_signal(
             raise ui.fail(str(exc)) from exc
     where = {"continue": "moves on", "fail": "fails and compensates", "wait": "waits on"}
     ui.console.print(
-        f"saga {saga_id}: signal [bold]{name}[/bold] delivered; "
+        f"saga {saga_id}: signal {name} delivered; "
         f"the saga {where.get(accepted.outcome, accepted.outcome)}"
     )
 
 
 def _print_revived(saga_id: str, kind: str) -> None:
-    ui.console.print(
-        f"saga {saga_id}: dead job [bold]{kind}[/bold] is back in the queue; a worker will run it"
-    )
+    ui.console.print(f"saga {saga_id}: dead job {kind} is back in the queue; a worker will run it")
 
 
 # --- jobs ---------------------------------------------------------------------------------
