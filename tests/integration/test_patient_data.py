@@ -22,9 +22,11 @@ from sqlalchemy.engine import make_url
 
 from fulfillment import views
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.data_keys import DataKeys
 from fulfillment.adapters.db import read_connection, sqlite_file
+from fulfillment.adapters.patient_data import PatientData, erase_customer
 from fulfillment.adapters.phi_backfill import encrypt_existing
-from fulfillment.adapters.phi_crypto import CryptoError, MasterKeys
+from fulfillment.adapters.phi_crypto import CryptoError, MasterKeys, sealed_by
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.domain.status import SagaStatus
@@ -284,8 +286,6 @@ def test_after_rotation_the_old_master_key_can_go(database_url: str, make_app: A
         first.close()
     rotating = bootstrap(settings_for(database_url, master_key=f"{NEW},{OLD}"))
     try:
-        from fulfillment.adapters.data_keys import DataKeys
-
         with rotating.engine.begin() as conn:
             assert DataKeys(conn, rotating.patient_data.masters).rewrap() == 1  # type: ignore[arg-type]
         with rotating.engine.begin() as conn:
@@ -366,3 +366,44 @@ def test_a_process_without_the_master_key_says_so_and_never_shows_erased(
     finally:
         locked.close()
     assert TEST_MASTER_KEY  # the fixtures' key opened them all along
+
+
+# --- the key cache of one process ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_key_read_is_trusted_for_the_cache_time_and_reading_never_extends_it(
+    app: App,
+) -> None:
+    """Another process's erasure shows after KEY_CACHE_SECONDS at most, however often the
+    data is read meanwhile; this process's own erasure shows at once."""
+    clock = Clock()
+    codec = PatientData(app.patient_data.masters, key_cache_seconds=1.0, clock=clock)
+    with app.engine.begin() as conn:
+        sealed = codec.seal_value(conn, "cust-1", CANARY, "here", fresh=True)
+    with app.engine.begin() as conn:  # another process erases the customer
+        DataKeys(conn, app.patient_data.masters).forget("cust-1")  # type: ignore[arg-type]
+
+    for _ in range(9):  # read every 0.1 s: still the cached key, until the second is over
+        with read_connection(app.engine) as conn:
+            assert codec.open_value(conn, sealed, "here") == CANARY
+        clock.now += 0.1
+    clock.now += 0.2
+    with read_connection(app.engine) as conn:
+        assert codec.open_value(conn, sealed, "here") == ERASED
+
+    with app.engine.begin() as conn:  # a new order of theirs: a new key
+        again = codec.seal_value(conn, "cust-1", CANARY, "there", fresh=True)
+    assert sealed_by(again) != sealed_by(sealed)
+    assert erase_customer(app.engine, codec, "cust-1") is True
+    with read_connection(app.engine) as conn:  # erased here: at once
+        assert codec.open_value(conn, again, "there") == ERASED
+    assert erase_customer(app.engine, codec, "cust-1") is False

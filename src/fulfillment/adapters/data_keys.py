@@ -10,13 +10,21 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.phi_crypto import MasterKeys, new_data_key
+from fulfillment.adapters.prepared import Prepared, fetch_all
 
 _K = t.data_keys
+# On the path of every new order and of every saga's first read: the raw cursor.
+_OF_CUSTOMER = Prepared(
+    select(_K.c.key_id, _K.c.wrapped).where(_K.c.customer_id == bindparam("customer_id"))
+)
+_BY_ID = Prepared(
+    select(_K.c.customer_id, _K.c.wrapped).where(_K.c.key_id == bindparam("key_id"))
+)
 
 
 def _utcnow() -> datetime:
@@ -40,12 +48,11 @@ class DataKeys:
 
     def of_customer(self, customer_id: str) -> tuple[str, bytes] | None:
         """The customer's data key (its id and bytes), if they have one."""
-        row = self.conn.execute(
-            select(_K.c.key_id, _K.c.wrapped).where(_K.c.customer_id == customer_id)
-        ).first()
-        if row is None:
+        rows = fetch_all(self.conn, _OF_CUSTOMER, {"customer_id": customer_id})
+        if not rows:
             return None
-        return row.key_id, self.masters.unwrap(row.wrapped, customer_id)
+        key_id, wrapped = rows[0]
+        return str(key_id), self.masters.unwrap(str(wrapped), customer_id)
 
     def for_customer(self, customer_id: str) -> tuple[str, bytes]:
         """The customer's data key, created if they have none. Two transactions creating
@@ -76,10 +83,11 @@ class DataKeys:
 
     def by_id(self, key_id: str) -> bytes | None:
         """A data key by its id (what a sealed field names); None once erased."""
-        row = self.conn.execute(
-            select(_K.c.customer_id, _K.c.wrapped).where(_K.c.key_id == key_id)
-        ).first()
-        return None if row is None else self.masters.unwrap(row.wrapped, row.customer_id)
+        rows = fetch_all(self.conn, _BY_ID, {"key_id": key_id})
+        if not rows:
+            return None
+        customer_id, wrapped = rows[0]
+        return self.masters.unwrap(str(wrapped), str(customer_id))
 
     def forget(self, customer_id: str) -> str | None:
         """Delete the customer's data key: every field it sealed reads as erased. Its id,

@@ -241,8 +241,16 @@ class SqlAlchemyEventStore:
         if self.cache is None or not stream_ids:
             return
         streams: dict[str, list[DomainEvent]] = {s: [] for s in stream_ids}
+        # The events already cached are not decoded again (nor their patient data opened):
+        # a stream's events never change, it only grows.
+        known = {s: self.cache.get(s) for s in stream_ids}
         for e in self.read_streams(stream_ids):
-            streams[e.stream_id].append(self.mapper.decode(self.conn, e))
+            cached = known[e.stream_id]
+            streams[e.stream_id].append(
+                cached[e.version - 1]
+                if e.version <= len(cached)
+                else self.mapper.decode(self.conn, e)
+            )
         for stream_id, events in streams.items():
             if events:
                 self.cache.put(stream_id, tuple(events))

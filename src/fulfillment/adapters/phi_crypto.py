@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import secrets
@@ -57,9 +58,15 @@ def _unb64(text: str) -> bytes:
         raise CryptoError("not base64") from exc
 
 
+@functools.lru_cache(maxsize=4096)
+def _cipher(key: bytes) -> AESGCM:
+    """The cipher of a key, made once (about a third of a short field's sealing)."""
+    return AESGCM(key)
+
+
 def _seal(key: bytes, plaintext: bytes, aad: bytes) -> str:
     nonce = os.urandom(NONCE_BYTES)
-    return _b64(nonce + AESGCM(key).encrypt(nonce, plaintext, aad))
+    return _b64(nonce + _cipher(key).encrypt(nonce, plaintext, aad))
 
 
 def _open(key: bytes, sealed: str, aad: bytes) -> bytes:
@@ -67,7 +74,7 @@ def _open(key: bytes, sealed: str, aad: bytes) -> bytes:
     if len(raw) < NONCE_BYTES + 16:
         raise CryptoError("ciphertext too short")
     try:
-        return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
+        return _cipher(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
     except InvalidTag as exc:
         raise CryptoError("ciphertext does not open with this key and place") from exc
 
