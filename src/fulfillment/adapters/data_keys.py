@@ -22,9 +22,7 @@ _K = t.data_keys
 _OF_CUSTOMER = Prepared(
     select(_K.c.key_id, _K.c.wrapped).where(_K.c.customer_id == bindparam("customer_id"))
 )
-_BY_ID = Prepared(
-    select(_K.c.customer_id, _K.c.wrapped).where(_K.c.key_id == bindparam("key_id"))
-)
+_BY_ID = Prepared(select(_K.c.customer_id, _K.c.wrapped).where(_K.c.key_id == bindparam("key_id")))
 
 
 def _utcnow() -> datetime:
