@@ -83,7 +83,10 @@ def create_prescription(order: dict[str, Any]) -> str:
         "dr-bench", "Ada Lovelace", date.fromisoformat(order["expires_on"])
     )
     with _engine().begin() as conn:
-        return SqlAlchemyPrescriptionService(conn).create(order["order_id"], details, date.today())
+        # Stored as the peer stores it: no patient-data codec (our encryption is ours).
+        return SqlAlchemyPrescriptionService(conn).create(
+            order["order_id"], details, date.today(), customer_id="bench-customer"
+        )
 
 
 @DBOS.step()
