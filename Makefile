@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install lint typecheck bench bench-all serve clean
 
@@ -21,15 +22,23 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP) $(RUNTIME)
 
+# Plus what the tests use: the performance harness's peers (their smoke tests).
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(TEST_STAMP) $(STAMP) $(RUNTIME)
+
 install: $(STAMP)
 
 ## Run the whole saga on the embedded SQLite database, with a summary at the end.
 demo: $(RUNTIME)
 	$(BIN)/fulfillment demo
 
-## The whole test suite (PostgreSQL and MariaDB tests skip, saying why, if no server answers;
-## under CI=true they fail instead).
-test: $(STAMP)
+## The whole test suite, with what it needs installed: the dev and bench extras, and (as
+## root, by .ci/test-tools) Debian's chromium and iproute2; what cannot be installed is
+## named with the tests that skip without it. PostgreSQL and MariaDB tests skip, saying
+## why, if no server answers (.ci/servers starts them); under CI=true all of these fail.
+test: $(TEST_STAMP)
+	.ci/test-tools
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -165,3 +165,24 @@ def make_app(database_url: str) -> Iterator[Callable[..., App]]:
 @pytest.fixture
 def app(make_app: Callable[..., App]) -> App:
     return make_app()
+
+
+@pytest.fixture
+def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """`fulfillment ARGS...` in this process, on the test database; its output.
+    `expect`: the exit status it must end with (0 unless said)."""
+    from typer.testing import CliRunner
+
+    from fulfillment.entrypoints import cli
+
+    monkeypatch.setenv("FULFILLMENT_DATABASE_URL", database_url)
+    monkeypatch.setenv("COLUMNS", "200")  # wide tables: nothing cut
+    monkeypatch.setenv("NO_COLOR", "1")
+    runner = CliRunner()
+
+    def run(*args: str, expect: int = 0) -> str:
+        result = runner.invoke(cli.app, list(args))
+        assert result.exit_code == expect, (result.exit_code, result.output, result.exception)
+        return result.output
+
+    return run

@@ -10,9 +10,15 @@ from sqlalchemy import Engine
 
 from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
-from fulfillment.adapters.db import create_db_engine, read_connection, sqlite_file
+from fulfillment.adapters.db import (
+    DatabaseBounds,
+    create_db_engine,
+    read_connection,
+    sqlite_file,
+)
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache, insert_events
 from fulfillment.adapters.group_commit import GroupCommitter
+from fulfillment.adapters.http_carrier import HttpCarrier
 from fulfillment.adapters.job_queue import SqlAlchemyJobQueue
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.migrate import migrate
@@ -54,6 +60,9 @@ class App:
     tracing: Tracing = NO_TRACING
     #: The job threads' shared transaction (None when group commit is off).
     group: GroupCommitter | None = None
+    #: Why the process cannot serve yet (`fulfillment serve` waiting for its database, or
+    #: migrating it); None once it can. `GET /health` answers 503 meanwhile.
+    not_ready: str | None = None
 
     @property
     def patient_data(self) -> PatientData:
@@ -79,6 +88,7 @@ class App:
     def close(self) -> None:
         if self.group is not None:
             self.group.close()
+        self.carrier.close()
         self.tracing.shutdown()
         self.engine.dispose()
 
@@ -98,6 +108,20 @@ def build_handlers(deps: saga_engine.EngineDeps) -> dict[type[c.Command], Handle
         c.SetInventory: h.set_inventory,
         c.SetLot: h.set_lot,
     }
+
+
+def carrier_of(settings: Settings) -> Carrier:
+    """The carrier FULFILLMENT_CARRIER names: the simulated one, or a carrier's REST API
+    (docs/carriers.md)."""
+    if settings.carrier == "http":
+        assert settings.carrier_url is not None  # Settings.validate saw to it
+        return HttpCarrier(settings.carrier_url, settings.carrier_token)
+    return SimulatedCarrier(
+        settings.carrier_countries,
+        latency_ms=settings.carrier_latency_ms,
+        failure_rate=settings.carrier_failure_rate,
+        pickup_delay_ms=settings.carrier_pickup_delay_ms,
+    )
 
 
 def patient_data_of(settings: Settings) -> PatientData:
@@ -134,14 +158,16 @@ def bootstrap(
     run_migrations: bool = False,
     pool_size: int = 10,
     tracing: Tracing | None = None,
+    bounds: DatabaseBounds | None = None,
 ) -> App:
     """Wire an App from `settings` (default: the environment).
 
     `tracing`: default from the environment (``OTEL_EXPORTER_OTLP_ENDPOINT``,
-    ``FULFILLMENT_TRACING``), off when neither is set.
+    ``FULFILLMENT_TRACING``), off when neither is set. `bounds`: the database waits,
+    by default `settings.db_bounds` (the API's are shorter: `Settings.api_db_bounds`).
     """
     settings = settings or Settings.from_env()
-    bounds = settings.db_bounds
+    bounds = bounds or settings.db_bounds
     engine = create_db_engine(
         settings.database_url,
         pool_size=pool_size,
@@ -153,12 +179,7 @@ def bootstrap(
     mapper = EventMapper(patient_data=patient_data_of(settings))
     cache = StreamCache()
     clock = clock or SystemClock()
-    carrier = carrier or SimulatedCarrier(
-        settings.carrier_countries,
-        latency_ms=settings.carrier_latency_ms,
-        failure_rate=settings.carrier_failure_rate,
-        pickup_delay_ms=settings.carrier_pickup_delay_ms,
-    )
+    carrier = carrier or carrier_of(settings)
     retry = retry or RetryPolicy(settings.max_attempts, settings.retry_backoff_seconds)
     timeouts = saga_engine.Timeouts(
         settings.step_timeout_seconds,
@@ -218,6 +239,7 @@ def bootstrap(
         settings.max_job_failures,
         observer=telemetry,
         busy_delay_seconds=min(1.0, bounds.lock_timeout),
+        clock=clock,
     )
     return App(
         settings,

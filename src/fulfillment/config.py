@@ -7,17 +7,21 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Self
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from fulfillment.adapters.db import DatabaseBounds
+from fulfillment.adapters.db import DatabaseBounds, check_database_url
+from fulfillment.adapters.http_carrier import check_carrier_url
 from fulfillment.adapters.phi_crypto import MasterKeys
 
 DEFAULT_DATABASE_URL = "sqlite:///./fulfillment.db"
 DEFAULT_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "NL")
+#: FULFILLMENT_CARRIER: the built-in simulated carrier, or a carrier's REST API
+#: (adapters/http_carrier.py, docs/carriers.md).
+CARRIERS = ("simulated", "http")
 
 
 def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
@@ -61,6 +65,11 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     if value != int(value):
         raise ValueError(f"{name} must be a whole number, got {value}")
     return int(value)
+
+
+def _optional_int(env: dict[str, str], name: str) -> int | None:
+    """A whole number, or None when unset (what it sets is off)."""
+    return None if _optional(env, name) is None else _int(env, name, 0)
 
 
 #: The roles an API key may have, least to most allowed (entrypoints/api_roles.py says
@@ -169,6 +178,8 @@ class Settings:
     db_statement_timeout_seconds: float | None = None
     db_keepalive_seconds: float | None = None
     db_pool_timeout_seconds: float | None = None
+    #: The longest an API request waits for a lock or a pooled connection (`api_db_bounds`).
+    api_lock_timeout_seconds: float = 5.0
     #: Modules that register more saga definitions (docs/sagas.md).
     saga_modules: tuple[str, ...] = ()
     #: The pharmacy lifecycle (docs/api.md): which orders a pharmacist verifies, how
@@ -179,6 +190,11 @@ class Settings:
     pickup_timeout_seconds: float = 259200.0
     carrier_pickup_delay_ms: float = 0.0
     carrier_webhook_secret: str | None = field(default=None, repr=False)
+    #: Which carrier books the shipments (CARRIERS); `http`: the API at `carrier_url`,
+    #: authenticated by the bearer `carrier_token` (both required then).
+    carrier: str = "simulated"
+    carrier_url: str | None = None
+    carrier_token: str | None = field(default=None, repr=False)
     #: Days of shelf life a lot must have left to be reserved (FEFO skips the others).
     min_shelf_life_days: int = 30
     #: How long an `Idempotency-Key` holds; the workers prune older ones.
@@ -191,6 +207,9 @@ class Settings:
     #: whether new patient data is sealed (FULFILLMENT_PHI_ENCRYPTION, `on` or `off`).
     master_key: str | None = field(default=None, repr=False)
     phi_encryption: bool = True
+    #: Writes a minute per API key, per API process (entrypoints/api_rate_limit.py);
+    #: None: no limit.
+    rate_limit_per_minute: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -206,6 +225,11 @@ class Settings:
                 "FULFILLMENT_CARRIER_PICKUP_DELAY_MS above 0 needs "
                 "FULFILLMENT_CARRIER_WEBHOOK_SECRET: the simulated carrier confirms "
                 "pickups by signed webhooks"
+            )
+        if self.carrier == "http" and self.carrier_webhook_secret is None:
+            raise ValueError(
+                "FULFILLMENT_CARRIER=http needs FULFILLMENT_CARRIER_WEBHOOK_SECRET: the "
+                "carrier confirms pickups and deliveries by signed webhooks"
             )
 
     @property
@@ -233,11 +257,12 @@ class Settings:
 
     @property
     def api_secrets(self) -> tuple[str, ...]:
-        """The keys' secrets, the carrier webhooks' secret and the master key setting:
-        what the log must never show."""
+        """The keys' secrets, the carrier webhooks' secret, the carrier's API token and the
+        master key setting: what the log must never show."""
         webhook = (self.carrier_webhook_secret,) if self.carrier_webhook_secret else ()
+        token = (self.carrier_token,) if self.carrier_token else ()
         master = (self.master_key,) if self.master_key else ()
-        return tuple(key.secret for key in self.api_keys) + webhook + master
+        return tuple(key.secret for key in self.api_keys) + webhook + token + master
 
     @property
     def db_bounds(self) -> DatabaseBounds:
@@ -251,6 +276,18 @@ class Settings:
             statement_timeout=_or(self.db_statement_timeout_seconds, derived.statement_timeout),
             keepalive=_or(self.db_keepalive_seconds, derived.keepalive),
             pool_timeout=_or(self.db_pool_timeout_seconds, derived.pool_timeout),
+        )
+
+    @property
+    def api_db_bounds(self) -> DatabaseBounds:
+        """`db_bounds` with its lock and pool waits cut to FULFILLMENT_API_LOCK_TIMEOUT_SECONDS:
+        a client is told 503 with Retry-After within seconds, while a standalone worker may
+        keep a longer bound (a job that waits is only postponed)."""
+        bounds = self.db_bounds
+        return replace(
+            bounds,
+            lock_timeout=min(bounds.lock_timeout, self.api_lock_timeout_seconds),
+            pool_timeout=min(bounds.pool_timeout, self.api_lock_timeout_seconds),
         )
 
     @classmethod
@@ -283,6 +320,7 @@ class Settings:
             db_statement_timeout_seconds=_optional(env, "FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS"),
             db_keepalive_seconds=_optional(env, "FULFILLMENT_DB_KEEPALIVE_SECONDS"),
             db_pool_timeout_seconds=_optional(env, "FULFILLMENT_DB_POOL_TIMEOUT_SECONDS"),
+            api_lock_timeout_seconds=_float(env, "FULFILLMENT_API_LOCK_TIMEOUT_SECONDS", 5.0),
             min_shelf_life_days=_int(env, "FULFILLMENT_MIN_SHELF_LIFE_DAYS", 30),
             idempotency_ttl_seconds=_float(env, "FULFILLMENT_IDEMPOTENCY_TTL_SECONDS", 86400.0),
             audit_retention_days=_float(env, "FULFILLMENT_AUDIT_RETENTION_DAYS", 2190.0),
@@ -300,13 +338,18 @@ class Settings:
             pickup_timeout_seconds=_float(env, "FULFILLMENT_PICKUP_TIMEOUT_SECONDS", 259200.0),
             carrier_pickup_delay_ms=_float(env, "FULFILLMENT_CARRIER_PICKUP_DELAY_MS", 0.0),
             carrier_webhook_secret=env.get("FULFILLMENT_CARRIER_WEBHOOK_SECRET") or None,
+            carrier=(env.get("FULFILLMENT_CARRIER") or "simulated").strip().lower(),
+            carrier_url=(env.get("FULFILLMENT_CARRIER_URL") or "").strip() or None,
+            carrier_token=(env.get("FULFILLMENT_CARRIER_TOKEN") or "").strip() or None,
             master_key=env.get("FULFILLMENT_MASTER_KEY") or None,
             phi_encryption=_on_off(env, "FULFILLMENT_PHI_ENCRYPTION", True),
+            rate_limit_per_minute=_optional_int(env, "FULFILLMENT_RATE_LIMIT_PER_MINUTE"),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        check_database_url(self.database_url)
         if self.master_key is not None:
             MasterKeys.parse(self.master_key)  # its errors never echo the key
         if self.max_attempts < 1:
@@ -329,6 +372,7 @@ class Settings:
             ("FULFILLMENT_DB_STATEMENT_TIMEOUT_SECONDS", self.db_statement_timeout_seconds),
             ("FULFILLMENT_DB_KEEPALIVE_SECONDS", self.db_keepalive_seconds),
             ("FULFILLMENT_DB_POOL_TIMEOUT_SECONDS", self.db_pool_timeout_seconds),
+            ("FULFILLMENT_API_LOCK_TIMEOUT_SECONDS", self.api_lock_timeout_seconds),
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -358,7 +402,27 @@ class Settings:
         if self.carrier_pickup_delay_ms < 0:
             raise ValueError("FULFILLMENT_CARRIER_PICKUP_DELAY_MS must be >= 0")
 
+        self._validate_carrier()
         if self.carrier_webhook_secret is not None and len(self.carrier_webhook_secret) < 16:
             raise ValueError("FULFILLMENT_CARRIER_WEBHOOK_SECRET must be at least 16 characters")
         if self.sqlite_synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError("FULFILLMENT_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+        if self.rate_limit_per_minute is not None and self.rate_limit_per_minute < 1:
+            raise ValueError("FULFILLMENT_RATE_LIMIT_PER_MINUTE must be at least 1 (unset: off)")
+
+    def _validate_carrier(self) -> None:
+        """FULFILLMENT_CARRIER and, for `http`, its URL and token (docs/carriers.md)."""
+        if self.carrier not in CARRIERS:
+            raise ValueError(
+                f"FULFILLMENT_CARRIER must be {' or '.join(CARRIERS)}, got {self.carrier!r}"
+            )
+        if self.carrier != "http":
+            return
+        if self.carrier_url is None:
+            raise ValueError("FULFILLMENT_CARRIER=http needs FULFILLMENT_CARRIER_URL")
+        check_carrier_url(self.carrier_url)
+        if self.carrier_token is None:
+            raise ValueError(
+                "FULFILLMENT_CARRIER=http needs FULFILLMENT_CARRIER_TOKEN, the bearer token "
+                "of the carrier's API"
+            )

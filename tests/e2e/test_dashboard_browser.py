@@ -9,9 +9,12 @@ the test then uses the dashboard as a person would: opens `/`, clicks through to
 compensated order and reads its saga. On a server that holds every order for a
 pharmacist (FULFILLMENT_VERIFICATION_REQUIRED_FOR=all), a pharmacist decides from the
 dashboard's queue, the order page shows the lifecycle (decisions, pickup, the carrier's
-updates, lots), and a viewer's key is told it may not decide. Screenshots land in
-`artifacts/` (the queue and the lifecycle also in /tmp/dashboard-queue.png and
-/tmp/dashboard-order.png); with UPDATE_SCREENSHOT=1 the order page is also saved as
+updates, lots), and a viewer's key is told it may not decide. In a browser in New York,
+an order whose job died shows the dead step with the command that retries it, each
+step's wait in the queue apart from its run, and every time in UTC with the local time
+in its tooltip. Screenshots land in `artifacts/` (the queue, the lifecycle and the dead
+job also in /tmp/dashboard-queue.png, /tmp/dashboard-order.png and
+/tmp/dashboard-dead-job.png); with UPDATE_SCREENSHOT=1 the order page is also saved as
 `docs/dashboard.png` (the README's).
 """
 
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -33,6 +39,7 @@ from conftest import IN_CI
 from fulfillment.entrypoints.webhook_signature import sign
 
 from .server import Server, poll, start_server
+from .stuck_orders import BUG, StuckShop, stuck_shop
 
 CHROMIUM = Path(os.environ.get("FULFILLMENT_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -55,6 +62,9 @@ VIEWER_KEY = "watch-secret-2b8d"
 WEBHOOK_SECRET = "whsec-dashboard-0123456789"
 QUEUE_SHOT = Path("/tmp/dashboard-queue.png")
 ORDER_SHOT = Path("/tmp/dashboard-order.png")
+DEAD_JOB_SHOT = Path("/tmp/dashboard-dead-job.png")
+#: Where the browser of the time zone test is (not UTC, whatever the season).
+BROWSER_ZONE = "America/New_York"
 #: Long enough for a poll of the page (every 2 s) and a saga on a loaded CI machine.
 WAIT_MS = 20_000
 
@@ -112,7 +122,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    with open_page(browser) as page:
+        yield page
+
+
+@contextmanager
+def open_page(browser: Browser, **options: Any) -> Iterator[Page]:
+    """A page in a context of its own (`options`: Playwright's, e.g. the time zone); no
+    error may show on it."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, **options)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     errors: list[str] = []
@@ -498,3 +516,55 @@ def test_a_decision_on_an_order_no_longer_waiting_says_so(rx_server: Server, pag
         assert cancelled.status_code == 202, cancelled.text
     form.locator('button[type="submit"]').click()
     expect(row.locator(".decide-message")).to_contain_text("No longer waiting for a decision")
+
+
+# --- a dead job, a step's wait in the queue, times in UTC ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stuck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StuckShop]:
+    with stuck_shop(tmp_path_factory.mktemp("stuck")) as shop:
+        yield shop
+
+
+def test_a_dead_job_its_queue_wait_and_every_time_in_utc_with_the_local_time_in_a_tooltip(
+    stuck: StuckShop, browser: Browser
+) -> None:
+    with open_page(browser, timezone_id=BROWSER_ZONE, locale="en-US") as page:
+        page.goto(f"{stuck.server.url}/")
+        queue = page.locator("#kpi-queue")
+        expect(queue.locator(".kpi-queue-dead")).to_contain_text("1 dead")
+        expect(queue.locator(".kpi-queue-dead")).to_have_class("kpi-queue-dead bad")
+        expect(queue.locator(".kpi-value")).to_have_text("0")  # nothing left to run
+        expect(page.locator("#live-text")).to_contain_text(" UTC")
+
+        page.goto(f"{stuck.server.url}/#/orders/{stuck.dead}")
+        shipment = page.locator('#steps .step[data-step="initiate_shipment"]')
+        expect(shipment).to_have_attribute("data-status", "dead")
+        expect(shipment.locator(".pill")).to_have_text("\u2298 dead")
+        expect(shipment).not_to_contain_text("running")
+        expect(shipment.locator(".job")).to_contain_text(BUG)
+        retry = f"fulfillment jobs retry {stuck.dead}"
+        expect(shipment.locator(".action code")).to_have_text(retry)
+        expect(page.locator("#dead-job")).to_contain_text(retry)
+        # The steps before it: their wait in the queue, then their run, each shown.
+        first = page.locator('#steps .step[data-step="create_prescription"]')
+        for stat in ("queued", "ran"):
+            expect(first.locator(f"dd.{stat}")).to_have_text(re.compile(r"^[0-9.]+ (ms|s)$"))
+        expect(page.locator("#gantt .g-bar.g-queue").first).to_be_attached()
+
+        times = page.locator("#app time")
+        expect(times.first).to_be_attached()
+        shown = times.evaluate_all(
+            "els => els.map(e => [e.getAttribute('datetime'), e.textContent, e.title])"
+        )
+        assert len(shown) >= 6, shown  # placed, and each event
+        for iso, text, title in shown:
+            at = datetime.fromisoformat(iso)
+            local = at.astimezone(ZoneInfo(BROWSER_ZONE)).strftime("%Y-%m-%d %H:%M:%S")
+            assert f"local time ({BROWSER_ZONE}): {local}" in title, (iso, title)
+            utc = at.astimezone(UTC).strftime("%H:%M:%S")
+            assert text.endswith(" ago") or text.endswith("now") or f"{utc}" in text, (iso, text)
+        events = [t for iso, t, _ in shown if re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} UTC", t)]
+        assert events, shown  # the event history's times, in UTC and saying so
+        screenshot(page, "dashboard-dead-job.png", also=DEAD_JOB_SHOT)

@@ -319,7 +319,7 @@ def test_unknown_paths_and_methods_answer_json_errors(client: httpx.Client) -> N
     assert_error(client.get("/no/such/thing"), 404, "not_found")
     error = client.delete("/orders")
     assert_error(error, 405, "method_not_allowed")
-    assert set(error.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert set(error.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
     assert_error(client.patch(f"/inventory/{unique('sku')}", json={}), 405)
 
 

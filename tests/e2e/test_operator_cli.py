@@ -190,7 +190,7 @@ def test_inventory_lots_schedules_and_recalls(cli: Cli, app: App) -> None:
         (("set", "OXY-5", "1", "--dea-schedule", "VI"), "--dea-schedule must be one of"),
         (("lot", "OXY-5", "B-3", "1", "--expires-on", "2099-02-30"), "--expires-on must be"),
         (("lot", "OXY-5", "B-3", "1", "--expires-on", "31/01/2099"), "--expires-on must be"),
-        (("lot", "OXY-5", "B\x01", "1", "--expires-on", "2099-01-31"), "lot must be 1 to 200"),
+        (("lot", "OXY-5", "B\x01", "1", "--expires-on", "2099-01-31"), "must not contain U+0001"),
         (("lot", "OXY-5", "x" * 201, "1", "--expires-on", "2099-01-31"), "lot must be 1 to 200"),
     ):
         assert message in cli("inventory", *args, expect=2)

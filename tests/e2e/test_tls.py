@@ -116,7 +116,7 @@ def assert_refused(done: subprocess.CompletedProcess[str], *words: str) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("configuration error:"), lines
+    assert lines[0].startswith("error: configuration:"), lines
     for word in words:
         assert word in lines[0], lines
 

@@ -21,7 +21,6 @@ from conftest import LOOPBACK
 from fastapi.testclient import TestClient
 from saga_testkit import place_order, run_jobs
 from sqlalchemy import Engine, event
-from typer.testing import CliRunner
 
 from fulfillment import views
 from fulfillment.adapters.access_log import (
@@ -32,7 +31,6 @@ from fulfillment.adapters.access_log import (
 )
 from fulfillment.adapters.db import create_nullpool_engine
 from fulfillment.bootstrap import App
-from fulfillment.entrypoints import cli
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.cli_audit import parse_since
 
@@ -374,20 +372,7 @@ def test_without_keys_the_sender_is_anonymous_and_stopping_the_app_writes_the_re
 # --- the CLI ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def run_cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
-    """`fulfillment ARGS...` in this process, on the test database; its output."""
-    monkeypatch.setenv("FULFILLMENT_DATABASE_URL", database_url)
-    monkeypatch.setenv("COLUMNS", "200")  # wide tables: nothing cut
-    monkeypatch.setenv("NO_COLOR", "1")
-    runner = CliRunner()
-
-    def run(*args: str, expect: int = 0) -> str:
-        result = runner.invoke(cli.app, list(args))
-        assert result.exit_code == expect, (result.exit_code, result.output, result.exception)
-        return result.output
-
-    return run
+# `run_cli`: tests/conftest.py.
 
 
 def table_rows(output: str) -> list[list[str]]:

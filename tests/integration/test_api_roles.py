@@ -327,7 +327,8 @@ def test_bare_secrets_are_admin_keys_named_by_their_position(
         ("PATCH", "/orders", 405),
         ("DELETE", "/orders", 405),
         ("PUT", "/orders", 405),
-        ("HEAD", "/orders", 405),  # allowed as GET; no route serves HEAD
+        ("HEAD", "/nowhere", 404),  # HEAD is served as GET (api_headers.HeadAsGet)
+        ("HEAD", "/webhooks/carrier", 405),  # no GET there
         ("POST", "/events", 405),
         ("DELETE", "/inventory/ASPIRIN", 405),
     ],

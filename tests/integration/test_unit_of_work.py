@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 
 import pytest
@@ -85,7 +85,13 @@ def test_a_step_commits_its_effect_events_next_job_and_the_end_of_its_job_togeth
     with app.uow() as uow:
         last = uow.events.read_stream(f"saga-{ORDER}")[-1]
     assert last.type == "InventoryReserved"
-    assert last.metadata == {"correlation_id": ORDER, "causation_id": f"job:{job.id}"}
+    started = last.metadata["job_started_at"]  # when the run began, before its event
+    assert datetime.fromisoformat(started) <= last.recorded_at
+    assert last.metadata == {
+        "correlation_id": ORDER,
+        "causation_id": f"job:{job.id}",
+        "job_started_at": started,
+    }
     next_job = app.queue.for_saga(ORDER)
     assert next_job is not None
     assert (next_job.kind, next_job.status, next_job.claims) == ("initiate_shipment", "ready", 0)

@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
@@ -84,9 +85,16 @@ class DatabaseBounds:
         )
 
 
+#: The URL schemes of the databases this service runs on (`check_database_url`).
+URL_FORMS = "sqlite:///path, postgresql://user@host/db or mysql://user@host/db"
+
+
 def normalize_url(url: str) -> str:
-    """Accept the plain URLs of the README and pick the bundled drivers."""
+    """Accept the plain URLs of the README and pick the bundled drivers; `postgres://`
+    (the scheme of many hosting providers) is `postgresql://`."""
     parsed = make_url(url)
+    if parsed.drivername == "postgres" or parsed.drivername.startswith("postgres+"):
+        parsed = parsed.set(drivername="postgresql" + parsed.drivername[len("postgres") :])
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -95,6 +103,29 @@ def normalize_url(url: str) -> str:
     if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     return parsed.render_as_string(hide_password=False)
+
+
+def check_database_url(url: str) -> None:
+    """ValueError, in one line without the password, unless `url` names a database of a
+    kind this service runs on (SQLite, PostgreSQL, MariaDB/MySQL) with a known driver."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(normalize_url(url))
+    except ArgumentError:
+        raise ValueError(
+            f"FULFILLMENT_DATABASE_URL is not a database URL; write {URL_FORMS}"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise ValueError(
+            f"FULFILLMENT_DATABASE_URL {shown}: {parsed.get_backend_name()!r} is no database "
+            f"this service runs on; write {URL_FORMS}"
+        )
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"FULFILLMENT_DATABASE_URL {shown}: no driver {parsed.drivername!r}; write {URL_FORMS}"
+        ) from None
 
 
 def create_db_engine(

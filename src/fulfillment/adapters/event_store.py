@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select
@@ -152,9 +153,14 @@ class SqlAlchemyEventStore:
         #: Loaded from the cache alone, unchecked against the table (see `verify`).
         self.trusted: set[str] = set()
 
-    def append(self, appends: Sequence[StreamAppend], causation_id: str | None = None) -> None:
+    def append(
+        self,
+        appends: Sequence[StreamAppend],
+        causation_id: str | None = None,
+        job_started_at: datetime | None = None,
+    ) -> None:
         """Append to several streams at once; ConcurrencyError if any expected version is stale."""
-        rows = self.rows(appends, causation_id)
+        rows = self.rows(appends, causation_id, job_started_at)
         if not rows:
             return
         # The insert takes the append lock itself (a trigger, see adapters/db.py), as the
@@ -165,9 +171,14 @@ class SqlAlchemyEventStore:
             raise ConcurrencyError(str(exc.orig)) from exc
 
     def rows(
-        self, appends: Sequence[StreamAppend], causation_id: str | None = None
+        self,
+        appends: Sequence[StreamAppend],
+        causation_id: str | None = None,
+        job_started_at: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """The `events` rows of `appends`, for `INSERT_EVENTS` (here or by a group commit)."""
+        """The `events` rows of `appends`, for `INSERT_EVENTS` (here or by a group commit).
+        `job_started_at`: when the run of the job that records them began (metadata
+        `job_started_at`, ISO 8601 UTC)."""
         rows = []
         for append in appends:
             metadata: dict[str, str | None] = {
@@ -176,6 +187,8 @@ class SqlAlchemyEventStore:
             }
             if append.sender is not None:
                 metadata["sender"] = append.sender
+            if job_started_at is not None:
+                metadata["job_started_at"] = to_utc(job_started_at).isoformat()
             for offset, event in enumerate(append.events, start=1):
                 rows.append(
                     {

@@ -111,13 +111,13 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         job_queue.enqueue(self.conn, jobs)
         if self._in_group:
             assert self.group is not None
-            rows = self.events.rows(appends, self.causation_id)
+            rows = self.events.rows(appends, self.causation_id, self.job_started_at)
             self._conn, self._in_group = None, False  # the turn ends here
             self.group.keep(
                 rows
             ).wait()  # a failed group raises: __exit__ drops the streams from the cache
         else:
-            self.events.append(appends, self.causation_id)
+            self.events.append(appends, self.causation_id, self.job_started_at)
             self.conn.commit()
         if saga_done:
             # The saga has no job left (it ended, or waits for an operator): its streams

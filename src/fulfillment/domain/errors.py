@@ -39,6 +39,13 @@ class UnsupportedDestination(BusinessRuleViolation):
         super().__init__(FailureReason.UNSUPPORTED_DESTINATION, message)
 
 
+class CarrierRejected(BusinessRuleViolation):
+    """The carrier refused the shipment (its reason in the message, never the address)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(FailureReason.CARRIER_REJECTED, message)
+
+
 class PersonalDataErased(BusinessRuleViolation):
     """A step needs the patient data of a customer who was erased meanwhile."""
 
@@ -51,7 +58,15 @@ class DeadlineExceeded(BusinessRuleViolation):
 
 
 class TransientFailure(Exception):
-    """A failure that may pass: the step is retried with backoff (carrier down, timeout)."""
+    """A failure that may pass: the step is retried with backoff (carrier down, timeout).
+
+    `retry_after_seconds`: how long the other side asked to be left alone (an HTTP
+    `Retry-After`); the retry then waits at least that long, still within the step's
+    deadline. None: the retry policy's backoff alone."""
+
+    def __init__(self, *args: object, retry_after_seconds: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class InvalidInventory(DomainError):

@@ -106,6 +106,8 @@ class FailureReason(StrEnum):
     VERIFICATION_REJECTED = "verification_rejected"
     VERIFICATION_TIMEOUT = "verification_timeout"
     PICKUP_TIMEOUT = "pickup_timeout"
+    #: The carrier refused the shipment for a reason of its own (docs/carriers.md).
+    CARRIER_REJECTED = "carrier_rejected"
     #: The customer's patient data was erased while the saga ran (DELETE
     #: /customers/{id}/personal-data): it cancels, or a step that needs the data fails.
     PERSONAL_DATA_ERASED = "personal_data_erased"

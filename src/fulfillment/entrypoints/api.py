@@ -27,7 +27,6 @@ from fulfillment.adapters.idempotency import find as find_idempotency_key
 from fulfillment.adapters.idempotency import request_hash
 from fulfillment.bootstrap import App
 from fulfillment.domain.saga import CancellationAccepted, SignalNotExpected, TooLateToCancel
-from fulfillment.domain.saga_definition import MAX_NAME_LENGTH
 from fulfillment.domain.status import OrderStatus
 from fulfillment.entrypoints import api_schemas as s
 from fulfillment.entrypoints.api_errors import (
@@ -40,8 +39,17 @@ from fulfillment.entrypoints.api_errors import (
     route_of,
     sender_of,
 )
-from fulfillment.entrypoints.api_headers import LoopbackHostOnly, SecurityHeaders, wrap_outermost
+from fulfillment.entrypoints.api_headers import (
+    HeadAsGet,
+    LoopbackHostOnly,
+    NoDotSegments,
+    SecurityHeaders,
+    is_head_request,
+    wrap_outermost,
+)
 from fulfillment.entrypoints.api_inventory import inventory_router
+from fulfillment.entrypoints.api_openapi import document_extras
+from fulfillment.entrypoints.api_rate_limit import RateLimit
 from fulfillment.entrypoints.api_roles import SIGNED_PATHS
 from fulfillment.entrypoints.dashboard import SHELL_PATHS, dashboard_router
 from fulfillment.entrypoints.personal_data import forget_customer
@@ -71,25 +79,16 @@ OPEN_PATHS = ("/health", *SHELL_PATHS, *SIGNED_PATHS)
 MAX_LIMIT = 1000
 MAX_POSITION = 2**63 - 1
 
-OrderId = Annotated[
-    str,
-    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
-]
-CustomerId = Annotated[
-    str,
-    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
-]
-SignalName = Annotated[
-    str,
-    Path(min_length=1, max_length=MAX_NAME_LENGTH, pattern=s.NO_CONTROL_CHARACTERS),
-]
+# Path parameters follow the rules of request texts (entrypoints/identifiers.py).
+OrderId = Annotated[s.Text, Path()]
+CustomerId = Annotated[s.Text, Path()]
+SignalName = Annotated[s.SignalNameText, Path()]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"1..{MAX_LIMIT}")]
 Cursor = Annotated[
-    str | None,
+    s.CursorText | None,
     Query(
-        max_length=s.MAX_TEXT,
-        pattern=s.NO_CONTROL_CHARACTERS,
-        description="`next_cursor` of the previous page",
+        description="`next_cursor` of the previous page (signed; 422 `invalid_cursor` for "
+        "any other)",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -157,21 +156,30 @@ def create_api(
         '`{"error": {"code", "message", "details"?}}`.',
         lifespan=lifespan,
         responses=_errors(401, 403, 405, 413, 421, 503),
+        # A path with a trailing slash is 404, never a redirect (which would echo the Host).
+        redirect_slashes=False,
     )
     install_error_handlers(api)
     api.add_middleware(BodySizeLimit)
+    if app.settings.rate_limit_per_minute is not None:
+        # Inside the bearer-key guard, which names the sender.
+        api.add_middleware(
+            RateLimit, per_minute=app.settings.rate_limit_per_minute, exempt_paths=SIGNED_PATHS
+        )
     if app.settings.api_keys:
         api.add_middleware(BearerAuth, keys=app.settings.api_keys, open_paths=OPEN_PATHS)
-        wrap_outermost(api, SecurityHeaders)
+        wrap_outermost(api, SecurityHeaders, HeadAsGet, NoDotSegments)
     else:
         # No keys: no authentication, so only requests to a loopback host (DNS rebinding).
-        wrap_outermost(api, SecurityHeaders, LoopbackHostOnly)
+        wrap_outermost(api, SecurityHeaders, HeadAsGet, LoopbackHostOnly, NoDotSegments)
     api.state.fulfillment = app
     api.state.access_log = access_log
 
     def audit(request: Request, subjects: Mapping[str, str | None]) -> None:
-        """Record that the request's key was shown these orders' patient data."""
-        access_log.record_all(sender_of(request), route_of(request), subjects)
+        """Record that the request's key was shown these orders' patient data (a HEAD
+        shows none)."""
+        if not is_head_request(request.scope):
+            access_log.record_all(sender_of(request), route_of(request), subjects)
 
     api.include_router(inventory_router(app))
 
@@ -553,6 +561,7 @@ def _document_security(api: FastAPI, required: bool) -> None:
                 description=api.description,
                 routes=api.routes,
             )
+            document_extras(schema)  # the 429 of the rate limit, the links
             if required:
                 components = schema.setdefault("components", {})
                 components.setdefault("securitySchemes", {})["bearer"] = {

@@ -56,6 +56,7 @@ _CODES = {
     421: "misdirected_request",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
 }
@@ -102,12 +103,15 @@ def _field_errors(errors: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
+    """Every method some route serves at this path (Starlette names only the first route's),
+    and HEAD where GET is (api_headers.HeadAsGet)."""
     methods: set[str] = set()
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
     return sorted(methods)
 
 
@@ -236,7 +240,7 @@ def route_of(request: Request) -> str:
     return str(getattr(request.scope.get("route"), "path", None) or request.url.path)
 
 
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     """The path as the router matches it (without the root path of a mounted app)."""
     path = str(scope.get("path", ""))
     root = str(scope.get("root_path", ""))
@@ -290,7 +294,7 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        path = _route_path(scope)
+        path = route_path(scope)
         if path in self.open_paths:
             state[ROLE] = NO_ROLE
             await self.app(scope, receive, send)

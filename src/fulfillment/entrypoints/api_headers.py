@@ -1,7 +1,8 @@
-"""The outermost layers of the HTTP API: headers on every response, and the loopback
-`Host` check that stops DNS rebinding while no API keys are configured.
+"""The outermost layers of the HTTP API: headers on every response, HEAD served as GET
+without the body, the loopback `Host` check that stops DNS rebinding while no API keys
+are configured, and 404 for a path with dot segments.
 
-Both wrap the whole application, Starlette's own error handler included
+They wrap the whole application, Starlette's own error handler included
 (`wrap_outermost`), so they also cover the answers of the guards (401, 403, 413, ...),
 of the router (404, 405), of the exception handlers and of the dashboard's static files.
 """
@@ -69,6 +70,58 @@ def is_loopback_host(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback
+
+
+#: Set in the scope of a HEAD request that `HeadAsGet` hands on as a GET.
+HEAD_REQUEST = "fulfillment.head_request"
+
+
+def is_head_request(scope: Scope) -> bool:
+    """Was the request a HEAD (answered by its GET, without the body)?"""
+    return bool(scope.get(HEAD_REQUEST))
+
+
+class HeadAsGet:
+    """Serve HEAD wherever GET is served: the request goes on as a GET (so routes, guards
+    and the role policy see one), and its answer goes back with the GET's status and
+    headers, `Content-Length` included, and no body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET", HEAD_REQUEST: True}, receive, send_headers_only)
+
+
+def has_dot_segment(path: str) -> bool:
+    """Does the (decoded) path hold a `.` or `..` segment (`/inventory/%2e%2e`)?"""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+class NoDotSegments:
+    """404 for a path with a `.` or `..` segment: no route is named so, and no SKU or lot
+    either, so nothing reads them as a resource or redirects to another path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and has_dot_segment(str(scope.get("path", ""))):
+            response = error_response(404, "not_found", "no such path: it has a dot segment")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class LoopbackHostOnly:

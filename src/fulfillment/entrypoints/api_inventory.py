@@ -20,10 +20,8 @@ from fulfillment.entrypoints.api_errors import ApiError
 from fulfillment.service_layer.commands import SetInventory, SetLot
 from fulfillment.service_layer.ports import LotLevel, StockLevel
 
-Sku = Annotated[
-    str,
-    Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS),
-]
+#: A SKU: the rules of request texts (entrypoints/identifiers.py).
+Sku = Annotated[s.Text, Path()]
 #: A lot's name: the same rules as a SKU's.
 Lot = Sku
 
@@ -32,7 +30,7 @@ _errors = s.error_responses
 
 def inventory_router(app: App) -> APIRouter:
     """The four inventory routes over `app`."""
-    router = APIRouter(tags=["inventory"])
+    router = APIRouter(tags=["inventory"], redirect_slashes=False)
 
     @router.put(
         "/inventory/{sku}",

@@ -1,18 +1,22 @@
 """The HTTP API's request and response bodies (docs/api.md), as pydantic models.
 
 Requests are validated strictly at the edge: unknown fields are rejected, numbers must be
-JSON integers, texts are 1..200 characters without control characters, dates are
-`YYYY-MM-DD` and real, countries are two upper-case letters. Response models document the
-shapes in `/openapi.json`.
+whole JSON numbers (`2`, or `2.0`; never `"2"` or `true`), texts are 1..200 characters
+under the rules of entrypoints/identifiers.py (NFC; no control, format or separator
+characters; no space at either end), dates are `YYYY-MM-DD` and real, countries are ISO
+3166-1 alpha-2 codes. The OpenAPI schema states each constraint as the server checks it
+(`pattern`, `enum`, bounds). Response models document the shapes in `/openapi.json`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -20,23 +24,90 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from fulfillment.domain.order import MAX_ORDER_LINES, MAX_QUANTITY
+from fulfillment.domain.saga_definition import MAX_NAME_LENGTH
 from fulfillment.domain.values import OrderLine, PrescriptionDetails, ShippingAddress
+from fulfillment.entrypoints import identifiers
 from fulfillment.service_layer.ports import UNCHANGED, Unchanged
+from fulfillment.views.cursors import CURSOR_PATTERN
 
 MAX_TEXT = 200
+MAX_NOTE = 2000
 #: A generous ceiling that keeps stock levels inside every backend's INTEGER column.
 MAX_ON_HAND = 1_000_000_000
 #: No C0/C1 control characters (and, implicitly, no lone surrogates).
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]+$"
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
+
+def _rule(check: Callable[[str], str], error_type: str) -> AfterValidator:
+    """`check` (entrypoints/identifiers.py) as a validator: its InvalidText, said as a
+    field error of `error_type`."""
+
+    def validate(value: str) -> str:
+        try:
+            return check(value)
+        except identifiers.InvalidText as exc:
+            raise PydanticCustomError(error_type, str(exc)) from None
+
+    return AfterValidator(validate)
+
+
+def _text_schema(max_length: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_length,
+            "pattern": identifiers.IDENTIFIER_PATTERN,
+        }
+    )
+
+
+#: An id, a SKU, a lot, a name, an address line: 1..200 characters, NFC, no control,
+#: format or separator characters but inner ordinary spaces (entrypoints/identifiers.py).
 Text = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=NO_CONTROL_CHARACTERS),
+    StringConstraints(min_length=1, max_length=MAX_TEXT),
+    _rule(lambda value: identifiers.identifier(value, MAX_TEXT), "text_refused"),
+    _text_schema(MAX_TEXT),
 ]
+#: A signal's name: a Text of at most 40 characters.
+SignalNameText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    _rule(lambda value: identifiers.identifier(value, MAX_NAME_LENGTH), "text_refused"),
+    _text_schema(MAX_NAME_LENGTH),
+]
+#: A note: at most 2000 characters, NFC, over several lines (line feeds), else as Text.
+Note = Annotated[
+    str,
+    StringConstraints(max_length=MAX_NOTE),
+    _rule(lambda value: identifiers.note(value, MAX_NOTE), "text_refused"),
+    WithJsonSchema({"type": "string", "maxLength": MAX_NOTE, "pattern": identifiers.NOTE_PATTERN}),
+]
+
+
+#: A listing's `cursor`: its shape documented, and checked with its signature and range by
+#: the listing (views/cursors.py), so any cursor the API did not hand out is one 422
+#: `invalid_cursor`.
+CursorText = Annotated[str, WithJsonSchema({"type": "string", "pattern": CURSOR_PATTERN})]
+
+
+def _whole_number(value: Any) -> Any:
+    """A JSON number without a fraction (`2.0` is `2`, as JSON Schema's `integer` has it);
+    anything else (`"2"`, `true`, `2.5`) is left to fail as not an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: A JSON integer, `2` or `2.0`, never a string or a boolean.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
 
 
 def _iso_date_only(value: Any) -> Any:
@@ -51,7 +122,11 @@ IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
 SagaFilter = Literal[
     "running", "compensating", "completed", "compensated", "compensation_failed", "stuck"
 ]
-Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Country = Annotated[
+    str,
+    _rule(identifiers.country, "country_code"),
+    WithJsonSchema({"type": "string", "enum": sorted(identifiers.COUNTRY_CODES)}),
+]
 
 
 class _Request(BaseModel):
@@ -69,7 +144,7 @@ class InventoryUpdate(_Request):
     """`PUT /inventory/{sku}`: the units of lot `default` (no expiry date) and, when
     given, the SKU's DEA schedule."""
 
-    on_hand: StrictInt = Field(ge=0, le=MAX_ON_HAND)
+    on_hand: WholeNumber = Field(ge=0, le=MAX_ON_HAND)
     dea_schedule: DeaSchedule | None = Field(
         default=None, description="absent: left as it is; null: not a controlled substance"
     )
@@ -82,13 +157,13 @@ class InventoryUpdate(_Request):
 class LotUpdate(_Request):
     """`PUT /inventory/{sku}/lots/{lot}`: the lot's units and expiry date."""
 
-    on_hand: StrictInt = Field(ge=0, le=MAX_ON_HAND)
+    on_hand: WholeNumber = Field(ge=0, le=MAX_ON_HAND)
     expires_on: IsoDate = Field(json_schema_extra={"format": "date"})
 
 
 class OrderLineIn(_Request):
     sku: Text
-    quantity: StrictInt = Field(ge=1, le=MAX_QUANTITY)
+    quantity: WholeNumber = Field(ge=1, le=MAX_QUANTITY)
 
 
 class PrescriptionIn(_Request):
@@ -130,7 +205,7 @@ class VerificationRequest(_Request):
 
     decision: Literal["approve", "reject", "request_clarification"]
     pharmacist_id: Text
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    note: Note | None = None
     reason: Text | None = None
 
     def payload(self) -> dict[str, Any]:
@@ -142,7 +217,7 @@ class CancelRequest(_Request):
     """`POST /orders/{id}/cancel`."""
 
     reason: Literal["customer_request", "prescriber_cancelled"]
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    note: Note | None = None
 
 
 class TrackingUpdate(_Request):
@@ -319,7 +394,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-_ERROR_DESCRIPTIONS = {
+ERROR_DESCRIPTIONS = {
     401: "Missing or unknown bearer key (when the server has FULFILLMENT_API_KEYS)",
     403: "The key's role may not do this (docs/api.md, Authentication)",
     404: "Not found",
@@ -328,10 +403,11 @@ _ERROR_DESCRIPTIONS = {
     413: "Request body larger than 64 KiB",
     421: "Host is not a loopback name or address (when the server has no FULFILLMENT_API_KEYS)",
     422: "Invalid request; `details` lists the fields",
+    429: "Over the key's FULFILLMENT_RATE_LIMIT_PER_MINUTE writes; retry after `Retry-After`",
     503: "Database unavailable or busy",
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a route's errors, by status code."""
-    return {c: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[c]} for c in codes}
+    return {c: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[c]} for c in codes}

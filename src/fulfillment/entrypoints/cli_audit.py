@@ -14,15 +14,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import typer
-from rich.table import Table
 
-from fulfillment import views
 from fulfillment.adapters.access_log import AccessLog, list_accesses
 from fulfillment.bootstrap import App
 from fulfillment.entrypoints import cli_common as ui
+from fulfillment.entrypoints.cli_help import Typer, limit_option
 from fulfillment.entrypoints.cli_patient_data import cli_sender
+from fulfillment.entrypoints.cli_tables import Cell, Column, FullIds, Id, print_table
 
-audit_app = typer.Typer(help="The access audit of patient data.", no_args_is_help=True)
+audit_app = Typer(help="The access audit of patient data.", no_args_is_help=True)
 
 #: `--since` as a span back from now: a number and a unit.
 _SPAN = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*")
@@ -71,10 +71,17 @@ def audit_list(
         metavar="WHEN",
         help="From this time on: ISO 8601 (UTC unless it says), or back from now: 15m, 24h, 7d.",
     ),
-    limit: int = typer.Option(100, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    limit: int = limit_option(100),
+    full_ids: FullIds = False,
 ) -> None:
     """Who read patient data, newest first: the key, the route or command, the order and
-    the customer."""
+    the customer.
+
+    Examples:
+    $ fulfillment audit list
+    $ fulfillment audit list --customer cust-42 --since 24h
+    $ fulfillment audit list --key cli:maria --since 2026-11-25T19:42 --limit 10
+    """
     start = None
     if since is not None:
         try:
@@ -93,20 +100,21 @@ def audit_list(
     filters = [f"customer {customer}" if customer else "", f"key {key}" if key else ""]
     filters.append(f"since {start.isoformat(timespec='seconds')}" if start else "")
     shown = ", ".join(f for f in filters if f)
-    table = Table(title=f"Access log{f' ({shown})' if shown else ''}", title_justify="left")
-    table.add_column("at (UTC)", no_wrap=True)
-    table.add_column("key", no_wrap=True)
-    table.add_column("route", no_wrap=True)
-    table.add_column("order_id", no_wrap=True)
-    table.add_column("customer_id", no_wrap=True)
-    for row in rows:
-        table.add_row(
+    cells: list[list[Cell]] = [
+        [
             row.at.isoformat(sep=" ", timespec="milliseconds")[:23],
             row.key_name,
             row.route,
-            row.order_id or "-",
-            row.customer_id or "-",
-        )
-    ui.console.print(table if rows else "no records")
+            Id(row.order_id) if row.order_id else "-",
+            Id(row.customer_id) if row.customer_id else "-",
+        ]
+        for row in rows
+    ]
+    if rows:
+        columns = [Column(h) for h in ("at (UTC)", "key", "route", "order_id", "customer_id")]
+        title = f"Access log{f' ({shown})' if shown else ''}"
+        print_table(columns, cells, title=title, full_ids=full_ids)
+    else:
+        ui.console.print("no records")
     if more:
         ui.console.print(f"showing the newest {limit}: --limit N for more", style="dim")

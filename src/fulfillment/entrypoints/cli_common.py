@@ -7,16 +7,18 @@ The command modules (`cli_ops`, `cli_sagas`) use these through the module
 from __future__ import annotations
 
 import json
+import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
+from fulfillment.adapters.db_startup import DatabaseProblem, check_schema, describe
 from fulfillment.adapters.patient_data import PatientDataLocked
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
@@ -47,8 +49,43 @@ STATUS_STYLE = {
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print an error line and return the Exit to raise."""
-    errors.print(Text.assemble(("error:", "red"), " ", message))
+    errors.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
     return typer.Exit(code)
+
+
+_tracebacks = False
+
+
+def show_tracebacks(on: bool = True) -> bool:
+    """`--debug` (before the command, or after `migrate`, `serve`, `worker`): whether
+    errors come with their traceback from now on."""
+    global _tracebacks
+    _tracebacks = on
+    return on
+
+
+def debugging() -> bool:
+    """`--debug` was given, or FULFILLMENT_LOG_LEVEL=debug is set."""
+    return _tracebacks or os.environ.get("FULFILLMENT_LOG_LEVEL", "").strip().lower() == "debug"
+
+
+def database_failure(exc: DBAPIError | DatabaseProblem, url: str, advice: str = "") -> typer.Exit:
+    """Print why the database at `url` cannot be used, in one line (after the traceback
+    when `debugging`), and return the Exit to raise. `advice` follows an error that is
+    not about reaching the database (a missing table, say)."""
+    if debugging():
+        traceback.print_exception(exc)
+    problem = describe(exc, url)
+    return fail(f"database: {problem}{advice if problem.kind == 'other' else ''}")
+
+
+@contextmanager
+def database_errors(url: str, advice: str = "") -> Iterator[None]:
+    """A database that cannot be used ends the command with one line (`database_failure`)."""
+    try:
+        yield
+    except (DBAPIError, DatabaseProblem) as exc:
+        raise database_failure(exc, url, advice) from exc
 
 
 @contextmanager
@@ -58,18 +95,17 @@ def operator_app(*, catch_up: bool = True) -> Iterator[App]:
         settings = Settings.from_env()
     except ValueError as exc:
         raise fail(f"configuration: {exc}", 2) from exc
+    url = settings.database_url
+    with database_errors(url):
+        check_schema(url)  # before the App: it would create an SQLite file and its key file
     app = bootstrap(settings, pool_size=2)
     try:
-        if catch_up:
-            Projector(app.engine, app.mapper).catch_up(timeout=120)
-        yield app
+        with database_errors(url, " (is the schema up to date? run `fulfillment migrate`)"):
+            if catch_up:
+                Projector(app.engine, app.mapper).catch_up(timeout=120)
+            yield app
     except PatientDataLocked as exc:
         raise fail(str(exc)) from exc
-    except DBAPIError as exc:
-        raise fail(
-            f"database: {str(exc.orig).strip().splitlines()[0]} "
-            "(is the schema up to date? run `fulfillment migrate`)"
-        ) from exc
     finally:
         app.close()
 
@@ -105,31 +141,6 @@ def cut(text: str, width: int) -> str:
 def compact_json(data: Any, width: int = 90) -> str:
     """`data` as one line of JSON, cut to `width`."""
     return cut(json.dumps(data, separators=(",", ":"), sort_keys=True), width)
-
-
-def events_table(events: list[dict[str, Any]], title: str | None = None) -> Table:
-    """Events in commit order, their JSON payloads cut to what the terminal leaves."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("position", justify="right", no_wrap=True)
-    table.add_column("recorded_at", no_wrap=True)
-    table.add_column("stream#version", no_wrap=True)
-    table.add_column("type", no_wrap=True)
-    table.add_column("data", no_wrap=True)
-    streams = [f"{e['stream_id']}#{e['version']}" for e in events]
-    # The data column gets what the others leave of the terminal (JSON cut short).
-    fixed = 8 + 23 + 16  # position, recorded_at; borders and padding of 5 columns
-    fixed += max((len(s) for s in streams), default=14)
-    fixed += max((len(e["type"]) for e in events), default=4)
-    width = max(10, console.width - fixed)
-    for e, stream in zip(events, streams, strict=True):
-        table.add_row(
-            str(e["position"]),
-            e["recorded_at"][:23],
-            stream,
-            e["type"],
-            compact_json(e["data"], width),
-        )
-    return table
 
 
 def next_page(cursor: str | None) -> None:

@@ -26,18 +26,28 @@ from fulfillment.adapters.projections import Projector
 from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga import SignalNotExpected, TooLateToCancel
 from fulfillment.entrypoints import cli_common as ui
-from fulfillment.entrypoints.api_schemas import MAX_TEXT, NO_CONTROL_CHARACTERS
+from fulfillment.entrypoints import identifiers
+from fulfillment.entrypoints.api_schemas import MAX_TEXT
 from fulfillment.entrypoints.cli_audit import audit_app, recording
+from fulfillment.entrypoints.cli_help import Typer, cursor_option, limit_option
 from fulfillment.entrypoints.cli_patient_data import customers_app, keys_app, phi_app
 from fulfillment.entrypoints.cli_sagas import jobs_app, sagas_app
+from fulfillment.entrypoints.cli_tables import (
+    Cell,
+    Column,
+    FullIds,
+    Id,
+    print_events,
+    print_table,
+)
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.ports import DEA_SCHEDULES, UNCHANGED, Unchanged
 from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
 
-orders_app = typer.Typer(help="Inspect orders.", no_args_is_help=True)
-events_app = typer.Typer(help="Read the event log.", no_args_is_help=True)
-inventory_app = typer.Typer(help="Show and set stock levels.", no_args_is_help=True)
-projections_app = typer.Typer(help="Read models: status and rebuild.", no_args_is_help=True)
+orders_app = Typer(help="Inspect orders.", no_args_is_help=True)
+events_app = Typer(help="Read the event log.", no_args_is_help=True)
+inventory_app = Typer(help="Show and set stock levels.", no_args_is_help=True)
+projections_app = Typer(help="Read models: status and rebuild.", no_args_is_help=True)
 
 #: (typer sub-app, command group name): what `entrypoints/cli.py` registers.
 GROUPS = (
@@ -61,41 +71,55 @@ def orders_list(
         None,
         "--status",
         "-s",
+        metavar="STATUS",
         help="pending, awaiting_verification, fulfilled, delivered, returned, cancelled "
         "or needs_attention.",
     ),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
-    cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
+    limit: int = limit_option(20),
+    cursor: str | None = cursor_option(),
+    full_ids: FullIds = False,
 ) -> None:
-    """Orders, newest first."""
+    """Orders, newest first.
+
+    Examples:
+    $ fulfillment orders list
+    $ fulfillment orders list --status needs_attention --limit 50
+    """
     with ui.operator_app() as app:
         try:
             orders, next_cursor = views.list_orders(app, status, limit, cursor)
         except views.InvalidQuery as exc:
             raise ui.fail(str(exc), 2) from exc
-    table = Table(title=f"Orders{f' ({status})' if status else ''}", title_justify="left")
-    table.add_column("order_id", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("saga", no_wrap=True)
-    table.add_column("reason")
-    table.add_column("items")
-    table.add_column("tracking", no_wrap=True)
-    for o in orders:
-        table.add_row(
-            o["order_id"],
+    columns = [Column(c) for c in ("order_id", "status", "saga", "reason", "items", "tracking")]
+    rows = [
+        [
+            Id(o["order_id"]),
             ui.styled(o["status"]),
             ui.styled(o["saga"]["status"]),
             o["reason"] or "",
             ui.items_text(o["items"]),
-            o["shipment"]["tracking_number"] if o["shipment"] else "",
-        )
-    ui.console.print(table if orders else "no orders")
+            Id(o["shipment"]["tracking_number"]) if o["shipment"] else "",
+        ]
+        for o in orders
+    ]
+    if orders:
+        title = f"Orders{f' ({status})' if status else ''}"
+        print_table(columns, rows, title=title, full_ids=full_ids)
+    else:
+        ui.console.print("no orders")
     ui.next_page(next_cursor)
 
 
 @orders_app.command("show")
-def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> None:
-    """One order: its saga's steps (attempts, errors), shipment, job and events."""
+def orders_show(
+    order_id: str = typer.Argument(..., metavar="ORDER_ID", help="The order id."),
+    full_ids: FullIds = False,
+) -> None:
+    """One order: its saga's steps (attempts, errors), shipment, job and events.
+
+    Example:
+    $ fulfillment orders show ord-1004
+    """
     with ui.operator_app() as app, recording(app, "orders show") as record:
         order = views.get_order(app, order_id)
         saga = views.saga_detail(app, order_id)
@@ -144,22 +168,25 @@ def orders_show(order_id: str = typer.Argument(..., help="The order id.")) -> No
     ui.console.print(head)
 
     if saga is not None:
-        steps = Table(title="Saga steps", title_justify="left")
-        steps.add_column("step", no_wrap=True)
-        steps.add_column("status")
-        steps.add_column("attempts", justify="right")
-        steps.add_column("compensation attempts", justify="right")
-        steps.add_column("errors", overflow="fold")
-        for step in saga["steps"]:
-            steps.add_row(
+        columns = [
+            Column("step"),
+            Column("status"),
+            Column("attempts", right=True),
+            Column("compensation attempts", right=True),
+            Column("errors"),
+        ]
+        rows = [
+            [
                 step["name"],
                 ui.styled(step["status"]),
                 str(step["attempts"]),
                 str(step["compensation_attempts"]),
                 "\n".join(step["errors"]),
-            )
-        ui.console.print(steps)
-    ui.console.print(ui.events_table(events, title="Events"))
+            ]
+            for step in saga["steps"]
+        ]
+        print_table(columns, rows, title="Saga steps")
+    print_events(events, title="Events", full_ids=full_ids)
 
 
 DECISIONS = ("approve", "reject", "request_clarification")
@@ -168,7 +195,7 @@ CANCEL_REASONS = ("customer_request", "prescriber_cancelled")
 
 @orders_app.command("verify")
 def orders_verify(
-    order_id: str = typer.Argument(..., help="The order id."),
+    order_id: str = typer.Argument(..., metavar="ORDER_ID", help="The order id."),
     decision: str = typer.Argument(
         ..., metavar="DECISION", help="approve, reject or request_clarification."
     ),
@@ -180,7 +207,12 @@ def orders_verify(
     ),
     reason: str | None = typer.Option(None, "--reason", metavar="TEXT", help="Why (a rejection)."),
 ) -> None:
-    """Record a pharmacist's decision on an order awaiting verification (sent as `cli`)."""
+    """Record a pharmacist's decision on an order awaiting verification (sent as `cli`).
+
+    Examples:
+    $ fulfillment orders verify ord-1 approve --pharmacist-id ph-12 --note "ok"
+    $ fulfillment orders verify ord-2 reject --pharmacist-id ph-12 --reason "dup"
+    """
     if decision not in DECISIONS:
         raise ui.fail(f"DECISION must be one of {', '.join(DECISIONS)}, not {decision!r}", 2)
     payload: dict[str, Any] = {"pharmacist_id": pharmacist_id}
@@ -201,7 +233,7 @@ def orders_verify(
 
 @orders_app.command("cancel")
 def orders_cancel(
-    order_id: str = typer.Argument(..., help="The order id."),
+    order_id: str = typer.Argument(..., metavar="ORDER_ID", help="The order id."),
     reason: str = typer.Option(
         "customer_request",
         "--reason",
@@ -213,7 +245,12 @@ def orders_cancel(
     ),
 ) -> None:
     """Stop an order until the carrier has picked it up: the saga compensates after the
-    step in progress (sent as `cli`)."""
+    step in progress (sent as `cli`).
+
+    Examples:
+    $ fulfillment orders cancel ord-2
+    $ fulfillment orders cancel ord-2 --reason prescriber_cancelled
+    """
     if reason not in CANCEL_REASONS:
         raise ui.fail(f"--reason must be one of {', '.join(CANCEL_REASONS)}, not {reason!r}", 2)
     if note is not None and len(note) > 2000:
@@ -240,13 +277,30 @@ def orders_cancel(
 @events_app.command("tail")
 def events_tail(
     after: int | None = typer.Option(
-        None, "--after", "-a", min=0, help="Start after this position (default: the last N)."
+        None,
+        "--after",
+        "-a",
+        min=0,
+        metavar="POSITION",
+        help="Start after this position, 0 or more (default: the last N).",
     ),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    limit: int = limit_option(20),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
-    interval: float = typer.Option(0.5, "--interval", min=0.01, help="Poll interval (s)."),
+    interval: float = typer.Option(
+        0.5,
+        "--interval",
+        min=0.01,
+        metavar="SECONDS",
+        help="With --follow: seconds between two looks, at least 0.01.",
+    ),
+    full_ids: FullIds = False,
 ) -> None:
-    """The global event feed, in commit order."""
+    """The global event feed, in commit order.
+
+    Examples:
+    $ fulfillment events tail --limit 3
+    $ fulfillment events tail --after 35 --follow
+    """
     with (
         ui.operator_app(catch_up=False) as app,
         recording(app, "events tail", background=follow) as record,
@@ -257,7 +311,10 @@ def events_tail(
             events = views.events_after(app, after, limit)
         record(subjects_of(events))
         if not follow:
-            ui.console.print(ui.events_table(events) if events else "no events")
+            if events:
+                print_events(events, full_ids=full_ids)
+            else:
+                ui.console.print("no events")
             return
         last = events[-1]["position"] if events else (after or 0)
         for e in events:
@@ -287,7 +344,6 @@ def _print_event(e: dict[str, Any]) -> None:
 
 # --- inventory ----------------------------------------------------------------------------
 
-_NAME = re.compile(NO_CONTROL_CHARACTERS)
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: `--dea-schedule` values: a schedule, or `none` (not a controlled substance).
 _SCHEDULES = {**{schedule: schedule for schedule in DEA_SCHEDULES}, "NONE": None}
@@ -296,10 +352,14 @@ _COUNTS = ("on_hand", "reserved", "available", "quantity")
 
 
 def _name(kind: str, value: str) -> str:
-    """`value` if it is a valid SKU or lot name (as the API takes them), else exit 2."""
-    if not 1 <= len(value) <= MAX_TEXT or not _NAME.match(value):
-        raise ui.fail(f"{kind} must be 1 to {MAX_TEXT} characters without control characters", 2)
-    return value
+    """`value` in NFC if it is a valid SKU or lot name (as the API takes them, by the
+    rules of entrypoints/identifiers.py), else exit 2 saying why."""
+    if not 1 <= len(value) <= MAX_TEXT:
+        raise ui.fail(f"{kind} must be 1 to {MAX_TEXT} characters", 2)
+    try:
+        return identifiers.identifier(value, MAX_TEXT)
+    except identifiers.InvalidText as exc:
+        raise ui.fail(f"{kind} {exc}", 2) from exc
 
 
 def _schedule(value: str | None) -> str | Unchanged | None:
@@ -321,67 +381,81 @@ def _date(value: str) -> date:
         ) from exc
 
 
-def _stock_table(level: dict[str, Any]) -> Table:
-    table = Table()
-    for column in ("sku", "on_hand", "reserved", "available", "dea_schedule"):
-        table.add_column(column, justify="right" if column in _COUNTS else "left")
-    table.add_row(
-        level["sku"],
-        str(level["on_hand"]),
-        str(level["reserved"]),
-        str(level["available"]),
-        level["dea_schedule"] or "-",
+def _columns(*headers: str) -> list[Column]:
+    """Columns named `headers`, the counts right-aligned."""
+    return [Column(header, right=header in _COUNTS) for header in headers]
+
+
+def _print_stock(level: dict[str, Any]) -> None:
+    row = [str(level[count]) for count in ("on_hand", "reserved", "available")]
+    print_table(
+        _columns("sku", "on_hand", "reserved", "available", "dea_schedule"),
+        [[level["sku"], *row, level["dea_schedule"] or "-"]],
     )
-    return table
 
 
-def _lots_table(lots: list[dict[str, Any]]) -> Table:
+def _print_lots(lots: list[dict[str, Any]]) -> None:
     """The SKU's lots, first expiry first (`default`, without one, last)."""
-    table = Table(title="Lots", title_justify="left")
-    for column in ("lot", "expires_on", "on_hand", "reserved", "available"):
-        table.add_column(column, justify="right" if column in _COUNTS else "left")
-    for lot in lots:
-        table.add_row(
+    rows = [
+        [
             lot["lot"],
             lot["expires_on"] or "-",
-            str(lot["on_hand"]),
-            str(lot["reserved"]),
-            str(lot["available"]),
-        )
-    return table
+            *(str(lot[count]) for count in ("on_hand", "reserved", "available")),
+        ]
+        for lot in lots
+    ]
+    columns = _columns("lot", "expires_on", "on_hand", "reserved", "available")
+    print_table(columns, rows, title="Lots")
 
 
 @inventory_app.command("set")
 def inventory_set(
-    sku: str = typer.Argument(..., help="The SKU."),
-    on_hand: int = typer.Argument(..., min=0, help="Units of lot `default` (no expiry)."),
+    sku: str = typer.Argument(..., metavar="SKU", help="The SKU."),
+    on_hand: int = typer.Argument(
+        ..., min=0, metavar="ON_HAND", help="Units of lot `default` (no expiry), 0 or more."
+    ),
     dea_schedule: str | None = typer.Option(
         None,
         "--dea-schedule",
+        metavar="SCHEDULE",
         help="II, III, IV or V: a controlled substance; none: not one. Default: unchanged.",
     ),
 ) -> None:
     """Set a SKU's units without expiry (lot `default`; never below what is reserved of
-    it), and its DEA schedule."""
+    it), and its DEA schedule.
+
+    Examples:
+    $ fulfillment inventory set AMOX-500 40
+    $ fulfillment inventory set OXY-5 12 --dea-schedule II
+    """
     command = c.SetInventory(_name("SKU", sku), on_hand, _schedule(dea_schedule))
     with ui.operator_app(catch_up=False) as app:
         try:
             level = app.bus.handle(command)
         except DomainError as exc:
             raise ui.fail(str(exc)) from exc
-    ui.console.print(_stock_table(views.stock_view(level)))
+    _print_stock(views.stock_view(level))
 
 
 @inventory_app.command("lot")
 def inventory_lot(
-    sku: str = typer.Argument(..., help="The SKU."),
-    lot: str = typer.Argument(..., help="The lot (batch) number."),
-    on_hand: int = typer.Argument(..., min=0, help="Units of the lot on the shelf."),
-    expires_on: str = typer.Option(..., "--expires-on", help="The lot's expiry, YYYY-MM-DD."),
+    sku: str = typer.Argument(..., metavar="SKU", help="The SKU."),
+    lot: str = typer.Argument(..., metavar="LOT", help="The lot (batch) number."),
+    on_hand: int = typer.Argument(
+        ..., min=0, metavar="ON_HAND", help="Units of the lot on the shelf, 0 or more."
+    ),
+    expires_on: str = typer.Option(
+        ..., "--expires-on", metavar="DATE", help="The lot's expiry date, YYYY-MM-DD."
+    ),
 ) -> None:
     """Set a lot's units and expiry date (never below what is reserved of it); creates
-    the lot, and the SKU."""
-    command = c.SetLot(_name("SKU", sku), _name("lot", lot), on_hand, _date(expires_on))
+    the lot, and the SKU.
+
+    Example:
+    $ fulfillment inventory lot AMOX-500 B-7 12 --expires-on 2027-03-31
+    """
+    sku = _name("SKU", sku)
+    command = c.SetLot(sku, _name("lot", lot), on_hand, _date(expires_on))
     with ui.operator_app(catch_up=False) as app:
         try:
             app.bus.handle(command)
@@ -389,27 +463,39 @@ def inventory_lot(
             raise ui.fail(str(exc)) from exc
         level = views.get_inventory(app, sku)
     assert level is not None
-    ui.console.print(_stock_table(level))
-    ui.console.print(_lots_table(level["lots"]))
+    _print_stock(level)
+    _print_lots(level["lots"])
 
 
 @inventory_app.command("show")
-def inventory_show(sku: str = typer.Argument(..., help="The SKU.")) -> None:
-    """A SKU's units on hand, reserved and available, its DEA schedule, and its lots."""
+def inventory_show(sku: str = typer.Argument(..., metavar="SKU", help="The SKU.")) -> None:
+    """A SKU's units on hand, reserved and available, its DEA schedule, and its lots.
+
+    Example:
+    $ fulfillment inventory show AMOX-500
+    """
     with ui.operator_app(catch_up=False) as app:
         level = views.get_inventory(app, sku)
     if level is None:
         raise ui.fail(f"unknown SKU {sku!r}")
-    ui.console.print(_stock_table(level))
-    ui.console.print(_lots_table(level["lots"]) if level["lots"] else "no lots")
+    _print_stock(level)
+    if level["lots"]:
+        _print_lots(level["lots"])
+    else:
+        ui.console.print("no lots")
 
 
 @inventory_app.command("recall")
 def inventory_recall(
-    sku: str = typer.Argument(..., help="The SKU."),
-    lot: str = typer.Argument(..., help="The lot recalled."),
+    sku: str = typer.Argument(..., metavar="SKU", help="The SKU."),
+    lot: str = typer.Argument(..., metavar="LOT", help="The lot recalled."),
+    full_ids: FullIds = False,
 ) -> None:
-    """Every order that took units of the lot, in the order they reserved, with its status."""
+    """Every order that took units of the lot, in the order they reserved, with its status.
+
+    Example:
+    $ fulfillment inventory recall AMOX-500 B-7
+    """
     with ui.operator_app() as app:
         orders = views.lot_orders(app, sku, lot)
     if orders is None:
@@ -417,12 +503,11 @@ def inventory_recall(
     if not orders:
         ui.console.print(f"no order took units of lot {lot}")
         return
-    table = Table(title=f"Orders with units of lot {lot}", title_justify="left")
-    for column in ("order_id", "quantity", "status"):
-        table.add_column(column, justify="right" if column in _COUNTS else "left", no_wrap=True)
-    for order in orders:
-        table.add_row(order["order_id"], str(order["quantity"]), ui.styled(order["status"]))
-    ui.console.print(table)
+    rows: list[list[Cell]] = [
+        [Id(o["order_id"]), str(o["quantity"]), ui.styled(o["status"])] for o in orders
+    ]
+    columns = _columns("order_id", "quantity", "status")
+    print_table(columns, rows, title=f"Orders with units of lot {lot}", full_ids=full_ids)
 
 
 # --- projections --------------------------------------------------------------------------
@@ -430,20 +515,25 @@ def inventory_recall(
 
 @projections_app.command("status")
 def projections_status() -> None:
-    """Each projection's checkpoint, the head of the log, and the lag between them."""
+    """Each projection's checkpoint, the head of the log, and the lag between them.
+
+    Example:
+    $ fulfillment projections status
+    """
     with ui.operator_app(catch_up=False) as app:
         status = views.projection_status(app)
-    table = Table()
-    for column in ("projection", "checkpoint", "head", "lag", "behind"):
-        table.add_column(column, justify="left" if column == "projection" else "right")
-    for name, s in status.items():
-        table.add_row(name, str(s["checkpoint"]), str(s["head"]), str(s["lag"]), str(s["behind"]))
-    ui.console.print(table)
+    counts = ("checkpoint", "head", "lag", "behind")
+    rows = [[name, *(str(s[count]) for count in counts)] for name, s in status.items()]
+    print_table([Column("projection"), *(Column(c, right=True) for c in counts)], rows)
 
 
 @projections_app.command("rebuild")
 def projections_rebuild() -> None:
-    """Empty the read models and replay the whole event log into them."""
+    """Empty the read models and replay the whole event log into them.
+
+    Example:
+    $ fulfillment projections rebuild
+    """
     with ui.operator_app(catch_up=False) as app:
         projector = Projector(app.engine, app.mapper)
         started = time.perf_counter()

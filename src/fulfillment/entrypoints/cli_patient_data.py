@@ -13,11 +13,12 @@ from fulfillment.adapters.patient_data import locked
 from fulfillment.adapters.phi_backfill import Progress, encrypt_existing
 from fulfillment.adapters.phi_crypto import DEFAULT_MASTER_KEY_ID, CryptoError, MasterKeys
 from fulfillment.entrypoints import cli_common as ui
+from fulfillment.entrypoints.cli_help import Typer
 from fulfillment.entrypoints.personal_data import forget_customer
 
-keys_app = typer.Typer(help="Master keys of patient data: generate, rotate.", no_args_is_help=True)
-customers_app = typer.Typer(help="Customers: erase their personal data.", no_args_is_help=True)
-phi_app = typer.Typer(help="Patient data at rest: seal what was written in plain text.")
+keys_app = Typer(help="Master keys of patient data: generate, rotate.", no_args_is_help=True)
+customers_app = Typer(help="Customers: erase their personal data.", no_args_is_help=True)
+phi_app = Typer(help="Patient data at rest: seal what was written in plain text.")
 
 #: Data keys re-wrapped per transaction by `keys rotate`.
 REWRAP_BATCH = 500
@@ -44,6 +45,10 @@ def keys_generate(
 
     To rotate: put the new key first and keep the old one after it
     (`new:...,old:...`), restart, run `fulfillment keys rotate`, then drop the old one.
+
+    Examples:
+    $ fulfillment keys generate
+    $ fulfillment keys generate --id m2
     """
     try:
         typer.echo(MasterKeys.generate(key_id))
@@ -55,7 +60,11 @@ def keys_generate(
 def keys_rotate() -> None:
     """Re-wrap every customer's data key under the current (first) master key of
     FULFILLMENT_MASTER_KEY. No event is rewritten; afterwards the older master keys
-    may be removed from the setting."""
+    may be removed from the setting.
+
+    Example:
+    $ FULFILLMENT_MASTER_KEY="m2:...,m1:..." fulfillment keys rotate
+    """
     with ui.operator_app(catch_up=False) as app:
         masters = app.patient_data.masters
         if masters is None:
@@ -84,12 +93,17 @@ def keys_rotate() -> None:
 
 @customers_app.command("forget")
 def customers_forget(
-    customer_id: str = typer.Argument(..., metavar="CUSTOMER_ID"),
+    customer_id: str = typer.Argument(..., metavar="CUSTOMER_ID", help="The customer."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Erase a customer's personal data: their running sagas are cancelled (reason
     `personal_data_erased`), then their data key is deleted, so the patient data of
-    all their orders reads "\\[erased]" everywhere. Cannot be undone."""
+    all their orders reads "\\[erased]" everywhere. Cannot be undone.
+
+    Examples:
+    $ fulfillment customers forget cust-42
+    $ fulfillment customers forget cust-42 --yes
+    """
     if not yes:
         if not sys.stdin.isatty():
             raise ui.fail("erasure cannot be undone: pass --yes to confirm", 2)
@@ -104,13 +118,20 @@ def customers_forget(
 
 @phi_app.command("encrypt-existing")
 def phi_encrypt_existing(
-    batch: int = typer.Option(500, "--batch", min=1, max=10_000, help="Rows per transaction."),
+    batch: int = typer.Option(
+        500, "--batch", min=1, max=10_000, metavar="N", help="Rows per transaction, 1 to 10000."
+    ),
     restart: bool = typer.Option(
         False, "--restart", help="Scan the whole log again, not from where the last run stopped."
     ),
 ) -> None:
     """Seal the patient data written in plain text (before encryption, or while it was
-    off), in place and in batches; interrupted, it goes on where it stopped."""
+    off), in place and in batches; interrupted, it goes on where it stopped.
+
+    Examples:
+    $ fulfillment phi encrypt-existing
+    $ fulfillment phi encrypt-existing --batch 100 --restart
+    """
 
     def report(progress: Progress) -> None:
         ui.errors.print(

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from fulfillment import views
@@ -23,12 +22,14 @@ from fulfillment.domain.errors import DomainError
 from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.cli_audit import recording
+from fulfillment.entrypoints.cli_help import Typer, cursor_option, limit_option
+from fulfillment.entrypoints.cli_tables import Cell, Column, FullIds, Id, print_events, print_table
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.messagebus import ConcurrencyError
 from fulfillment.service_layer.saga_engine import InvalidSignalPayload, NotFound, UnknownSignal
 
-sagas_app = typer.Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
+sagas_app = Typer(help="Inspect sagas; retry parked ones.", no_args_is_help=True)
+jobs_app = Typer(help="Inspect the job queue; retry dead jobs.", no_args_is_help=True)
 
 _SHORT_STATUS = {
     "pending": "-",
@@ -47,15 +48,18 @@ _ICON = {
     "pending": "\u2026",
     "skipped": "\u2013",
     "waiting": "\u23f8",
+    "dead": "\u2298",
 }
 _UNDO = {
     "done": ("\u21ba compensated", "yellow"),
     "running": ("\u25cf undoing", "cyan"),
     "pending": ("\u2026 to undo", "cyan"),
     "failed": ("! undo failed", "bold red"),
+    "dead": ("\u2298 undo dead", "bold red"),
 }
 _JOB_STATUSES = (READY, RUNNING, DEAD)
-_ERROR_WIDTH, _MIN_ERROR_WIDTH = 80, 24
+#: A job's last error is cut to what the table leaves, within these (characters).
+_ERROR_WIDTH = (24, 80)
 
 
 def _short_step(name: str) -> str:
@@ -89,36 +93,42 @@ def sagas_list(
         None,
         "--status",
         "-s",
+        metavar="STATUS",
         help="running, compensating, completed, compensated, compensation_failed or stuck.",
     ),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
-    cursor: str | None = typer.Option(None, "--cursor", help="From the previous page."),
+    limit: int = limit_option(20),
+    cursor: str | None = cursor_option(),
+    full_ids: FullIds = False,
 ) -> None:
-    """Sagas, newest first; `--status stuck` lists those that need an operator."""
+    """Sagas, newest first; `--status stuck` lists those that need an operator.
+
+    Examples:
+    $ fulfillment sagas list
+    $ fulfillment sagas list --status stuck
+    """
     with ui.operator_app() as app:
         try:
             sagas, next_cursor = views.list_sagas(app, status, limit, cursor)
         except views.InvalidQuery as exc:
             raise ui.fail(str(exc), 2) from exc
-    table = Table(title=f"Sagas{f' ({status})' if status else ''}", title_justify="left")
-    table.add_column("saga_id", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("stuck")
-    table.add_column("steps", no_wrap=True)
-    table.add_column("reason")
-    table.add_column("job", no_wrap=True)
-    table.add_column("updated_at", no_wrap=True)
-    for s in sagas:
-        table.add_row(
-            s["saga_id"],
+    headers = ("saga_id", "status", "stuck", "steps", "reason", "job", "updated_at")
+    rows: list[list[Cell]] = [
+        [
+            Id(s["saga_id"]),
             ui.styled(s["status"]),
             Text("stuck", style="bold red") if s["stuck"] else Text(""),
             _steps(s["steps"]),
             s["reason"] or "",
             ui.job_text(s["job"]),
             s["updated_at"][:19].replace("T", " "),
-        )
-    ui.console.print(table if sagas else "no sagas")
+        ]
+        for s in sagas
+    ]
+    if sagas:
+        title = f"Sagas{f' ({status})' if status else ''}"
+        print_table([Column(h) for h in headers], rows, title=title, full_ids=full_ids)
+    else:
+        ui.console.print("no sagas")
     ui.next_page(next_cursor)
 
 
@@ -181,17 +191,34 @@ def _step_notes(step: dict[str, Any], start: str | None) -> Text:
             notes.append(attempt["error"], style="red")
             if retried:
                 notes.append(f" (retried in {_duration(attempt['retry_in_seconds'] * 1000)})")
-    if step["job"]:
+    job = step["job"]
+    if job:
         if notes:
             notes.append("\n")
         notes.append("job ", style="dim")
-        notes.append_text(ui.job_text(step["job"]))
+        notes.append_text(ui.job_text(job))
+        if job["status"] == DEAD and job["last_error"]:
+            notes.append(": ")
+            notes.append(job["last_error"].strip().partition("\n")[0], style="red")
+    if step["action"]:
+        notes.append("\nto retry: ", style="bold")
+        notes.append(step["action"])
     return notes
 
 
 @sagas_app.command("show")
-def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
-    """One saga as a timeline: steps, compensations in the order they ran, then events."""
+def sagas_show(
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="The saga (= order) id."),
+    full_ids: FullIds = False,
+) -> None:
+    """One saga as a timeline: steps, compensations in the order they ran, then events.
+
+    Each step's time is split: how long its job waited in the queue once due (`queued`),
+    how long the worker ran it (`ran`), and in all (`duration`, with retries' backoffs).
+
+    Example:
+    $ fulfillment sagas show ord-1004
+    """
     with ui.operator_app(catch_up=False) as app, recording(app, "sagas show") as record:
         timeline = views.saga_timeline(app, saga_id)
         if timeline is not None:
@@ -224,71 +251,80 @@ def sagas_show(saga_id: str = typer.Argument(..., help="The saga (= order) id.")
     if saga["parked_error"]:
         ui.console.print(Text(f"parked on: {saga['parked_error']}", style="red"))
 
-    steps = Table(title="Steps", title_justify="left", title_style="bold")
-    steps.add_column("#", justify="right")
-    steps.add_column("step", no_wrap=True)
-    steps.add_column("status", no_wrap=True)
-    steps.add_column("attempts", justify="right")
-    steps.add_column("started", justify="right", no_wrap=True)
-    steps.add_column("duration", justify="right", no_wrap=True)
-    steps.add_column("compensation, errors", overflow="fold")
-    for n, step in enumerate(timeline["steps"], 1):
-        steps.add_row(
+    columns = [
+        Column("#", right=True),
+        Column("step"),
+        Column("status"),
+        *(Column(h, right=True) for h in ("attempts", "started", "queued", "ran", "duration")),
+        Column("compensation, errors"),
+    ]
+    rows: list[list[Cell]] = [
+        [
             str(n),
             step["name"],
             _step_status(step),
             str(step["attempts"]),
             _offset(start, step["started_at"]),
+            _duration(step["queued_ms"]),
+            _duration(step["run_ms"]),
             _duration(step["duration_ms"]),
             _step_notes(step, start),
-        )
-    ui.console.print(steps)
+        ]
+        for n, step in enumerate(timeline["steps"], 1)
+    ]
+    print_table(columns, rows, title="Steps", title_style="bold")
     _print_compensations(timeline["compensation"], start)
-    ui.console.print(ui.events_table(timeline["events"], title="Events"))
+    print_events(timeline["events"], title="Events", full_ids=full_ids)
 
 
 def _print_compensations(compensation: dict[str, Any], start: str | None) -> None:
     if compensation["started_at"] is None:
         ui.console.print(Text("Compensations: none", style="bold"), Text("(no step failed)"))
         return
-    table = Table(
-        title="Compensations (last in, first out, in the order they ran)",
-        title_justify="left",
-        title_style="bold",
-    )
-    table.add_column("#", justify="right")
-    table.add_column("event", no_wrap=True)
-    table.add_column("compensation", no_wrap=True)
-    table.add_column("undoes", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("at", justify="right", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
-    table.add_column("attempts", justify="right")
+    title = "Compensations (last in, first out, in the order they ran)"
     ran, pending = compensation["ran"], compensation["pending"]
-    for n, done in enumerate(ran, 1):
-        table.add_row(
+    if not ran and not pending:
+        ui.console.print(Text(title, style="bold"))
+        ui.console.print("nothing to undo: the first step failed", style="dim")
+        return
+    columns = [
+        Column("#", right=True),
+        *(Column(h) for h in ("event", "compensation", "undoes", "status")),
+        *(Column(h, right=True) for h in ("at", "queued", "ran", "took", "attempts")),
+    ]
+    rows: list[list[Cell]] = [
+        [
             str(n),
             Text(done["event"], style="yellow"),
             done["name"],
             done["undoes"],
             Text("done", style="green"),
             _offset(start, done["finished_at"]),
+            _duration(done["queued_ms"]),
+            _duration(done["run_ms"]),
             _duration(done["duration_ms"]),
             str(sum(1 for a in done["attempts"] if a["attempt"])),
-        )
+        ]
+        for n, done in enumerate(ran, 1)
+    ]
     for n, p in enumerate(pending, len(ran) + 1):
         label, style = _UNDO[p["status"]]
-        table.add_row(
-            str(n), p["event"], p["name"], p["undoes"], Text(label, style=style), "-", "-", "-"
-        )
-    if not ran and not pending:
-        table.add_row("", Text("nothing to undo: the first step failed", style="dim"))
-    ui.console.print(table)
+        status = Text(label, style=style)
+        if p["action"]:
+            status.append(f"\nto retry: {p['action']}")
+        rows.append([str(n), p["event"], p["name"], p["undoes"], status, *["-"] * 5])
+    print_table(columns, rows, title=title, title_style="bold")
 
 
 @sagas_app.command("retry")
-def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
-    """Retry a parked saga's compensation, or put its dead job back in the queue."""
+def sagas_retry(
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="The saga (= order) id."),
+) -> None:
+    """Retry a parked saga's compensation, or put its dead job back in the queue.
+
+    Example:
+    $ fulfillment sagas retry ord-1004
+    """
     with ui.operator_app(catch_up=False) as app:
         try:
             resumed = app.bus.handle(c.ResumeSaga(saga_id=saga_id))
@@ -309,11 +345,20 @@ def sagas_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id."
 
 @sagas_app.command("signal")
 def sagas_signal(
-    saga_id: str = typer.Argument(..., help="The saga id."),
-    name: str = typer.Argument(..., help="The signal, as the saga's wait declares it."),
-    data: str = typer.Option("{}", "--data", help="The signal's JSON body (an object)."),
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="The saga id."),
+    name: str = typer.Argument(
+        ..., metavar="SIGNAL", help="The signal, as the saga's wait declares it."
+    ),
+    data: str = typer.Option(
+        "{}", "--data", metavar="JSON", help="The signal's JSON body (an object)."
+    ),
 ) -> None:
-    """Deliver a signal to a saga that waits for it (sent as `cli` in its event)."""
+    """Deliver a signal to a saga that waits for it (sent as `cli` in its event).
+
+    Examples:
+    $ fulfillment sagas signal a-1 approve --data '{"approver": "ann"}'
+    $ fulfillment sagas signal a-1 comment --data '{"text": "which room?"}'
+    """
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -387,62 +432,51 @@ def _counts_line(counts: dict[str, int]) -> Text:
     return line
 
 
-def _jobs_table(title: str, rows: list[list[str | Text]], errors: list[Text] | None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for header in ("id", "saga_id", "kind", "status", "run_at", "lease", "claimed_by"):
-        numeric = header in ("id", "run_at", "lease")
-        table.add_column(header, justify="right" if numeric else "left", no_wrap=True)
-    table.add_column("claims", justify="right")
-    table.add_column("failures", justify="right")
-    if errors is not None:
-        table.add_column("last_error", no_wrap=True)
-    for n, row in enumerate(rows):
-        table.add_row(*row, *([errors[n]] if errors is not None else []))
-    return table
-
-
-def _print_jobs(jobs: list[JobRow], now: float, title: str) -> None:
-    """One row per job, with the first line of its last error in what the terminal leaves;
-    on a terminal too narrow for that, the errors follow the table, one line per job."""
-    rows: list[list[str | Text]] = [
+def _print_jobs(jobs: list[JobRow], now: float, title: str, full_ids: bool) -> None:
+    """One row per job, with the first line of its last error cut to what the width
+    leaves (at most 80 characters)."""
+    columns = [
+        Column("id", right=True),
+        *(Column(h) for h in ("saga_id", "kind", "status")),
+        Column("run_at", right=True),
+        Column("lease", right=True),
+        Column("claimed_by"),
+        Column("claims", right=True),
+        Column("failures", right=True),
+        Column("last_error", fill=_ERROR_WIDTH),
+    ]
+    rows: list[list[Cell]] = [
         [
             str(job.id),
-            job.saga_id,
+            Id(job.saga_id),
             job.kind,
             ui.styled(job.status),
             _relative(job.run_at, now),
             _relative(job.lease_expires_at, now),
-            job.claimed_by or "-",
+            Id(job.claimed_by) if job.claimed_by else "-",
             str(job.claims),
             str(job.failures),
+            Text((job.last_error or "").strip().partition("\n")[0], style="red"),
         ]
         for job in jobs
     ]
-    errors = [(job.last_error or "").strip().partition("\n")[0] for job in jobs]
-    table = _jobs_table(title, rows, None)
-    room = ui.console.width - ui.console.measure(table).maximum - 3  # border and padding
-    if room >= _MIN_ERROR_WIDTH:
-        width = min(room, _ERROR_WIDTH)
-        ui.console.print(_jobs_table(title, rows, [_red(ui.cut(e, width)) for e in errors]))
-        return
-    ui.console.print(table)
-    for job, error in zip(jobs, errors, strict=True):
-        if error:
-            line = Text(f"job {job.id} ({job.saga_id}): ")
-            line.append_text(_red(ui.cut(error, _ERROR_WIDTH)))
-            ui.console.print(line)
-
-
-def _red(text: str) -> Text:
-    return Text(text, style="red")
+    print_table(columns, rows, title=title, full_ids=full_ids)
 
 
 @jobs_app.command("list")
 def jobs_list(
-    status: str | None = typer.Option(None, "--status", "-s", help="ready, running or dead."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, max=views.MAX_LIMIT),
+    status: str | None = typer.Option(
+        None, "--status", "-s", metavar="STATUS", help="ready, running or dead."
+    ),
+    limit: int = limit_option(20),
+    full_ids: FullIds = False,
 ) -> None:
-    """The durable job queue, oldest job first, and how many jobs are in each status."""
+    """The durable job queue, oldest job first, and how many jobs are in each status.
+
+    Examples:
+    $ fulfillment jobs list
+    $ fulfillment jobs list --status dead
+    """
     if status is not None and status not in _JOB_STATUSES:
         raise ui.fail(f"unknown job status {status!r}: ready, running or dead", 2)
     with ui.operator_app(catch_up=False) as app:
@@ -450,7 +484,7 @@ def jobs_list(
     jobs, counts, now = listing.jobs, listing.counts, listing.now
     if jobs:
         title = f"Jobs{f' ({status})' if status else ''}"
-        _print_jobs(jobs, now, title)
+        _print_jobs(jobs, now, title, full_ids)
     else:
         ui.console.print(f"no {status} jobs" if status else "no jobs")
     total = counts.get(status, 0) if status else sum(counts.values())
@@ -460,8 +494,14 @@ def jobs_list(
 
 
 @jobs_app.command("retry")
-def jobs_retry(saga_id: str = typer.Argument(..., help="The saga (= order) id.")) -> None:
-    """Put the saga's dead job back in the queue, its failure count reset."""
+def jobs_retry(
+    saga_id: str = typer.Argument(..., metavar="SAGA_ID", help="The saga (= order) id."),
+) -> None:
+    """Put the saga's dead job back in the queue, its failure count reset.
+
+    Example:
+    $ fulfillment jobs retry ord-1005
+    """
     with ui.operator_app(catch_up=False) as app:
         job = views.job_of_saga(app, saga_id)
         if job is None or job.status != DEAD:

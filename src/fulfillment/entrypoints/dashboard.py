@@ -57,7 +57,7 @@ _DATA_HEADERS = {"Cache-Control": "no-store"}
 DEFAULT_PAGE = 25
 MAX_PAGE = 200
 
-OrderId = Annotated[str, Path(min_length=1, max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)]
+OrderId = Annotated[s.Text, Path()]
 #: Records that a request was shown the patient data of orders (order id -> customer id).
 Audit = Callable[[Request, Mapping[str, str | None]], None]
 
@@ -73,7 +73,7 @@ def _load_shell() -> dict[str, tuple[bytes, str]]:
 def dashboard_router(app: App, audit: Audit) -> APIRouter:
     """The dashboard's shell and JSON routes over `app` (none of them in the OpenAPI
     schema); `audit` records the timelines served with patient data."""
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, redirect_slashes=False)
     shell = _load_shell()
 
     def serve(path: str) -> None:
@@ -96,9 +96,7 @@ def dashboard_router(app: App, audit: Audit) -> APIRouter:
     def dashboard_order_list(
         status: OrderStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-        cursor: Annotated[
-            str | None, Query(max_length=s.MAX_TEXT, pattern=s.NO_CONTROL_CHARACTERS)
-        ] = None,
+        cursor: Annotated[s.CursorText | None, Query()] = None,
     ) -> JSONResponse:
         """A page of orders, newest first, with the times the list shows."""
         try:

@@ -5,7 +5,9 @@
 whose `ProcessorFormatter` adds the same fields to every line: a UTC timestamp, level,
 logger name, and the context bound while a saga job runs (`job_context`): order_id,
 saga_id, job_id, step, attempt and correlation_id. Secrets (the API keys, and any field
-named like a credential) are replaced by ``[REDACTED]`` before a line is written.
+named like a credential) are replaced by ``[REDACTED]`` before a line is written, and
+the fields a library adds for its own coloured console (uvicorn's ``color_message``, the
+message again with ANSI escapes) are dropped.
 
 Format: ``FULFILLMENT_LOG_FORMAT=json|console``; by default JSON unless stderr is a
 terminal. Level: ``FULFILLMENT_LOG_LEVEL`` (default INFO).
@@ -29,6 +31,9 @@ JOB_FIELDS = ("order_id", "saga_id", "job_id", "step", "attempt", "correlation_i
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"(authorization|api[_-]?keys?|password|passwd|secret|bearer)", re.I)
 _HANDLER_MARK = "_fulfillment_handler"
+#: Fields of standard library records that are not data: uvicorn's `color_message` (its
+#: message with ANSI colour escapes, for its own console format).
+CONSOLE_FIELDS = ("color_message",)
 
 
 def wants_json(environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> bool:
@@ -83,6 +88,13 @@ class Redactor:
         return event_dict
 
 
+def drop_console_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """A processor that leaves out `CONSOLE_FIELDS`."""
+    for key in CONSOLE_FIELDS:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     """Run for every line, structlog's own and the standard library's."""
     return [
@@ -90,6 +102,7 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.stdlib.ExtraAdder(),
+        drop_console_fields,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
 

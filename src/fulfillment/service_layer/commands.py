@@ -58,6 +58,8 @@ class RecordJobFailure(SagaCommand):
     kind: str
     error: str
     reason: str | None  # a business reason: fail for good; None: transient
+    #: A transient failure's least wait before the retry (`TransientFailure.retry_after_seconds`).
+    retry_after_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -27,6 +27,7 @@ from fulfillment.domain.errors import BusinessRuleViolation, TransientFailure
 from fulfillment.service_layer import commands as c
 from fulfillment.service_layer.jobs import ClaimedJob, LeaseLost
 from fulfillment.service_layer.messagebus import DatabaseBusy, MessageBus
+from fulfillment.service_layer.ports import Clock
 from fulfillment.service_layer.retry import RetryPolicy
 from fulfillment.service_layer.saga_engine import FailureHandled
 
@@ -107,7 +108,10 @@ class JobRunner:
         max_job_failures: int = 10,
         observer: JobObserver | None = None,
         busy_delay_seconds: float = 0.5,
+        clock: Clock | None = None,
     ) -> None:
+        #: Stamps when each run begins (`ClaimedJob.started_at`); None: no stamp.
+        self.clock = clock
         self.busy_delay_seconds = busy_delay_seconds
         self.bus = bus
         self.queue = queue
@@ -121,6 +125,8 @@ class JobRunner:
 
     def run_step(self, job: ClaimedJob) -> JobResult:
         """Run the job; how it ended, and the next job it handed over, if any."""
+        if self.clock is not None:
+            job = replace(job, started_at=self.clock.now())
         with self.observer.watch(job) as watch:
             result, error = self._run(job)
             watch.finished(result.outcome, error)
@@ -138,7 +144,7 @@ class JobRunner:
                 return self._record_failure(job, str(exc), reason), f"{reason}: {exc}"
             except TransientFailure as exc:
                 error = str(exc) or type(exc).__name__
-                return self._record_failure(job, error, None), error
+                return self._record_failure(job, error, None, exc.retry_after_seconds), error
         except LeaseLost:
             log.warning("lease lost on job %s (%s %s)", job.id, job.kind, job.saga_id)
             return JobResult(JobOutcome.LEASE_LOST), None
@@ -149,12 +155,22 @@ class JobRunner:
         except Exception as exc:
             return JobResult(self._fail_job(job, exc)), f"{type(exc).__name__}: {exc}"
 
-    def _record_failure(self, job: ClaimedJob, error: str, reason: str | None) -> JobResult:
+    def _record_failure(
+        self,
+        job: ClaimedJob,
+        error: str,
+        reason: str | None,
+        retry_after_seconds: float | None = None,
+    ) -> JobResult:
         # A transient failure on the last attempt fails the step too (retries_exhausted).
-        handled, handed_over = self.bus.handle_job(
-            c.RecordJobFailure(saga_id=job.saga_id, kind=job.kind, error=error, reason=reason),
-            job,
+        failure = c.RecordJobFailure(
+            saga_id=job.saga_id,
+            kind=job.kind,
+            error=error,
+            reason=reason,
+            retry_after_seconds=retry_after_seconds,
         )
+        handled, handed_over = self.bus.handle_job(failure, job)
         if handled is FailureHandled.FAILED:
             # A business outcome, not a fault of the system: info, with the reason.
             why = reason or "retries_exhausted"

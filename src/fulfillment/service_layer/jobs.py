@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class ClaimedJob:
     #: When set, a step that enqueues its saga's next job with no delay keeps the claim
     #: (for this many seconds of lease) so the same worker thread runs it right away.
     chain_lease_seconds: float | None = None
+    #: When this run of the job began (the worker's clock): the events it records keep
+    #: it in their metadata (`job_started_at`), which tells a step's wait in the queue
+    #: from its run. None: not known (a unit of work run outside `JobRunner`).
+    started_at: datetime | None = None
 
 
 class LeaseLost(Exception):

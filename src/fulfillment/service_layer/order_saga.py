@@ -312,8 +312,12 @@ def picked_up(ctx: StepContext) -> ev.ShipmentPickedUp:
 
 
 def picked_up_at_booking(ctx: StepContext) -> ev.ShipmentPickedUp | None:
-    """A carrier that picks up as it books: no wait (FULFILLMENT_CARRIER_PICKUP_DELAY_MS=0)."""
-    if not ctx.carrier.confirms_pickup_at_booking:
+    """A carrier that picks up as it books: no wait (FULFILLMENT_CARRIER_PICKUP_DELAY_MS=0
+    of the simulated one). The booking just made, in the shipment step's transaction,
+    may say so for itself (`Booking.picked_up_at_booking`: the HTTP carrier's answer)."""
+    booking = ctx.prepared if isinstance(ctx.prepared, Booking) else None
+    said = booking.picked_up_at_booking if booking is not None else None
+    if not (ctx.carrier.confirms_pickup_at_booking if said is None else said):
         return None
     number = tracking_number(ctx.saga)
     assert number is not None

@@ -32,13 +32,19 @@ class Clock(abc.ABC):
 class Booking:
     carrier: str
     tracking_number: str
+    #: What the carrier said of this booking: True, it is also the pickup; False, the
+    #: pickup is confirmed later by a tracking update; None, as the carrier's
+    #: `confirms_pickup_at_booking` says.
+    picked_up_at_booking: bool | None = None
 
 
 class Carrier(abc.ABC):
-    """A shipping carrier. Calls are idempotent by key: the same key books one shipment."""
+    """A shipping carrier. Calls are idempotent by key: the same key books one shipment.
+    How to write one: docs/carriers.md."""
 
     #: Whether a booking is also the pickup (the saga then waits for no pickup
     #: confirmation); else the carrier confirms pickup later, by a tracking update.
+    #: A booking may say otherwise for itself (`Booking.picked_up_at_booking`).
     confirms_pickup_at_booking: bool = False
 
     @abc.abstractmethod
@@ -50,6 +56,10 @@ class Carrier(abc.ABC):
     @abc.abstractmethod
     def cancel(self, idempotency_key: str, tracking_number: str) -> None:
         """Raises TransientFailure when the carrier cannot be reached."""
+
+    def close(self) -> None:
+        """Release what the carrier holds (connections); by default nothing."""
+        return None
 
 
 #: The lot `PUT /inventory/{sku}` sets: units without an expiry date.

@@ -19,9 +19,12 @@ class RetryPolicy:
     def exhausted(self, attempts_made: int) -> bool:
         return attempts_made >= self.max_attempts
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+    def delay(self, attempt: int, at_least: float | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based); `at_least`
+        (what the failure asked for, `TransientFailure.retry_after_seconds`) is a lower
+        bound, above the cap too."""
         ceiling = self.base_seconds * (2 ** min(60, max(0, attempt - 1)))
         if self.cap_seconds is not None:
             ceiling = min(ceiling, self.cap_seconds)
-        return float(ceiling / 2 + self.rng.uniform(0, ceiling / 2))
+        backoff = float(ceiling / 2 + self.rng.uniform(0, ceiling / 2))
+        return max(backoff, at_least) if at_least is not None else backoff

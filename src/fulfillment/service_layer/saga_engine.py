@@ -318,7 +318,7 @@ def _step_failed(
         reason = cmd.reason or FailureReason.RETRIES_EXHAUSTED.value
         saga.fail_step(step.name, reason, cmd.error, at=now)
         return FailureHandled.FAILED
-    delay = retry.delay(attempt)
+    delay = retry.delay(attempt, at_least=cmd.retry_after_seconds)
     # A step's deadline is a due time too: the retry runs no later than it, and fails.
     started = saga.step_started_at(step.name)
     seconds = step_deadline_seconds(step, deps.timeouts)
@@ -337,7 +337,10 @@ def _compensation_failed(
         saga.park(cmd.kind, cmd.error, at=now)
     else:
         saga.record_compensation_attempt_failed(
-            cmd.kind, cmd.error, retry_in_seconds=retry.delay(attempt), at=now
+            cmd.kind,
+            cmd.error,
+            retry_in_seconds=retry.delay(attempt, at_least=cmd.retry_after_seconds),
+            at=now,
         )
     return FailureHandled.RETRYING
 

@@ -43,6 +43,8 @@ class AbstractUnitOfWork(abc.ABC):
     def __init__(self, job: ClaimedJob | None = None, causation_id: str | None = None) -> None:
         self.job = job
         self.causation_id = causation_id or (f"job:{job.id}" if job else None)
+        #: When the job's run began, kept in the metadata of its events.
+        self.job_started_at = job.started_at if job else None
         self.read_only_mode = False  # of the transaction in progress
         self._next_read_only = False
         self.committed_events: list[DomainEvent] = []

@@ -20,7 +20,8 @@ By topic:
 * ``dashboard``: the dashboard's overview and orders list.
 * ``timeline``: one saga as a timeline (the dashboard's order page, ``sagas show``).
 * ``metrics``: the database snapshot behind each Prometheus scrape.
-* ``common``: limits, cursors, streams and times the others share.
+* ``common``: limits, cursors, streams and times the others share; ``cursors``: the
+  listings' signed cursors.
 
 Listings are newest first, ordered by the commit position of each order's
 ``OrderCreated`` event, and paginated with an opaque cursor: a page never repeats or

@@ -2,15 +2,12 @@
 an order, and times as they are shown (ISO 8601 UTC; durations in milliseconds).
 
 Listings are newest first, ordered by the commit position of each order's
-``OrderCreated`` event, and paginated with an opaque cursor: a page never repeats or
-skips an order of the pages before it, even while new orders arrive.
+``OrderCreated`` event, and paginated with an opaque, signed cursor (``cursors``): a page
+never repeats or skips an order of the pages before it, even while new orders arrive.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +20,7 @@ from fulfillment.adapters.mapper import StoredEvent, to_utc
 from fulfillment.bootstrap import App
 from fulfillment.domain.order import Order
 from fulfillment.domain.saga import Saga
+from fulfillment.views.cursors import InvalidCursor, cursor_keys, decode_cursor, encode_cursor
 
 MAX_LIMIT = 1000
 
@@ -38,37 +36,27 @@ def checked_limit(limit: int) -> int:
     return min(limit, MAX_LIMIT)
 
 
-def _encode_cursor(position: int) -> str:
-    raw = json.dumps({"p": position}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        position = value["p"]
-    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
-        raise InvalidQuery("invalid cursor") from exc
-    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
-        raise InvalidQuery("invalid cursor")
-    return position
-
-
 def page(
     app: App, query: Select[Any], limit: int, cursor: str | None
 ) -> tuple[list[RowMapping], str | None]:
-    """One page of `query` over order_summaries, newest first, and the next cursor."""
+    """One page of `query` over order_summaries, newest first, and the next cursor
+    (signed: views/cursors.py)."""
     s = t.order_summaries
     limit = checked_limit(limit)
+    patient_data = app.mapper.patient_data
+    keys = cursor_keys(patient_data.masters if patient_data is not None else None)
     if cursor is not None:
-        query = query.where(s.c.created_position < _decode_cursor(cursor))
+        try:
+            position = decode_cursor(cursor, keys)
+        except InvalidCursor as exc:
+            raise InvalidQuery(str(exc)) from exc
+        query = query.where(s.c.created_position < position)
     query = query.order_by(desc(s.c.created_position)).limit(limit + 1)
     with read_connection(app.engine) as conn:
         rows = [row._mapping for row in conn.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode_cursor(int(rows[-1]["created_position"])) if more else None
+    next_cursor = encode_cursor(int(rows[-1]["created_position"]), keys) if more else None
     return rows, next_cursor
 
 

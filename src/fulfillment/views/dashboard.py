@@ -1,8 +1,9 @@
 """What the dashboard's overview and orders list display (``entrypoints/dashboard.py``
 serves them).
 
-* `overview`: counts by outcome, throughput per minute, queue depth, stuck sagas and
-  projection lag.
+* `overview`: counts by outcome, throughput per minute, the queue (its depth: the jobs
+  still to run, `ready`, `scheduled` and `running`; the `dead` ones apart), stuck sagas
+  and projection lag.
 * `dashboard_orders`: a page of `list_orders`, with the times the list shows.
 * `verification_queue`: the pharmacist's queue, the orders `awaiting_verification`,
   the longest waiting first.
@@ -107,7 +108,8 @@ def overview(app: App, minutes: int = OVERVIEW_MINUTES) -> dict[str, Any]:
             "placed_per_minute_5m": round(sum(placed[-5:]) / 5, 2),
             "buckets": buckets,
         },
-        "queue": {**queue, "depth": sum(queue.values())},
+        # Depth: the jobs still to run. A dead one waits for an operator, not a worker.
+        "queue": {**queue, "depth": sum(n for st, n in queue.items() if st != "dead")},
         "stuck": {
             "count": len(stuck),
             "more": more is not None,

@@ -9,8 +9,15 @@ from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App
 
 
+class NotReady(Exception):
+    """The server waits for its database, or migrates it (`App.not_ready` says which)."""
+
+
 def check_database(app: App) -> None:
-    """Returns when the database answers a query; raises (SQLAlchemy errors) otherwise."""
+    """Returns when the database answers a query; raises (SQLAlchemy errors) otherwise,
+    and NotReady while the server waits for its database or migrates it."""
+    if app.not_ready is not None:
+        raise NotReady(app.not_ready)
     with read_connection(app.engine) as conn:
         conn.execute(text("SELECT 1"))
 

@@ -6,6 +6,14 @@ step and wait of the saga's definition (the pivot, `complete`, last) with its st
 attempts, errors, start, end and duration; the compensations in the order they ran
 (last in, first out), then the ones still to run; the queued job; the whole history.
 
+A step's (or a compensation's) time is split: `queued_ms`, how long its job waited in
+the queue for a worker once due (the step became due when the one before it ended, an
+attempt after a retry's backoff), and `run_ms`, how long the worker's runs took, from
+the start of each run (the metadata `job_started_at` of the events the run recorded) to
+its outcome event; `backoff_ms`, the retries' backoffs. Both are None for the events of a
+run whose start was not recorded. A step whose job died (`FULFILLMENT_MAX_JOB_FAILURES`
+unexpected errors) is `dead`, with the command that puts it back (`action`).
+
 The order's pharmacy lifecycle (`lifecycle`): its verification and each decision on it,
 a cancellation requested, the carrier's pickup, every tracking update (applied or not)
 and the lots its reservation took. Each event of the lifecycle has a `title` ("Verified
@@ -19,7 +27,7 @@ lifecycle's notes are None (`note_hidden` says one was left out).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fulfillment.adapters.db import read_connection
@@ -37,9 +45,12 @@ from fulfillment.views.common import duration_ms, iso, streams
 from fulfillment.views.jobs import job_row, job_view
 from fulfillment.views.sagas import is_stuck
 
-#: Statuses a step shows: the domain's, plus `running` (being worked on now) and
-#: `skipped` (will never run: the saga failed before it).
-RUNNING, SKIPPED = "running", "skipped"
+#: Statuses a step shows: the domain's, plus `running` (being worked on now),
+#: `skipped` (will never run: the saga failed before it) and `dead` (its job died: no
+#: worker takes it until an operator puts it back).
+RUNNING, SKIPPED, DEAD = "running", "skipped", "dead"
+#: The job status of a dead job (adapters/job_queue.py).
+_DEAD_JOB = "dead"
 #: The fields of an event's data that hold patient data (`OrderCreated`,
 #: `OrderFulfillmentSagaStarted`): the prescription (patient, prescriber) and the address;
 #: and the free-text `note` of a pharmacist's decision or a cancellation, which may hold
@@ -194,7 +205,7 @@ def _timeline(
             "started_at": iso(walk.compensation_started_at),
             "planned": walk.planned,
             "ran": walk.compensations,
-            "pending": _pending_compensations(saga),
+            "pending": _pending_compensations(saga, job),
         },
         "job": job,
         "lifecycle": _lifecycle(app, stored, saga, include_phi=include_phi)
@@ -358,6 +369,8 @@ class _Walk:
         self.compensations: list[dict[str, Any]] = []
         self.compensation_started_at: datetime | None = None
         self.planned: list[str] = []
+        #: When each compensation's first attempt became due.
+        self.compensation_due: dict[str, datetime | None] = {}
         self._mark: datetime | None = None  # when the next compensation became due
         self._definition: SagaDefinition | None = None
 
@@ -367,7 +380,13 @@ class _Walk:
             return
         definition = self._definition
         at = event.occurred_at
-        base = {"at": iso(at), "position": stored.position, "event": stored.type}
+        base = {
+            "at": iso(at),
+            "position": stored.position,
+            "event": stored.type,
+            # When the run of the job that recorded it began; None: not a job's run.
+            "started_at": (stored.metadata or {}).get("job_started_at"),
+        }
         name = type(event).__name__
         if (step := definition.succeeded_by(name)) is not None:
             tried = self.attempts.setdefault(step.name, [])
@@ -413,7 +432,7 @@ class _Walk:
             self._mark = at
         elif (step := definition.compensated_by(name)) is not None and step.compensation:
             compensation = step.compensation.name
-            tried = self.compensation_attempts.setdefault(compensation, [])
+            tried = self._compensation_tried(compensation)
             tried.append({**base, "attempt": len(tried) + 1, "outcome": "succeeded"})
             self.compensations.append(
                 {
@@ -426,12 +445,13 @@ class _Walk:
                     "started_at": iso(self._mark),
                     "finished_at": iso(at),
                     "duration_ms": duration_ms(self._mark, at),
+                    **timed_runs(tried, self.compensation_due[compensation]),
                     "attempts": list(tried),
                 }
             )
             self._mark = at
         elif isinstance(event, ev.CompensationAttemptFailed):
-            self.compensation_attempts.setdefault(event.compensation, []).append(
+            self._compensation_tried(event.compensation).append(
                 {
                     **base,
                     "attempt": event.attempt,
@@ -441,15 +461,67 @@ class _Walk:
                 }
             )
         elif isinstance(event, ev.SagaCompensationFailed):
-            tried = self.compensation_attempts.setdefault(event.compensation, [])
+            tried = self._compensation_tried(event.compensation)
             tried.append(
                 {**base, "attempt": len(tried) + 1, "outcome": "failed", "error": event.error}
             )
         elif isinstance(event, ev.SagaCompensationRetried):
-            self.compensation_attempts.setdefault(event.compensation, []).append(
-                {**base, "attempt": None, "outcome": "operator_retry"}
+            self._compensation_tried(event.compensation).append(
+                {**base, "attempt": None, "outcome": OPERATOR_RETRY}
             )
             self._mark = at
+
+    def _compensation_tried(self, compensation: str) -> list[dict[str, Any]]:
+        """The attempts of `compensation` so far (noting when it became due, at the first)."""
+        self.compensation_due.setdefault(compensation, self._mark)
+        return self.compensation_attempts.setdefault(compensation, [])
+
+
+#: The outcome of an operator's retry of a parked compensation: not a run of its own.
+OPERATOR_RETRY = "operator_retry"
+
+
+def timed_runs(attempts: list[dict[str, Any]], due: datetime | None) -> dict[str, float | None]:
+    """How long the runs of a step or compensation waited in the queue and ran.
+
+    `attempts` are its runs' outcomes in order (each with `at` and the run's
+    `started_at`), the first one due at `due`; a retried one makes the next due after its
+    backoff, an operator's retry at once. Each attempt gets its `due_at`, `queued_ms`
+    and `run_ms`. Returns their sums, `queued_ms` and `run_ms` (None when the start of a
+    run is unknown), and `backoff_ms`, the backoffs between them."""
+    queued: float | None = 0.0
+    run: float | None = 0.0
+    backoff = 0.0
+    for attempt in attempts:
+        end = datetime.fromisoformat(attempt["at"])
+        if attempt["outcome"] == OPERATOR_RETRY:
+            due = end
+            continue
+        start = attempt.get("started_at")
+        began = datetime.fromisoformat(start) if start else None
+        attempt["due_at"] = iso(due)
+        attempt["queued_ms"] = _at_least_0(duration_ms(due, began))
+        attempt["run_ms"] = _at_least_0(duration_ms(began, end))
+        queued = _plus(queued, attempt["queued_ms"])
+        run = _plus(run, attempt["run_ms"])
+        retry = attempt.get("retry_in_seconds") if attempt["outcome"] == "retried" else None
+        due = end + timedelta(seconds=retry) if retry is not None else None
+        backoff += (retry or 0) * 1000
+    return {
+        "queued_ms": queued if attempts else None,
+        "run_ms": run if attempts else None,
+        "backoff_ms": round(backoff, 3),
+    }
+
+
+def _at_least_0(ms: float | None) -> float | None:
+    # The run's start and its outcome are on the worker's clock, the due time on the one
+    # that recorded the step before: a little skew must not show as a negative wait.
+    return None if ms is None else max(ms, 0.0)
+
+
+def _plus(total: float | None, ms: float | None) -> float | None:
+    return None if total is None or ms is None else round(total + ms, 3)
 
 
 def _display_status(saga: Saga, element: StepSpec | WaitSpec) -> str:
@@ -463,6 +535,16 @@ def _display_status(saga: Saga, element: StepSpec | WaitSpec) -> str:
     return StepStatus.PENDING.value
 
 
+def _dead(job: dict[str, Any] | None, kind: str) -> bool:
+    """Whether `job` is the saga's job of `kind`, and dead."""
+    return job is not None and job["kind"] == kind and job["status"] == _DEAD_JOB
+
+
+def retry_command(saga_id: str) -> str:
+    """What puts a saga's dead job back in the queue."""
+    return f"fulfillment jobs retry {saga_id}"
+
+
 def _step_view(
     saga: Saga, element: StepSpec | WaitSpec, walk: _Walk, job: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -470,6 +552,10 @@ def _step_view(
     compensation = element.compensation if isinstance(element, StepSpec) else None
     undo: dict[str, Any] | None = None
     kinds = {element.name}
+    status = _display_status(saga, element)
+    if status == RUNNING and _dead(job, element.name):
+        status = DEAD
+    dead = status == DEAD
     if compensation is not None:
         kinds.add(compensation.name)
         ran = next((c for c in walk.compensations if c["name"] == compensation.name), None)
@@ -480,38 +566,46 @@ def _step_view(
             elif state.status is StepStatus.COMPENSATION_FAILED:
                 undo_status = "failed"
             elif saga.next_compensation == compensation.name:
-                undo_status = RUNNING
+                undo_status = DEAD if _dead(job, compensation.name) else RUNNING
             else:
                 undo_status = "pending"
+            dead = dead or undo_status == DEAD
+            attempts = walk.compensation_attempts.get(compensation.name, [])
             undo = {
                 "name": compensation.name,
                 "event": compensation.recorded_by.__name__,
                 "status": undo_status,
                 "at": iso(state.compensated_at),
-                "attempts": walk.compensation_attempts.get(compensation.name, []),
+                **timed_runs(attempts, walk.compensation_due.get(compensation.name)),
+                "attempts": attempts,
             }
     is_current = saga.next_step == element.name or saga.waiting is element
     waiting = isinstance(element, WaitSpec)
+    attempt_log = walk.attempts.get(element.name, [])
+    none: dict[str, float | None] = {"queued_ms": None, "run_ms": None, "backoff_ms": None}
     return {
         "name": element.name,
         "kind": "wait" if waiting else "pivot" if getattr(element, "pivot", False) else "step",
         "title": element.title,
         "description": element.description,
-        "status": _display_status(saga, element),
+        "status": status,
         "attempts": state.attempts,
         "errors": list(state.errors),
-        "attempt_log": walk.attempts.get(element.name, []),
+        "attempt_log": attempt_log,
         "started_at": iso(state.started_at) if state.attempts or is_current else None,
         "finished_at": iso(state.finished_at),
         "duration_ms": duration_ms(state.started_at, state.finished_at),
+        # A wait waits for the world, not in the queue: its time is its duration.
+        **(none if waiting else timed_runs(attempt_log, state.started_at)),
         "compensation": undo,
         "signals": [s.name for s in element.signals] if isinstance(element, WaitSpec) else [],
         "timeout_at": iso(state.due_at) if waiting else None,
         "job": job if job is not None and job["kind"] in kinds else None,
+        "action": retry_command(saga.id) if dead else None,
     }
 
 
-def _pending_compensations(saga: Saga) -> list[dict[str, Any]]:
+def _pending_compensations(saga: Saga, job: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Still to undo, next first (the top of the LIFO stack)."""
     if saga.status not in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATION_FAILED):
         return []
@@ -519,13 +613,19 @@ def _pending_compensations(saga: Saga) -> list[dict[str, Any]]:
     for n, compensation in enumerate(reversed(saga.compensation_stack)):
         parked = n == 0 and saga.status is SagaStatus.COMPENSATION_FAILED
         status = "failed" if parked else RUNNING if n == 0 else "pending"
+        dead = status == RUNNING and _dead(job, compensation)
+        status = DEAD if dead else status
+        error = saga.parked_error if parked else None
+        if dead and job is not None:
+            error = job["last_error"]
         pending.append(
             {
                 "name": compensation,
                 "undoes": saga.spec.undone_by(compensation).name,
                 "event": saga.spec.compensation(compensation).recorded_by.__name__,
                 "status": status,
-                "error": saga.parked_error if parked else None,
+                "error": error,
+                "action": retry_command(saga.id) if dead else None,
             }
         )
     return pending

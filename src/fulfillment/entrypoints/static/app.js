@@ -6,7 +6,8 @@
 // key-protected JSON API; with FULFILLMENT_API_KEYS set the page asks for a key once and
 // keeps it in this tab's sessionStorage. The queue's decisions are POSTed with that key
 // (only a pharmacist or admin key may decide). Every value is written with textContent,
-// never as HTML.
+// never as HTML. Times are shown in UTC, and say so ("12:03:04.123 UTC"); each one's
+// <time> element has the browser's local time in its tooltip.
 "use strict";
 
 (() => {
@@ -28,6 +29,7 @@
     waiting: "\u25d4",
     pending: "\u2026",
     skipped: "\u2013",
+    dead: "\u2298",
   };
   const ORDER_FILTERS = [
     [null, "All"],
@@ -162,15 +164,33 @@
     return `${Math.floor(s / 86400)} d ago`;
   }
 
-  function clockTime(iso) {
+  // `12:03:04.123 UTC` (`12:03 UTC` without seconds).
+  function clockTime(iso, seconds = true) {
     if (!iso) return "\u2013";
-    const d = new Date(iso);
-    const ms = String(d.getMilliseconds()).padStart(3, "0");
-    return `${d.toLocaleTimeString([], { hour12: false })}.${ms}`;
+    return `${new Date(iso).toISOString().slice(11, seconds ? 23 : 16)} UTC`;
   }
 
+  // `2026-12-02 12:03:04 UTC`.
   function fullTime(iso) {
-    return iso ? new Date(iso).toLocaleString([], { hour12: false }) : "";
+    return iso ? `${new Date(iso).toISOString().slice(0, 19).replace("T", " ")} UTC` : "";
+  }
+
+  // `local time (Europe/Paris): 2026-12-02 13:03:04.123`: a tooltip.
+  function localTime(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    const pad = (n, w = 2) => String(n).padStart(w, "0");
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "this browser";
+    return `local time (${zone}): ${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `
+      + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  }
+
+  // A time as shown: `text` (by default its UTC clock time) in a <time> whose tooltip is
+  // the local time; a relative `text` ("3 min ago") gets the UTC time in it too.
+  function timeEl(iso, text, ...more) {
+    if (!iso) return h("span", {}, text || "\u2013", ...more);
+    const title = text === undefined ? localTime(iso) : `${fullTime(iso)} \u00b7 ${localTime(iso)}`;
+    return h("time", { datetime: iso, title }, text === undefined ? clockTime(iso) : text, ...more);
   }
 
   function shortId(id) {
@@ -351,7 +371,9 @@
         await view.refresh(first);
         if (gen === generation) {
           hideGate();
-          setLive("live", `live \u00b7 ${new Date().toLocaleTimeString([], { hour12: false })}`);
+          const now = new Date(Date.now() + clockSkewMs).toISOString();
+          setLive("live", `live \u00b7 ${clockTime(now).replace(/\.\d+ /, " ")}`);
+          $("live").title = localTime(now);
         }
       }
     } catch (error) {
@@ -494,6 +516,19 @@
       h("div", { class: "kpi-sub" }, sub));
   }
 
+  // The jobs still to run (ready, scheduled, running), and apart the dead ones: those
+  // wait for an operator, not a worker.
+  function queueKpi(q) {
+    const waiting = [`${q.ready} ready`, q.scheduled ? `${q.scheduled} scheduled` : null, `${q.running} running`].filter(Boolean).join(" \u00b7 ");
+    const card = kpi("Queue depth", q.depth, h("span", {},
+      h("span", { class: "kpi-queue-live" }, waiting),
+      h("span", { class: q.dead ? "kpi-queue-dead bad" : "kpi-queue-dead", dataset: { dead: q.dead } },
+        q.dead ? ` \u00b7 ${q.dead} dead: fulfillment jobs list --status dead` : " \u00b7 none dead")),
+      "", "kpi-queue");
+    card.title = "jobs still to run: ready (due now), scheduled (a retry's backoff or a timer) and running; dead jobs are not counted";
+    return card;
+  }
+
   function renderKpis(el, s) {
     const o = s.orders;
     // Delivered and returned orders were fulfilled (picked up by the carrier) first.
@@ -509,7 +544,7 @@
       kpi("Cancelled", o.cancelled, "compensated", "tone-warn", "kpi-cancelled"),
       kpi("Needs attention", o.needs_attention, "compensation failed", o.needs_attention ? "tone-bad" : "", "kpi-attention"),
       kpi("Throughput", s.throughput.finished_per_minute_5m, "finished per minute, last 5 min", "", "kpi-throughput"),
-      kpi("Queue depth", s.queue.depth, `${s.queue.ready} ready \u00b7 ${s.queue.running} running`, "", "kpi-queue"),
+      queueKpi(s.queue),
       kpi("Stuck sagas", s.stuck.count + (s.stuck.more ? "+" : ""), s.stuck.count ? "need an operator" : "all moving", s.stuck.count ? "tone-bad" : "tone-ok", "kpi-stuck"),
     );
   }
@@ -596,11 +631,10 @@
     function updateRow(state, item) {
       state.row.dataset.verification = item.verification.status;
       state.cells.items.textContent = items(item.items);
-      state.cells.placed.title = fullTime(item.placed_at);
-      state.cells.placed.textContent = ago(item.placed_at);
+      fill(state.cells.placed, timeEl(item.placed_at, ago(item.placed_at)));
       fill(state.cells.waiting,
-        h("span", { title: item.waiting_since ? `since ${fullTime(item.waiting_since)}` : "" }, item.waiting_since ? ago(item.waiting_since).replace(" ago", "") : "\u2013"),
-        item.timeout_at ? h("small", { class: "muted", title: fullTime(item.timeout_at) }, ` \u00b7 cancels ${until(item.timeout_at)}`) : null);
+        timeEl(item.waiting_since, item.waiting_since ? ago(item.waiting_since).replace(" ago", "") : "\u2013"),
+        item.timeout_at ? h("small", { class: "muted" }, " \u00b7 ", timeEl(item.timeout_at, `cancels ${until(item.timeout_at)}`)) : null);
       fill(state.cells.verification, verificationPill(item.verification, "awaiting_verification"));
     }
 
@@ -729,7 +763,7 @@
       for (const [key, cls] of [["fulfilled", "bar-ok"], ["cancelled", "bar-warn"], ["needs_attention", "bar-bad"]]) {
         if (!b[key]) continue;
         const rect = svg("rect", { x, width: Math.max(1, bw - 3), y: y(base + b[key]), height: y(base) - y(base + b[key]), rx: 2, class: cls });
-        rect.append(svg("title", {}, document.createTextNode(`${b[key]} ${pretty(key)} at ${clockTime(b.minute).slice(0, 5)}`)));
+        rect.append(svg("title", {}, document.createTextNode(`${b[key]} ${pretty(key)} at ${clockTime(b.minute, false)}`)));
         parts.push(rect);
         base += b[key];
       }
@@ -776,7 +810,7 @@
         h("td", {}, miniSteps(s.steps)),
         h("td", { class: "reason" }, s.reason ? pretty(s.reason) : ""),
         h("td", { class: "muted" }, s.job ? `job ${s.job.kind}: ${s.job.status}${s.job.last_error ? ` \u2014 ${s.job.last_error}` : ""}` : "no job"),
-        h("td", { class: "muted num" }, ago(s.updated_at)))))),
+        h("td", { class: "muted num" }, timeEl(s.updated_at, ago(s.updated_at))))))),
       stuck.more ? h("p", { class: "muted" }, "More: fulfillment sagas list --status stuck") : null);
   }
 
@@ -809,7 +843,7 @@
         h("td", {}, miniSteps(o.saga.steps), h("span", { class: "saga-status" }, pretty(o.saga.status))),
         h("td", { class: "reason" }, o.reason ? pretty(o.reason) : ""),
         h("td", { class: "items" }, items(o.items)),
-        h("td", { class: "muted", title: fullTime(o.placed_at) }, ago(o.placed_at)),
+        h("td", { class: "muted" }, timeEl(o.placed_at, ago(o.placed_at))),
         h("td", { class: "num" }, formatMs(o.duration_ms)));
     });
     fill(el, h("table", { class: "orders" },
@@ -878,19 +912,21 @@
       ["Reason", s.reason ? pretty(s.reason) : "\u2013"],
       ["Customer", o.customer_id],
       ["Items", items(o.items)],
-      ["Placed", h("span", { title: fullTime(o.placed_at) }, `${clockTime(o.placed_at)} (${ago(o.placed_at)})`)],
+      ["Placed", h("span", {}, timeEl(o.placed_at), ` (${ago(o.placed_at)})`)],
       ["Duration", s.duration_ms === null ? `running for ${formatMs(offsetMs(s.started_at, new Date(Date.now() + clockSkewMs).toISOString()))}` : formatMs(s.duration_ms)],
       ["Verification", verificationPill(o.verification, o.status)],
       ["Shipment", o.shipment ? h("span", {}, h("span", { class: "mono" }, o.shipment.tracking_number), " ", pill(o.shipment.status, TRACKING_LABELS[o.shipment.status])) : "\u2013"],
       ["Lots", lotsText(o.lots)],
     ];
     if (t.job) facts.push(["Job", `${t.job.kind}: ${t.job.status}${t.job.failures ? `, ${plural(t.job.failures, "failure")}` : ""}`]);
+    const dead = [...t.steps, ...t.compensation.pending].find((x) => x.action);
     fill(el,
       h("div", { class: "title-row" },
         h("h1", {}, "Order ", h("span", { class: "mono", id: "order-id" }, o.order_id)),
         pill(o.status),
         s.stuck ? h("span", { class: "pill st-failed" }, "stuck") : null),
       s.parked_error ? h("div", { class: "alert" }, h("b", {}, "Parked: "), s.parked_error, h("span", { class: "muted" }, "  \u2014 retry with "), h("code", {}, `fulfillment sagas retry ${o.order_id}`)) : null,
+      dead && t.job ? h("div", { class: "alert", id: "dead-job" }, h("b", {}, `Job dead: ${t.job.kind}`), ` failed ${plural(t.job.failures, "time")} with an unexpected error${t.job.last_error ? ` (${t.job.last_error})` : ""}; no worker retries it.`, h("span", { class: "muted" }, "  \u2014 put it back with "), h("code", {}, dead.action)) : null,
       h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     );
   }
@@ -912,7 +948,7 @@
   }
 
   function when(iso, start) {
-    return h("span", { class: "mono when", title: fullTime(iso) }, clockTime(iso), start ? h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, iso))}`) : null);
+    return h("span", { class: "mono when" }, timeEl(iso), start ? h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, iso))}`) : null);
   }
 
   function lifeCard(part, title, ...body) {
@@ -932,7 +968,7 @@
       noteOf(d)));
     const verification = lifeCard("verification", "Verification",
       h("p", {}, verificationPill(v, o.status)),
-      v.waiting ? h("p", { class: "muted" }, `waiting since ${clockTime(v.waiting_since)}`, v.timeout_at ? ` \u00b7 cancels ${until(v.timeout_at)} (${fullTime(v.timeout_at)})` : "") : null,
+      v.waiting ? h("p", { class: "muted" }, "waiting since ", timeEl(v.waiting_since), v.timeout_at ? [` \u00b7 cancels ${until(v.timeout_at)} (`, timeEl(v.timeout_at, fullTime(v.timeout_at)), ")"] : "") : null,
       decisions.length ? h("ol", { class: "decisions" }, decisions) : (v.status === "not_required" ? null : h("p", { class: "muted" }, "No decision yet.")));
 
     const c = l.cancellation;
@@ -955,7 +991,7 @@
     } else if (l.awaiting_pickup) {
       pickupBody = [
         h("p", {}, pill("waiting", "waiting for the carrier")),
-        h("p", { class: "muted" }, `since ${clockTime(l.awaiting_pickup.since)}`, l.awaiting_pickup.timeout_at ? ` \u00b7 times out ${until(l.awaiting_pickup.timeout_at)}` : ""),
+        h("p", { class: "muted" }, "since ", timeEl(l.awaiting_pickup.since), l.awaiting_pickup.timeout_at ? [" \u00b7 ", timeEl(l.awaiting_pickup.timeout_at, `times out ${until(l.awaiting_pickup.timeout_at)}`)] : ""),
       ];
     } else {
       pickupBody = h("p", { class: "muted" }, o.shipment && o.shipment.status === "cancelled" ? "None: the label was voided." : "Not yet: nothing shipped.");
@@ -1007,15 +1043,24 @@
         running: ["running", "\u25cf undoing"],
         pending: ["pending", "\u2026 to undo"],
         failed: ["compensation_failed", "! undo failed"],
+        dead: ["dead", "\u2298 undo dead"],
       }[compensated ? compensated.status : "done"];
       states.push(pill(undo[0], undo[1]));
     } else {
       states.push(pill(step.status, `${STATUS_ICONS[step.status] || ""} ${pretty(step.status)}`));
     }
+    const stat = (label, value, cls, title) => h("div", { dataset: { stat: cls } }, h("dt", {}, label), h("dd", { class: cls, title }, value));
+    // A step's time: in the queue (due, waiting for a worker), then its runs; a wait's,
+    // waiting for the world. Without the runs' starts (older events), the whole.
+    const split = step.kind !== "wait" && step.queued_ms !== null;
     const stats = h("dl", { class: "stats" },
-      h("div", {}, h("dt", {}, "attempts"), h("dd", { class: "attempts" }, step.attempts)),
-      h("div", {}, h("dt", {}, "duration"), h("dd", {}, formatMs(step.duration_ms))),
-      h("div", {}, h("dt", {}, "started"), h("dd", { title: fullTime(step.started_at) }, step.started_at ? `+${formatMs(offsetMs(start, step.started_at))}` : "\u2013")));
+      stat("attempts", step.attempts, "attempts"),
+      stat("started", step.started_at ? `+${formatMs(offsetMs(start, step.started_at))}` : "\u2013", "started",
+        step.started_at ? `became due at ${fullTime(step.started_at)} \u00b7 ${localTime(step.started_at)}` : null),
+      split ? [
+        stat("in queue", formatMs(step.queued_ms), "queued", "how long its job waited for a worker once the step was due"),
+        stat("ran", formatMs(step.run_ms), "ran", `how long the worker ran it${step.backoff_ms ? `; ${formatMs(step.backoff_ms)} more backing off between attempts` : ""} (${formatMs(step.duration_ms)} in all)`),
+      ] : stat(step.kind === "wait" ? "waited" : "duration", formatMs(step.duration_ms), "duration"));
     const errors = step.attempt_log.filter((a) => a.error).map((a) =>
       h("li", {}, h("b", {}, `attempt ${a.attempt}`), a.outcome === "retried" ? ` (retried in ${formatMs(a.retry_in_seconds * 1000)})` : "", ": ", a.error));
     const undoErrors = compensated ? compensated.attempts.filter((a) => a.error).map((a) =>
@@ -1024,9 +1069,12 @@
     const undo = compensated ? h("div", { class: `undo undo-${compensated.status}` },
       h("span", { class: "undo-icon" }, "\u21ba"),
       h("span", { class: "undo-label" },
-        h("small", {}, ({ done: "undone by", failed: "undo failing", running: "undoing now" }[compensated.status] || "to undo") + undoWhen),
+        h("small", {}, ({ done: "undone by", failed: "undo failing", running: "undoing now", dead: "undo job dead" }[compensated.status] || "to undo") + undoWhen),
         h("code", {}, compensated.event))) : null;
-    const job = step.job ? h("div", { class: "job" }, `job ${step.job.status}`, step.job.failures ? ` \u00b7 ${plural(step.job.failures, "failure")}` : "", step.job.last_error ? ` \u00b7 ${step.job.last_error}` : "") : null;
+    const job = step.job ? h("div", { class: `job job-${step.job.status}` }, `job ${step.job.status}`, step.job.failures ? ` \u00b7 ${plural(step.job.failures, "failure")}` : "", step.job.last_error ? ` \u00b7 ${step.job.last_error}` : "") : null;
+    // A dead job: no worker takes it again until an operator puts it back.
+    const action = step.action ? h("div", { class: "action", dataset: { action: step.action } },
+      h("b", {}, "Needs an operator: "), "no worker retries a dead job. Put it back with ", h("code", {}, step.action)) : null;
     return h("article", { class: `step st-${step.status}`, dataset: { step: step.name, status: step.status } },
       h("div", { class: "step-top" },
         h("span", { class: "step-num" }, n),
@@ -1038,7 +1086,8 @@
       stats,
       undo,
       errors.length || undoErrors.length ? h("ul", { class: "errors" }, errors, undoErrors) : null,
-      job);
+      job,
+      action);
   }
 
   function renderGantt(el, t) {
@@ -1047,23 +1096,35 @@
     const end = t.saga.finished_at || t.saga.updated_at;
     const total = Math.max(offsetMs(start, end) || 0, 0.001);
     const rows = [];
-    const bar = (label, from, to, cls, title) => {
-      if (!from) return;
+    const segment = ({ from, to, cls, title }) => {
       const left = (offsetMs(start, from) / total) * 100;
       const width = to ? Math.max(((offsetMs(from, to)) / total) * 100, 0.6) : Math.max(100 - left, 0.6);
-      rows.push(h("div", { class: "g-row" },
-        h("span", { class: "g-label" }, label),
-        h("span", { class: "g-track" },
-          h("span", { class: `g-bar ${cls}`, style: { left: `${left.toFixed(2)}%`, width: `${Math.min(width, 100 - left).toFixed(2)}%` }, title }))));
+      return h("span", { class: `g-bar ${cls}`, style: { left: `${left.toFixed(2)}%`, width: `${Math.min(width, 100 - left).toFixed(2)}%` }, title });
     };
+    const row = (label, segments) => {
+      const shown = segments.filter((s) => s.from);
+      if (shown.length) rows.push(h("div", { class: "g-row" }, h("span", { class: "g-label" }, label), h("span", { class: "g-track" }, shown.map(segment))));
+    };
+    // Each run of a job: its wait in the queue (hatched) once due, then the run itself.
+    const runs = (name, attempts, cls) => attempts.filter((a) => a.due_at && a.started_at).flatMap((a) => [
+      { from: a.due_at, to: a.started_at, cls: "g-queue", title: `${name}, attempt ${a.attempt}: ${formatMs(a.queued_ms)} in the queue` },
+      { from: a.started_at, to: a.at, cls, title: `${name}, attempt ${a.attempt}: ran ${formatMs(a.run_ms)}` },
+    ]);
     for (const step of t.steps) {
       if (step.status === "pending" || step.status === "skipped") continue;
-      const cls = step.status === "failed" ? "st-failed" : step.status === "running" ? "st-running" : step.status === "waiting" ? "st-waiting" : "st-succeeded";
-      bar(step.name, step.started_at, step.finished_at, cls, `${step.name}: ${formatMs(step.duration_ms)}`);
+      const cls = { failed: "st-failed", dead: "st-failed", running: "st-running", waiting: "st-waiting" }[step.status] || "st-succeeded";
+      const timed = step.kind === "wait" ? [] : runs(step.name, step.attempt_log, cls);
+      const whole = { from: step.started_at, to: step.finished_at, cls, title: `${step.name}: ${formatMs(step.duration_ms)}` };
+      if (timed.length && !step.finished_at) timed.push({ ...whole, from: step.attempt_log[step.attempt_log.length - 1].at });
+      row(step.name, timed.length ? timed : [whole]);
     }
-    for (const c of t.compensation.ran) bar(`\u21ba ${c.name}`, c.started_at, c.finished_at, "st-compensated", `${c.name}: ${formatMs(c.duration_ms)}`);
+    for (const c of t.compensation.ran) {
+      const timed = runs(c.name, c.attempts, "st-compensated");
+      row(`\u21ba ${c.name}`, timed.length ? timed : [{ from: c.started_at, to: c.finished_at, cls: "st-compensated", title: `${c.name}: ${formatMs(c.duration_ms)}` }]);
+    }
     fill(el,
-      h("div", { class: "g-head" }, h("span", {}, "timeline"), h("span", { class: "muted" }, `0 \u2192 ${formatMs(total)}`)),
+      h("div", { class: "g-head" }, h("span", {}, "timeline"),
+        h("span", { class: "g-legend muted" }, h("span", { class: "key key-queue" }, "in the queue"), h("span", { class: "key key-run" }, "running"), `0 \u2192 ${formatMs(total)}`)),
       ...rows);
   }
 
@@ -1083,13 +1144,17 @@
         h("code", { class: "comp-event" }, x.event),
         h("span", { class: "muted" }, ` ${pretty(x.name)} \u00b7 undoes `), h("code", {}, x.undoes)),
       h("span", { class: "comp-meta" },
-        `+${formatMs(offsetMs(start, x.finished_at))}`, h("span", { class: "muted" }, ` \u00b7 took ${formatMs(x.duration_ms)} \u00b7 ${plural(x.attempts.filter((a) => a.attempt).length, "attempt")}`))));
+        `+${formatMs(offsetMs(start, x.finished_at))}`, h("span", { class: "muted" }, ` \u00b7 took ${formatMs(x.duration_ms)}`,
+          x.queued_ms !== null ? ` (${formatMs(x.queued_ms)} in the queue, ran ${formatMs(x.run_ms)})` : "",
+          ` \u00b7 ${plural(x.attempts.filter((a) => a.attempt).length, "attempt")}`))));
     const pending = c.pending.map((x, i) => h("li", { class: `comp ${x.status}`, dataset: { compensation: x.name, event: x.event } },
       h("span", { class: "comp-num" }, c.ran.length + i + 1),
       h("span", { class: "comp-main" },
         h("code", { class: "comp-event" }, x.event),
         h("span", { class: "muted" }, ` ${pretty(x.name)} \u00b7 undoes `), h("code", {}, x.undoes)),
-      h("span", { class: "comp-meta" }, x.status === "failed" ? h("span", { class: "bad" }, `failing: ${x.error || "error"}`) : h("span", { class: "muted" }, x.status === "running" ? "next" : "waiting"))));
+      h("span", { class: "comp-meta" }, x.status === "failed" ? h("span", { class: "bad" }, `failing: ${x.error || "error"}`)
+        : x.status === "dead" ? h("span", { class: "bad" }, `job dead: ${x.error || "error"} \u2014 put it back with `, h("code", {}, x.action))
+          : h("span", { class: "muted" }, x.status === "running" ? "next" : "waiting"))));
     const nothing = !ran.length && !pending.length ? h("p", { class: "empty" }, "Nothing to undo: the first step failed.") : null;
     fill(el, nothing || h("ol", { class: "comp-list" }, ran, pending));
   }
@@ -1113,7 +1178,7 @@
       details.addEventListener("toggle", () => { if (details.open) openDetails.add(e.position); else openDetails.delete(e.position); });
       return h("tr", { dataset: { type: e.type } },
         h("td", { class: "num mono" }, e.position),
-        h("td", { class: "mono nowrap", title: fullTime(e.recorded_at) }, clockTime(e.recorded_at), h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, e.recorded_at))}`)),
+        h("td", { class: "mono nowrap" }, timeEl(e.recorded_at), h("small", { class: "muted" }, ` +${formatMs(offsetMs(start, e.recorded_at))}`)),
         h("td", { class: "mono nowrap muted" }, `${e.stream_id.split("-")[0]} #${e.version}`),
         h("td", {}, h("span", { class: `ev ${eventTone(e.type)}` }, e.type), e.title ? h("div", { class: "ev-title" }, e.title) : null),
         h("td", { class: "data" }, details));
