@@ -266,17 +266,17 @@ def test_no_table_loses_a_column_or_a_value(shop: Shop, command: str, columns: i
     expect(shop).check(out)
 
 
-def test_at_80_columns_ids_are_shortened_or_whole_with_full_ids(shop: Shop) -> None:
-    narrow = run_at(shop.cli, 80, "jobs", "list")
-    wide = run_at(shop.cli, 200, "orders", "list")
-    assert shop.orders["new"] in wide  # whole when it fits
-    for out in (narrow, run_at(shop.cli, 80, "orders", "list", "--full-ids")):
-        assert shop.orders["new"] in out, out
+def test_ids_are_whole_when_they_fit_else_shortened_unless_full_ids(shop: Shop) -> None:
+    new = shop.orders["new"]
+    assert new in run_at(shop.cli, 200, "orders", "list")  # the table fits: ids whole
+    # 130 columns: too narrow for whole UUIDs, wide enough once they are shortened.
     shortened = run_at(shop.cli, 130, "orders", "list")
-    if short_id(shop.orders["new"]) in shortened:  # a table with shortened ids
-        assert "--full-ids shows them whole" in shortened
-        full = run_at(shop.cli, 130, "orders", "list", "--full-ids")
-        assert shop.orders["new"] in full and short_id(shop.orders["new"]) not in full
+    assert short_id(new) in shortened and new not in shortened, shortened
+    assert "--full-ids shows them whole" in shortened
+    assert "\u2503" in shortened  # still a table
+    full = run_at(shop.cli, 130, "orders", "list", "--full-ids")
+    assert new in full and short_id(new) not in full, full  # as records
+    assert new in run_at(shop.cli, 80, "orders", "list")  # records: whole
 
 
 def test_sagas_show_says_a_dead_job_is_dead_and_how_to_retry_it(shop: Shop) -> None:

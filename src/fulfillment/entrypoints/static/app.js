@@ -523,7 +523,7 @@
     const card = kpi("Queue depth", q.depth, h("span", {},
       h("span", { class: "kpi-queue-live" }, waiting),
       h("span", { class: q.dead ? "kpi-queue-dead bad" : "kpi-queue-dead", dataset: { dead: q.dead } },
-        q.dead ? ` \u00b7 ${q.dead} dead: fulfillment jobs list --status dead` : " \u00b7 none dead")),
+        q.dead ? `${q.dead} dead: an operator must retry` : "none dead")),
       "", "kpi-queue");
     card.title = "jobs still to run: ready (due now), scheduled (a retry's backoff or a timer) and running; dead jobs are not counted";
     return card;
