@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.patient_data import (
-    PATIENT_DATA_EVENTS,
     PRESCRIPTION_COLUMNS,
     PatientData,
     is_sealed_event,
@@ -80,7 +79,7 @@ def encrypt_existing(
             if not rows:
                 break
             for row in rows:
-                if row.type not in PATIENT_DATA_EVENTS or is_sealed_event(row.type, row.data):
+                if is_sealed_event(row.type, row.data):  # or no patient data in it
                     continue
                 sealed = patient_data.seal_event(
                     conn, row.type, row.data, row.stream_id, row.version

@@ -19,7 +19,6 @@ from fulfillment.adapters.access_log import AccessLog, list_accesses
 from fulfillment.bootstrap import App
 from fulfillment.entrypoints import cli_common as ui
 from fulfillment.entrypoints.cli_help import Typer, limit_option
-from fulfillment.entrypoints.cli_patient_data import cli_sender
 from fulfillment.entrypoints.cli_tables import Cell, Column, FullIds, Id, print_table
 
 audit_app = Typer(help="The access audit of patient data.", no_args_is_help=True)
@@ -39,7 +38,7 @@ def recording(app: App, command: str, *, background: bool = False) -> Iterator[R
     access_log = AccessLog(app.engine)
     if background:
         access_log.start()
-    key_name = cli_sender()  # the name its operator actions are recorded with, too
+    key_name = ui.cli_sender()  # the name its operator actions are recorded with, too
     try:
         yield lambda subjects: access_log.record_all(key_name, command, subjects)
     finally:

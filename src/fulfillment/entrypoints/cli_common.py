@@ -6,6 +6,7 @@ The command modules (`cli_ops`, `cli_sagas`) use these through the module
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import traceback
@@ -45,6 +46,14 @@ STATUS_STYLE = {
     "compensation_failed": "bold red",
     "dead": "bold red",
 }
+
+
+def cli_sender() -> str:
+    """Who an operator command acts as, in the events' metadata: `cli:<user>`."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 
 import typer
@@ -22,14 +21,6 @@ phi_app = Typer(help="Patient data at rest: seal what was written in plain text.
 
 #: Data keys re-wrapped per transaction by `keys rotate`.
 REWRAP_BATCH = 500
-
-
-def cli_sender() -> str:
-    """Who an operator command acts as, in the events' metadata: `cli:<user>`."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 @keys_app.command("generate")
@@ -109,7 +100,7 @@ def customers_forget(
             raise ui.fail("erasure cannot be undone: pass --yes to confirm", 2)
         typer.confirm(f"Erase the personal data of customer {customer_id!r} for good?", abort=True)
     with ui.operator_app(catch_up=True) as app:
-        answer = forget_customer(app, customer_id, sender=cli_sender())
+        answer = forget_customer(app, customer_id, sender=ui.cli_sender())
     ui.console.print(
         f"customer {customer_id}: personal data erased ({answer['erased_orders']} orders)",
         soft_wrap=True,
