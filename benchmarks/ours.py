@@ -36,6 +36,8 @@ from benchmarks.common import (
     pace,
 )
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import backend_of
+from fulfillment.adapters.event_store import visible
 from fulfillment.adapters.phi_crypto import MasterKeys
 from fulfillment.adapters.projections import Projector
 from fulfillment.bootstrap import App, bootstrap
@@ -156,7 +158,8 @@ class WorkerFleet:
 
 
 class TerminalCounter:
-    """Counts terminal events incrementally by position (position order = commit order)."""
+    """Counts terminal events incrementally by position, reading only the positions a
+    follower may read (`event_store.visible`), so none that commits late is missed."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -167,7 +170,7 @@ class TerminalCounter:
         with self.app.engine.connect() as conn:
             rows = conn.execute(
                 select(t.events.c.position, t.events.c.type)
-                .where(t.events.c.position > self.after)
+                .where(t.events.c.position > self.after, visible(backend_of(conn)))
                 .order_by(t.events.c.position)
             ).all()
             conn.rollback()

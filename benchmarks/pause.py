@@ -51,7 +51,8 @@ from sqlalchemy.engine import make_url
 from benchmarks.common import BACKENDS, SKUS, fresh_database, server_reachable, workload
 from benchmarks.ours import MASTER_KEY
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import create_nullpool_engine
+from fulfillment.adapters.db import backend_of, create_nullpool_engine
+from fulfillment.adapters.event_store import visible
 
 STOCK = 10_000_000
 #: Event types each saga records at most once; a second one is a duplicate.
@@ -456,7 +457,9 @@ class CommitWatch:
         self.engine.dispose()
 
     def _run(self) -> None:
-        query = select(t.events.c.position, t.events.c.type).where(t.events.c.position > 0)
+        query = select(t.events.c.position, t.events.c.type).where(
+            t.events.c.position > 0, visible(backend_of(self.engine))
+        )
         while not self._stop.is_set():
             try:
                 with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:

@@ -193,12 +193,7 @@ def bootstrap(
 
     # The job threads of this process commit their steps in groups (1: each on its own).
     group = (
-        GroupCommitter(
-            engine,
-            insert_events,
-            settings.group_commit_max_steps,
-            holder_lock_timeout=bounds.holder_lock_timeout,
-        )
+        GroupCommitter(engine, insert_events, settings.group_commit_max_steps)
         if settings.group_commit_max_steps > 1
         else None
     )

@@ -4,13 +4,15 @@ How each backend keeps event positions in commit order (docs/architecture.md, ru
 
 * SQLite: every write transaction starts with ``BEGIN IMMEDIATE``, so there is one writer
   at a time and positions are assigned and committed in the same order.
-* PostgreSQL: inserting into ``events`` fires a statement trigger that takes
-  ``pg_advisory_xact_lock`` before any position is drawn, held until commit; the next
-  appender waits, so a position is only handed out after every smaller one has
-  committed (or rolled back).
-* MariaDB/MySQL: the same, with a row trigger that locks the one row of
+* PostgreSQL: no lock. A position is ``(transaction id << 16) + n`` (migration 0013),
+  and a follower of the feed reads only the positions below its snapshot's xmin
+  (``adapters/event_store.visible``): every transaction that could still insert one
+  there has ended. Writers never wait for each other.
+* MariaDB/MySQL: a row trigger locks the one row of
   ``event_append_lock`` (``SELECT ... FOR UPDATE``) before the first row's
-  AUTO_INCREMENT position is allocated, released at commit. Transactions run at READ
+  AUTO_INCREMENT position is allocated, released at commit. The events' INSERT is the
+  last statement of every transaction that appends, so the lock is held only for it
+  and the COMMIT. Transactions run at READ
   COMMITTED, which also keeps the queue's ``SKIP LOCKED`` claims free of gap-lock
   deadlocks.
 
@@ -64,13 +66,6 @@ class DatabaseBounds:
     statement_timeout: float = 30.0
     keepalive: float = 10.0
     pool_timeout: float = 5.0
-
-    @property
-    def holder_lock_timeout(self) -> float:
-        """How long the event-append lock's holder may wait on a row: legitimate row
-        locks of other transactions last milliseconds; anything longer is a process
-        that stopped, and every writer waits behind the holder meanwhile."""
-        return min(self.lock_timeout, 0.2)
 
     @classmethod
     def for_lease(cls, lease_seconds: float) -> DatabaseBounds:
@@ -354,32 +349,15 @@ def _configure_sqlite(
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-#: PostgreSQL's advisory-lock key for event appends: the key of migration 0004's trigger.
-EVENT_APPEND_LOCK_KEY = 7_304_118_001
+def append_lock_sql(backend: str) -> str | None:
+    """The statement that takes MariaDB's event-append lock (held until commit), as the
+    insert's trigger does; None where there is none (SQLite: ``BEGIN IMMEDIATE``;
+    PostgreSQL since migration 0013: ``adapters/event_store.visible``).
 
-
-def append_lock_sql(backend: str, holder_lock_timeout: float | None = None) -> str | None:
-    """The statement that takes the event-append lock up front (held until commit).
-
-    A group commit (``adapters/group_commit.py``) takes it as its transaction's first
-    statement: groups of different processes then never hold row locks while waiting
-    for each other, so they cannot deadlock. SQLite needs none (``BEGIN IMMEDIATE``).
-
-    `holder_lock_timeout` (PostgreSQL): once it holds the lock, the transaction waits on
-    any row at most this long (``SET LOCAL lock_timeout``, in the same statement): every
-    other writer queues behind the holder, so the holder must not sit for long on a row
-    that a paused process may hold (docs/architecture.md, rule 11). MariaDB's lock wait has whole
-    seconds, so there the holder keeps the session's bound.
+    Nothing in the service takes it up front: the trigger takes it at the events'
+    INSERT, the last statement before COMMIT, so the lock is held for that INSERT and
+    the COMMIT only, and its holder never waits on a row (no deadlock can go through it).
     """
-    if backend == "postgresql":
-        take = f"pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})"
-        if holder_lock_timeout is None:
-            return f"SELECT {take}"
-        # The subquery runs first (a volatile one is never pulled up into the query).
-        return (
-            f"SELECT set_config('lock_timeout', '{_ms(holder_lock_timeout)}ms', true)"
-            f" FROM (SELECT {take}) AS held"
-        )
     if backend == "mysql":
         return "SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE"
     return None

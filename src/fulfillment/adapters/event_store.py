@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, true
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Select
 
 from fulfillment.adapters import tables as t
+from fulfillment.adapters.db import backend_of
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.adapters.prepared import Prepared, execute_columns, execute_many, fetch_all
 from fulfillment.domain.events import DomainEvent
@@ -36,12 +38,32 @@ _READ_STREAM = (
     .where(t.events.c.stream_id == bindparam("stream_id"))
     .order_by(t.events.c.version)
 )
-_READ_ALL = (
-    select(*_COLUMNS)
-    .where(t.events.c.position > bindparam("after"))
-    .order_by(t.events.c.position)
-    .limit(bindparam("limit"))
-)
+
+
+def visible(backend: str) -> ColumnElement[bool]:
+    """The events a follower of the global feed may read now (docs/architecture.md, rule 3).
+
+    PostgreSQL: positions come from the writing transaction's id (migration 0013), and a
+    transaction may commit after one with a larger id; only the positions below the
+    statement snapshot's xmin are final (no transaction still running can insert one
+    there), so a follower reads only those. SQLite and MariaDB hand positions out in
+    commit order: everything committed is final.
+    """
+    if backend == "postgresql":
+        return t.events.c.position < func.fulfillment_visible_position()
+    return true()
+
+
+def _read_all(backend: str) -> Select[Any]:
+    return (
+        select(*_COLUMNS)
+        .where(t.events.c.position > bindparam("after"), visible(backend))
+        .order_by(t.events.c.position)
+        .limit(bindparam("limit"))
+    )
+
+
+_READ_ALL = {backend: _read_all(backend) for backend in ("sqlite", "postgresql", "mysql")}
 _READ_TAIL = (
     select(*_COLUMNS)
     .where(t.events.c.stream_id == bindparam("stream_id"), t.events.c.version > bindparam("v"))
@@ -278,6 +300,7 @@ class SqlAlchemyEventStore:
         return [_stored(r) for r in rows]
 
     def read_all(self, after: int = 0, limit: int = 100) -> list[StoredEvent]:
-        """Every event with a position greater than `after`, in position (= commit) order."""
-        rows = self.conn.execute(_READ_ALL, {"after": after, "limit": limit})
+        """Every event with a position greater than `after` that a follower may read now
+        (`visible`), in position order: a later call never returns one below them."""
+        rows = self.conn.execute(_READ_ALL[backend_of(self.conn)], {"after": after, "limit": limit})
         return [_stored(r) for r in rows]

@@ -22,12 +22,16 @@ transaction would keep its row locks and the append lock while it waits again, w
 let a worker's group and another worker's reaper deadlock again and again
 (``adapters/db_errors.py`` says which errors abort what).
 
-On PostgreSQL and MariaDB a group takes the event-append lock as its first statement
-and holds it to its COMMIT: groups of different worker processes take turns instead of
-holding row locks (hot inventory rows, job rows) while they wait for each other, which
-deadlocked two workers' groups. Within a group, steps overlap their round trips with the
-other threads' Python work. The events of all steps are inserted by one statement just
-before the COMMIT; positions stay in commit order (rule 3).
+Groups of different worker processes run side by side. What they must not share is a
+hot row, held from the step that wrote it to its group's COMMIT: two workers' groups
+that each hold one stock row and want the other's deadlock (seen before the groups took
+a global lock first, which made them take turns instead). So a step declared
+`shared_rows` (stock) commits in a short transaction of its own (`admits`), and the rows
+a group writes belong to its own sagas and jobs. On MariaDB the event-append lock
+(``adapters/db.py``) is taken by the events' INSERT, the last statement before the
+COMMIT, and its holder waits on no row; PostgreSQL has none. Within a group, steps
+overlap their round trips with the other threads' Python work. The events of all steps
+are inserted by one statement just before the COMMIT.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from fulfillment.adapters.db import append_lock_sql, backend_of
+from fulfillment.adapters.db import backend_of
+from fulfillment.adapters.db_errors import translate
 from fulfillment.adapters.prepared import run_sql
-from fulfillment.service_layer.messagebus import RetryableDatabaseError
+from fulfillment.service_layer.messagebus import DatabaseBusy, RetryableDatabaseError
 
 log = logging.getLogger("fulfillment.group_commit")
 
 EventRow = dict[str, Any]
+#: Steps of one worker that commit on their own (`admits`) at the same time, at most.
+SOLO_SLOTS = 8
 
 
 @dataclass(eq=False)
@@ -58,12 +65,18 @@ class Group:
     rows: list[EventRow] = field(default_factory=list)
     members: int = 0
     error: BaseException | None = None
+    #: The COMMIT (its events' INSERT) waited on a lock for too long.
+    busy: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
     def wait(self) -> None:
-        """Block until the group's COMMIT; RetryableDatabaseError if it did not happen."""
+        """Block until the group's COMMIT; RetryableDatabaseError if it did not happen
+        (DatabaseBusy if its own COMMIT met a lock wait that ran out: the steps wait
+        their turn, as one that met the lock itself does)."""
         self.done.wait()
         if self.error is not None:
+            if self.busy:
+                raise DatabaseBusy(f"group commit waited too long: {self.error}") from self.error
             raise RetryableDatabaseError(f"group commit failed: {self.error}") from self.error
 
 
@@ -75,12 +88,14 @@ class GroupCommitter:
         engine: Engine,
         insert_events: Callable[[Connection, list[EventRow]], None],
         max_members: int = 64,
-        holder_lock_timeout: float | None = None,
     ) -> None:
-        """`holder_lock_timeout`: how long the group, once it holds the append lock, may
-        wait on a row (PostgreSQL): everyone else's writes wait behind it."""
         self.engine = engine
-        self._lock_sql = append_lock_sql(backend_of(engine), holder_lock_timeout)
+        #: Whether groups of different processes take turns (SQLite's single writer); if
+        #: not, a step that writes rows many sagas share commits on its own (`admits`).
+        self.serialized = backend_of(engine) == "sqlite"
+        #: How many such steps of this worker may run at once, each in a connection of
+        #: its own: the worker's connections stay few whatever its concurrency.
+        self.solo_slots = threading.BoundedSemaphore(SOLO_SLOTS)
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()
@@ -92,6 +107,13 @@ class GroupCommitter:
         #: Groups committed and steps in them (for tests and the benchmark's curiosity).
         self.commits = 0
         self.committed_steps = 0
+
+    def admits(self, *, shared_rows: bool) -> bool:
+        """Whether a step may join a group: always, where groups take turns; otherwise
+        only if it writes no row that other sagas' steps also write (stock). A group
+        then never holds a row another process's group waits for: no group queues
+        behind another, and none deadlocks with another."""
+        return self.serialized or not shared_rows
 
     def enter(self, savepoint: bool = True) -> Connection:
         """Wait for a turn; return the shared connection, inside a fresh savepoint (or,
@@ -106,8 +128,6 @@ class GroupCommitter:
                 self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
-                if self._lock_sql is not None:
-                    run_sql(self._conn, self._lock_sql)
             if savepoint:
                 run_sql(self._conn, "SAVEPOINT step")
                 self._in_step = True
@@ -214,6 +234,7 @@ class GroupCommitter:
         except BaseException as exc:
             log.warning("group commit of %d steps failed: %s", group.members, exc)
             group.error = exc
+            group.busy = isinstance(exc, DBAPIError) and isinstance(translate(exc), DatabaseBusy)
             self._discard_connection()
         finally:
             group.done.set()

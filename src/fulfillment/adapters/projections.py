@@ -1,7 +1,8 @@
 """Read models (projections) that follow the event log: CQRS's query side.
 
-The projector reads the events after its checkpoint in position order, which is commit
-order (see ``adapters/db.py``), so it never steps over an event that committed late.
+The projector reads the events after its checkpoint in position order, only those a
+follower may read (``adapters/event_store.visible``), so it never steps over an event
+that committed late.
 For each batch it reloads the streams of the orders the batch touches, replays them
 through the domain (``Order`` and ``Saga``: the saga's rules live in one
 place) and replaces their ``order_summaries`` rows. The rows and the new checkpoint are
@@ -36,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, read_connection
-from fulfillment.adapters.event_store import SqlAlchemyEventStore
+from fulfillment.adapters.event_store import SqlAlchemyEventStore, visible
 from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
 from fulfillment.adapters.metric_counters import (
     EVENT_COLUMNS,
@@ -257,7 +258,7 @@ class Projector:
     def _read(self, conn: Connection, checkpoint: int) -> Batch | None:
         heads = conn.execute(
             select(*EVENT_COLUMNS)
-            .where(t.events.c.position > checkpoint)
+            .where(t.events.c.position > checkpoint, visible(self.backend))
             .order_by(t.events.c.position)
             .limit(self.batch_size)
         ).all()
@@ -360,7 +361,9 @@ class Projector:
             checkpoint = self._checkpoint(conn)
             return (
                 conn.execute(
-                    select(t.events.c.position).where(t.events.c.position > checkpoint).limit(1)
+                    select(t.events.c.position)
+                    .where(t.events.c.position > checkpoint, visible(self.backend))
+                    .limit(1)
                 ).first()
                 is not None
             )

@@ -25,6 +25,7 @@ from fulfillment.adapters.services import (
     SqlAlchemyPrescriptionService,
     SqlAlchemyShipmentService,
 )
+from fulfillment.domain.saga_definition import REGISTRY
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
 from fulfillment.service_layer.messagebus import (
     ConcurrencyError,
@@ -56,11 +57,22 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self._conn: Connection | None = None
         self._in_group = False
+        self._solo = False
 
     def _begin(self) -> None:
         # A job's transaction is a turn in the worker's group commit, when there is one
         # (a look without a savepoint when read-only).
-        self._in_group = self.group is not None and self.job is not None
+        self._in_group = (
+            self.group is not None
+            and self.job is not None
+            and self.group.admits(shared_rows=REGISTRY.writes_shared_rows(self.job.kind))
+        )
+        # A job's step that may not join a group commits on its own, in one of the
+        # worker's few connections for that (`GroupCommitter.solo_slots`).
+        self._solo = self.group is not None and self.job is not None and not self._in_group
+        if self._solo:
+            assert self.group is not None
+            self.group.solo_slots.acquire()
         try:
             if self._in_group:
                 assert self.group is not None
@@ -74,6 +86,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             # A wait for the append lock or SQLite's write lock ran out, or the server is
             # gone (the group has already been failed and its connection dropped).
             self._in_group = False
+            self._release_solo()
             if self._conn is not None and not self._conn.closed:
                 self._conn.close()
             self._conn = None
@@ -82,7 +95,11 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
                 raise
             raise translated from exc
         except PoolTimeout as exc:  # no free connection within the pool's bound
+            self._release_solo()
             raise DatabaseBusy(str(exc)) from exc
+        except BaseException:
+            self._release_solo()
+            raise
         self.events = SqlAlchemyEventStore(
             self.conn, self.mapper, self.cache, trust_cache=self.job is not None
         )
@@ -141,12 +158,21 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             else:
                 self.group.drop()
             return
-        if self._conn is not None:
-            try:
-                self._conn.rollback()
-            finally:
-                self._conn.close()
-                self._conn = None
+        try:
+            if self._conn is not None:
+                try:
+                    self._conn.rollback()
+                finally:
+                    self._conn.close()
+                    self._conn = None
+        finally:
+            self._release_solo()
+
+    def _release_solo(self) -> None:
+        if self._solo:
+            self._solo = False
+            assert self.group is not None
+            self.group.solo_slots.release()
 
     def __exit__(
         self,

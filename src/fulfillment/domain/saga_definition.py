@@ -90,6 +90,8 @@ class CompensationSpec:
     prepare: Prepare | None = None
     #: What it does, in a few words, for the dashboard.
     description: str = ""
+    #: It writes rows that many sagas share (stock): see `StepSpec.shared_rows`.
+    shared_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,12 @@ class StepSpec:
     label: str = ""
     #: What it does, in a few words, for the dashboard's step card.
     description: str = ""
+    #: It writes rows that many sagas share (stock). On a database without a global
+    #: append lock (PostgreSQL) such a step commits in a transaction of its own, never in
+    #: a worker's group commit: a group then holds no row that another worker's group
+    #: waits for, so groups of different workers neither queue behind nor deadlock with
+    #: each other (``adapters/group_commit.py``).
+    shared_rows: bool = False
 
     short = property(_short)
     title = property(_title)
@@ -396,6 +404,7 @@ class SagaRegistry:
         self._by_version: dict[tuple[str, int], SagaDefinition] = {}
         self._by_start: dict[str, str] = {}
         self._prepares: set[str] = set()
+        self._shared_rows: set[str] = set()
         self._builtin = builtin
         self._loaded = not builtin
 
@@ -423,7 +432,17 @@ class SagaRegistry:
             if isinstance(element, StepSpec) and element.prepare is not None:
                 self._prepares.add(element.name)
         self._prepares.update(c.name for c in definition.compensations if c.prepare)
+        self._shared_rows.update(
+            e.name for e in definition.steps if isinstance(e, StepSpec) and e.shared_rows
+        )
+        self._shared_rows.update(c.name for c in definition.compensations if c.shared_rows)
         return definition
+
+    def writes_shared_rows(self, job_kind: str) -> bool:
+        """Whether some definition declares a job of this kind `shared_rows`."""
+        if not self._loaded:
+            self._ensure_loaded()
+        return job_kind in self._shared_rows
 
     def prepares(self, job_kind: str) -> bool:
         """Whether some definition runs a job of this kind with a `prepare` first."""

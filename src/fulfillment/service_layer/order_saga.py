@@ -362,7 +362,9 @@ _RESERVE = StepSpec(
         Compensation.RELEASE_INVENTORY,
         action=release_inventory,
         recorded_by=ev.InventoryReleased,
+        shared_rows=True,
     ),
+    shared_rows=True,
     label="stock",
     description="stock held for every line",
 )
@@ -386,6 +388,7 @@ _COMPLETE = StepSpec(
     action=complete,
     succeeded=ev.OrderFulfillmentSagaCompleted,
     pivot=True,
+    shared_rows=True,
     label="done",
     description="stock consumed, prescription dispensed",
 )
