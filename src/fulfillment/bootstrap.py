@@ -12,9 +12,11 @@ from fulfillment.adapters.carrier import SimulatedCarrier
 from fulfillment.adapters.clock import SystemClock
 from fulfillment.adapters.db import (
     DatabaseBounds,
+    backend_of,
     create_db_engine,
     read_connection,
     sqlite_file,
+    stock_lock_sql,
 )
 from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache, insert_events
 from fulfillment.adapters.group_commit import GroupCommitter
@@ -60,6 +62,8 @@ class App:
     tracing: Tracing = NO_TRACING
     #: The job threads' shared transaction (None when group commit is off).
     group: GroupCommitter | None = None
+    #: The one of the steps that write stock, under the stock lock (not on SQLite).
+    stock_group: GroupCommitter | None = None
     #: Why the process cannot serve yet (`fulfillment serve` waiting for its database, or
     #: migrating it); None once it can. `GET /health` answers 503 meanwhile.
     not_ready: str | None = None
@@ -77,6 +81,7 @@ class App:
             cache=self.cache,
             group=self.group,
             idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
+            stock_group=self.stock_group,
         )
 
     def prefetch_sagas(self, saga_ids: list[str]) -> None:
@@ -86,8 +91,9 @@ class App:
             SqlAlchemyEventStore(conn, self.mapper, self.cache).prefetch(streams)
 
     def close(self) -> None:
-        if self.group is not None:
-            self.group.close()
+        for group in (self.group, self.stock_group):
+            if group is not None:
+                group.close()
         self.carrier.close()
         self.tracing.shutdown()
         self.engine.dispose()
@@ -197,6 +203,14 @@ def bootstrap(
         if settings.group_commit_max_steps > 1
         else None
     )
+    # The steps that write stock take turns in a group of their own, under the stock
+    # lock, where several processes may write at once (not SQLite: one writer, one group).
+    stock_lock = stock_lock_sql(backend_of(engine), bounds.holder_lock_timeout)
+    stock_group = (
+        GroupCommitter(engine, insert_events, settings.group_commit_max_steps, lock_sql=stock_lock)
+        if group is not None and stock_lock is not None
+        else None
+    )
 
     idempotency_ttl = settings.idempotency_ttl_seconds
 
@@ -208,6 +222,7 @@ def bootstrap(
             cache=cache,
             group=group,
             idempotency_ttl_seconds=idempotency_ttl,
+            stock_group=stock_group,
         )
 
     deps = saga_engine.EngineDeps(
@@ -249,4 +264,5 @@ def bootstrap(
         runner,
         tracing=tracing,
         group=group,
+        stock_group=stock_group,
     )

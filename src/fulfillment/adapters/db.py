@@ -67,6 +67,13 @@ class DatabaseBounds:
     keepalive: float = 10.0
     pool_timeout: float = 5.0
 
+    @property
+    def holder_lock_timeout(self) -> float:
+        """How long the stock lock's holder may wait on a row: legitimate row locks of
+        other transactions last milliseconds; anything longer is a process that
+        stopped, and every other worker's stock steps wait behind the holder meanwhile."""
+        return min(self.lock_timeout, 0.2)
+
     @classmethod
     def for_lease(cls, lease_seconds: float) -> DatabaseBounds:
         """Defaults within one lease: a vanished process's locks are freed before its
@@ -360,6 +367,36 @@ def append_lock_sql(backend: str) -> str | None:
     """
     if backend == "mysql":
         return "SELECT id FROM event_append_lock WHERE id = 1 FOR UPDATE"
+    return None
+
+
+#: PostgreSQL's advisory-lock key of the stock lock (`stock_lock_sql`).
+STOCK_LOCK_KEY = 7_304_118_002
+
+
+def stock_lock_sql(backend: str, holder_lock_timeout: float | None = None) -> str | None:
+    """The statement a worker's stock group (``adapters/group_commit.py``) runs first: a
+    lock held to its COMMIT, so the stock groups of different workers take turns rather
+    than each hold a stock row the other waits for. None on SQLite (one writer).
+
+    `holder_lock_timeout` (PostgreSQL): once it holds the lock, the transaction waits on
+    any row at most this long (``SET LOCAL lock_timeout``, in the same statement): every
+    other stock group queues behind the holder, so the holder must not sit for long on a
+    row that a paused process may hold (docs/architecture.md, rule 11). MariaDB's lock
+    wait has whole seconds, so there the holder keeps the session's bound; its lock is
+    row 2 of ``event_append_lock`` (migration 0013).
+    """
+    if backend == "postgresql":
+        take = f"pg_advisory_xact_lock({STOCK_LOCK_KEY})"
+        if holder_lock_timeout is None:
+            return f"SELECT {take}"
+        # The subquery runs first (a volatile one is never pulled up into the query).
+        return (
+            f"SELECT set_config('lock_timeout', '{_ms(holder_lock_timeout)}ms', true)"
+            f" FROM (SELECT {take}) AS held"
+        )
+    if backend == "mysql":
+        return "SELECT id FROM event_append_lock WHERE id = 2 FOR UPDATE"
     return None
 
 

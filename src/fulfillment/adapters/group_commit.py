@@ -22,16 +22,19 @@ transaction would keep its row locks and the append lock while it waits again, w
 let a worker's group and another worker's reaper deadlock again and again
 (``adapters/db_errors.py`` says which errors abort what).
 
-Groups of different worker processes run side by side. What they must not share is a
-hot row, held from the step that wrote it to its group's COMMIT: two workers' groups
-that each hold one stock row and want the other's deadlock (seen before the groups took
-a global lock first, which made them take turns instead). So a step declared
-`shared_rows` (stock) commits in a short transaction of its own (`admits`), and the rows
-a group writes belong to its own sagas and jobs. On MariaDB the event-append lock
-(``adapters/db.py``) is taken by the events' INSERT, the last statement before the
-COMMIT, and its holder waits on no row; PostgreSQL has none. Within a group, steps
-overlap their round trips with the other threads' Python work. The events of all steps
-are inserted by one statement just before the COMMIT.
+Groups of different worker processes run side by side: PostgreSQL has no append lock
+(positions come from transaction ids), and MariaDB's is taken by the events' INSERT, the
+last statement before the COMMIT, by a holder that then waits on no row
+(``adapters/db.py``). What groups must not share is a hot row, held from the step that
+wrote it to its group's COMMIT: two workers' groups that each hold one stock row and want
+the other's deadlock (seen, before the groups took one global lock first). So a worker
+has two committers. Steps declared `shared_rows` (they write stock) take their turns in
+its *stock group*, which takes the stock lock (``db.stock_lock_sql``) as its first
+statement: the stock groups of different workers take turns, and cannot deadlock. Every
+other step joins the main group, which writes only rows of its own sagas and jobs and
+waits for no other worker's. On SQLite (one writer) there is one group for all steps.
+Within a group, steps overlap their round trips with the other threads' Python work.
+The events of all steps are inserted by one statement just before the COMMIT.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from fulfillment.adapters.db import backend_of
 from fulfillment.adapters.db_errors import translate
 from fulfillment.adapters.prepared import run_sql
 from fulfillment.service_layer.messagebus import DatabaseBusy, RetryableDatabaseError
@@ -54,8 +56,6 @@ from fulfillment.service_layer.messagebus import DatabaseBusy, RetryableDatabase
 log = logging.getLogger("fulfillment.group_commit")
 
 EventRow = dict[str, Any]
-#: Steps of one worker that commit on their own (`admits`) at the same time, at most.
-SOLO_SLOTS = 8
 
 
 @dataclass(eq=False)
@@ -88,14 +88,12 @@ class GroupCommitter:
         engine: Engine,
         insert_events: Callable[[Connection, list[EventRow]], None],
         max_members: int = 64,
+        lock_sql: str | None = None,
     ) -> None:
+        """`lock_sql`: a statement each group runs first, taking a lock held to its
+        COMMIT (the stock group's, ``adapters/db.stock_lock_sql``)."""
         self.engine = engine
-        #: Whether groups of different processes take turns (SQLite's single writer); if
-        #: not, a step that writes rows many sagas share commits on its own (`admits`).
-        self.serialized = backend_of(engine) == "sqlite"
-        #: How many such steps of this worker may run at once, each in a connection of
-        #: its own: the worker's connections stay few whatever its concurrency.
-        self.solo_slots = threading.BoundedSemaphore(SOLO_SLOTS)
+        self._lock_sql = lock_sql
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()
@@ -107,13 +105,6 @@ class GroupCommitter:
         #: Groups committed and steps in them (for tests and the benchmark's curiosity).
         self.commits = 0
         self.committed_steps = 0
-
-    def admits(self, *, shared_rows: bool) -> bool:
-        """Whether a step may join a group: always, where groups take turns; otherwise
-        only if it writes no row that other sagas' steps also write (stock). A group
-        then never holds a row another process's group waits for: no group queues
-        behind another, and none deadlocks with another."""
-        return self.serialized or not shared_rows
 
     def enter(self, savepoint: bool = True) -> Connection:
         """Wait for a turn; return the shared connection, inside a fresh savepoint (or,
@@ -128,6 +119,8 @@ class GroupCommitter:
                 self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
+                if self._lock_sql is not None:
+                    run_sql(self._conn, self._lock_sql)
             if savepoint:
                 run_sql(self._conn, "SAVEPOINT step")
                 self._in_step = True

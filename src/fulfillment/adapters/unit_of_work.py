@@ -47,32 +47,26 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         cache: StreamCache | None = None,
         group: GroupCommitter | None = None,
         idempotency_ttl_seconds: float | None = None,
+        stock_group: GroupCommitter | None = None,
     ) -> None:
         super().__init__(job, causation_id)
         self.engine = engine
         self.mapper = mapper
         self.cache = cache
+        # A step that writes rows many sagas share (stock) takes its turn in the
+        # worker's stock group, where there is one (``adapters/group_commit.py``).
+        if stock_group is not None and job is not None and REGISTRY.writes_shared_rows(job.kind):
+            group = stock_group
         self.group = group
         #: How long an idempotency key holds (None: for ever).
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self._conn: Connection | None = None
         self._in_group = False
-        self._solo = False
 
     def _begin(self) -> None:
         # A job's transaction is a turn in the worker's group commit, when there is one
         # (a look without a savepoint when read-only).
-        self._in_group = (
-            self.group is not None
-            and self.job is not None
-            and self.group.admits(shared_rows=REGISTRY.writes_shared_rows(self.job.kind))
-        )
-        # A job's step that may not join a group commits on its own, in one of the
-        # worker's few connections for that (`GroupCommitter.solo_slots`).
-        self._solo = self.group is not None and self.job is not None and not self._in_group
-        if self._solo:
-            assert self.group is not None
-            self.group.solo_slots.acquire()
+        self._in_group = self.group is not None and self.job is not None
         try:
             if self._in_group:
                 assert self.group is not None
@@ -86,7 +80,6 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             # A wait for the append lock or SQLite's write lock ran out, or the server is
             # gone (the group has already been failed and its connection dropped).
             self._in_group = False
-            self._release_solo()
             if self._conn is not None and not self._conn.closed:
                 self._conn.close()
             self._conn = None
@@ -95,11 +88,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
                 raise
             raise translated from exc
         except PoolTimeout as exc:  # no free connection within the pool's bound
-            self._release_solo()
             raise DatabaseBusy(str(exc)) from exc
-        except BaseException:
-            self._release_solo()
-            raise
         self.events = SqlAlchemyEventStore(
             self.conn, self.mapper, self.cache, trust_cache=self.job is not None
         )
@@ -158,21 +147,12 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             else:
                 self.group.drop()
             return
-        try:
-            if self._conn is not None:
-                try:
-                    self._conn.rollback()
-                finally:
-                    self._conn.close()
-                    self._conn = None
-        finally:
-            self._release_solo()
-
-    def _release_solo(self) -> None:
-        if self._solo:
-            self._solo = False
-            assert self.group is not None
-            self.group.solo_slots.release()
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            finally:
+                self._conn.close()
+                self._conn = None
 
     def __exit__(
         self,

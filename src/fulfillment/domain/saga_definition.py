@@ -112,11 +112,11 @@ class StepSpec:
     label: str = ""
     #: What it does, in a few words, for the dashboard's step card.
     description: str = ""
-    #: It writes rows that many sagas share (stock). On a database without a global
-    #: append lock (PostgreSQL) such a step commits in a transaction of its own, never in
-    #: a worker's group commit: a group then holds no row that another worker's group
-    #: waits for, so groups of different workers neither queue behind nor deadlock with
-    #: each other (``adapters/group_commit.py``).
+    #: It writes rows that many sagas share (stock). On PostgreSQL and MariaDB such a
+    #: step takes its turn in the worker's stock group, which the stock groups of other
+    #: workers take turns with, not in its main group: the main groups then hold no row
+    #: another worker's group waits for, and run side by side without deadlocking
+    #: (``adapters/group_commit.py``).
     shared_rows: bool = False
 
     short = property(_short)

@@ -16,7 +16,8 @@ first new position is above every existing one (for a store much larger than its
 transaction count, e.g. a bulk load), and it is stored in the two functions.
 
 The trigger that took the global advisory lock for every INSERT is dropped: writers no
-longer wait for each other. MariaDB and SQLite are unchanged by this revision.
+longer wait for each other. On MariaDB, row 2 of `event_append_lock` becomes the stock
+lock of the workers' stock groups (``adapters/group_commit.py``); SQLite is unchanged.
 
 Revision ID: 0013
 Revises: 0012
@@ -42,6 +43,9 @@ EVENT_LOCK_KEY = 7_304_118_001
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name in ("mysql", "mariadb"):
+        # Row 2: the stock lock (`adapters/db.stock_lock_sql`); row 1 stays the append lock.
+        op.execute("INSERT INTO event_append_lock (id) VALUES (2)")
     if op.get_bind().dialect.name != "postgresql":
         return
     conn = op.get_bind()
@@ -85,6 +89,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name in ("mysql", "mariadb"):
+        op.execute("DELETE FROM event_append_lock WHERE id = 2")
     if op.get_bind().dialect.name != "postgresql":
         return
     conn = op.get_bind()
