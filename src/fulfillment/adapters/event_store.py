@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import BindParameter
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of
@@ -69,6 +71,17 @@ _READ_TAIL = (
     .where(t.events.c.stream_id == bindparam("stream_id"), t.events.c.version > bindparam("v"))
     .order_by(t.events.c.version)
 )
+
+
+@functools.cache
+def _read_streams(count: int) -> Prepared:
+    """The events of `count` streams (bound as s0, s1, ...), in position order."""
+    wanted: list[BindParameter[str]] = [bindparam(f"s{n}") for n in range(count)]
+    return Prepared(
+        select(*_COLUMNS).where(t.events.c.stream_id.in_(wanted)).order_by(t.events.c.position)
+    )
+
+
 _EVENT_FIELDS = ("stream_id", "version", "type", "event_version", "data", "metadata", "recorded_at")
 #: The step path's statements, run on the raw cursor (adapters/prepared.py).
 INSERT_EVENTS = Prepared(insert(t.events), column_keys=_EVENT_FIELDS)
@@ -291,12 +304,16 @@ class SqlAlchemyEventStore:
                 self.cache.put(stream_id, tuple(events))
 
     def read_streams(self, stream_ids: Sequence[str]) -> list[StoredEvent]:
-        """Events of several streams, in commit (position) order."""
-        rows = self.conn.execute(
-            select(*_COLUMNS)
-            .where(t.events.c.stream_id.in_(list(stream_ids)))
-            .order_by(t.events.c.position)
-        )
+        """Events of several streams, in position order (on the raw cursor: a worker
+        runs it for every claim)."""
+        ids = list(dict.fromkeys(stream_ids))
+        if not ids:
+            return []
+        # A statement per power of two of streams, the list padded with its last id:
+        # a handful of compiled statements serve every claim size.
+        size = 1 << (len(ids) - 1).bit_length()
+        ids += [ids[-1]] * (size - len(ids))
+        rows = fetch_all(self.conn, _read_streams(size), {f"s{n}": s for n, s in enumerate(ids)})
         return [_stored(r) for r in rows]
 
     def read_all(self, after: int = 0, limit: int = 100) -> list[StoredEvent]:
