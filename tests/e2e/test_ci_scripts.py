@@ -28,10 +28,20 @@ def shims(directory: Path, scripts: dict[str, str]) -> Path:
     return directory
 
 
+#: The brokers' overrides: the tests of the database servers leave the brokers alone.
+ELSEWHERE_BROKERS = {
+    "FULFILLMENT_TEST_AMQP_URL": "amqp://elsewhere/",
+    "FULFILLMENT_TEST_NATS_URL": "nats://elsewhere",
+}
+
+
 def run_script(
-    script: str, bin_dir: Path, *args: str, **env: str
+    script: str, bin_dir: Path, *args: str, brokers: bool = False, **env: str
 ) -> subprocess.CompletedProcess[str]:
+    """Run `.ci/SCRIPT`; `brokers`: also let it see to the brokers (else overridden)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("FULFILLMENT_TEST_", "CI"))}
+    if not brokers:
+        environ.update(ELSEWHERE_BROKERS)
     environ.update(env, PATH=f"{bin_dir}:/usr/bin:/bin")
     return subprocess.run(
         [str(ROOT / ".ci" / script), *args],
@@ -130,6 +140,39 @@ def test_ci_servers_leaves_overridden_servers_alone(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert calls(bin_dir) == []
+
+
+def test_ci_servers_starts_rabbitmq_and_nats_when_they_do_not_answer(tmp_path: Path) -> None:
+    rabbit, nats = tmp_path / "rabbit-up", tmp_path / "nats-up"
+    bin_dir = shims(
+        tmp_path / "bin",
+        {
+            "pg_isready": "exit 0",
+            "psql": "exit 0",
+            "mariadb-admin": "exit 0",
+            "mariadb": "exit 0",
+            "install": "exit 0",
+            # The port probe: `timeout 2 bash -c "exec 3<>/dev/tcp/HOST/PORT"`.
+            "timeout": (
+                f'case "$*" in *5672*) [ -e "{rabbit}" ];; *4222*) [ -e "{nats}" ];; '
+                "*) exit 1;; esac"
+            ),
+            "rabbitmq-server": f'touch "{rabbit}"',
+            "nats-server": "exit 0",
+            "start-stop-daemon": f'touch "{nats}"',
+        },
+    )
+    done = run_script("servers", bin_dir, brokers=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ci: starting RabbitMQ" in done.stdout and "ci: starting NATS" in done.stdout
+    assert "rabbitmq-server -detached" in calls(bin_dir)
+    started = [c for c in calls(bin_dir) if c.startswith("start-stop-daemon")]
+    assert len(started) == 1 and "-js" in started[0] and "-p 4222" in started[0], started
+    # Both answer now: run again, nothing is started.
+    (bin_dir / "calls.log").unlink()
+    again = run_script("servers", bin_dir, brokers=True)
+    assert again.returncode == 0 and "ci:" not in again.stdout, again.stdout
+    assert not any(c.startswith(("rabbitmq-server", "start-stop-daemon")) for c in calls(bin_dir))
 
 
 def test_test_tools_says_which_tests_skip_without_what(tmp_path: Path) -> None:

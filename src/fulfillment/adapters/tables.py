@@ -217,12 +217,18 @@ order_summaries = Table(
     Index("ix_order_summaries_placed_at", "placed_at"),
 )
 
-# Tracking records: how far each projection has read the event log.
+# Tracking records: how far each projection has read the event log. An event relay's
+# row (`relay:<name>`, adapters/relay.py) is also leased: only `lease_holder` publishes,
+# until `lease_expires_at` (database clock, seconds since the epoch); `published` counts
+# the events it published with the broker's confirmation (migration 0012).
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata,
     Column("name", String(100), primary_key=True),
     Column("position", BigInteger, nullable=False),
+    Column("lease_holder", String(100), nullable=True),
+    Column("lease_expires_at", Double, nullable=True),
+    Column("published", BigInteger, nullable=False, server_default="0"),
 )
 
 # Counters of the Prometheus metrics (fulfillment.observability), one row per series:

@@ -14,7 +14,7 @@ from fulfillment.adapters.migrate import current_revision, migrate
 from fulfillment.bootstrap import bootstrap
 from fulfillment.config import Settings
 from fulfillment.entrypoints import cli_common as ui
-from fulfillment.entrypoints import cli_ops
+from fulfillment.entrypoints import cli_ops, cli_relay
 from fulfillment.entrypoints.cli_help import Typer
 from fulfillment.entrypoints.signals import stop_on_signals
 from fulfillment.observability.logging import configure_logging, level_from_env
@@ -284,6 +284,9 @@ def serve_command(
         except CannotListen as exc:
             raise ui.fail(str(exc)) from exc
 
+
+# The event relay to a message broker (entrypoints/cli_relay.py).
+app.command("relay")(cli_relay.relay_command)
 
 # Operator commands: orders, sagas, jobs, events, inventory, projections.
 for _group, _name in cli_ops.GROUPS:

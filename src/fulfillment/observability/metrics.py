@@ -35,7 +35,7 @@ from fulfillment.adapters import metric_counters as c
 from fulfillment.adapters.mapper import EventMapper
 from fulfillment.domain.events import EVENT_TYPES
 from fulfillment.domain.status import OrderStatus, SagaStatus
-from fulfillment.views.metrics import PROJECTION, Snapshot, read_snapshot
+from fulfillment.views.metrics import PROJECTION, RELAY_LAG_LIMIT, Snapshot, read_snapshot
 
 JOB_STATUSES = ("ready", "running", "dead")
 
@@ -177,6 +177,22 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         "Position of the newest event in the log.",
         value=snap.head,
     )
+    relay_lag = GaugeMetricFamily(
+        "fulfillment_relay_lag_events",
+        f"Events after the event relay's checkpoint, not yet published (at most "
+        f"{RELAY_LAG_LIMIT}).",
+        labels=["relay"],
+    )
+    relay_published = CounterMetricFamily(
+        "fulfillment_relay_published_total",
+        "Events the event relay published with the broker's confirmation, and checkpointed.",
+        labels=["relay"],
+    )
+    for name, relay in sorted(snap.relays.items()):
+        relay_lag.add_metric([name], relay.lag)
+        relay_published.add_metric([name], relay.published)
+    yield relay_lag
+    yield relay_published
     yield _gauge(
         "fulfillment_sagas",
         "Sagas by status, as projected.",

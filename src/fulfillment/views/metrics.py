@@ -31,6 +31,19 @@ PROJECTION = "order_summaries"
 #: At most this many not-yet-projected events are counted at a scrape. Beyond, counters
 #: show the log up to that point (still never going down) and the lag gauge says why.
 TAIL_LIMIT = 5000
+#: The checkpoints of event relays (adapters/relay.py) are named with this prefix.
+RELAY_PREFIX = "relay:"
+#: A relay's lag counts at most this many events (beyond, the gauge stays there).
+RELAY_LAG_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class RelayState:
+    """One event relay: events after its checkpoint (at most RELAY_LAG_LIMIT), and the
+    events it published with the broker's confirmation."""
+
+    lag: int
+    published: int
 
 
 @dataclass
@@ -46,6 +59,8 @@ class Snapshot:
     oldest_ready_age: float = 0.0
     sagas: dict[str, int] = field(default_factory=dict)
     orders: dict[str, int] = field(default_factory=dict)
+    #: Event relays by name (`relay:<name>` checkpoints).
+    relays: dict[str, RelayState] = field(default_factory=dict)
 
 
 @contextmanager
@@ -91,6 +106,7 @@ def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LI
         ).one()
         sagas = sagas_by_status(conn)
         orders = orders_by_status(conn)
+        relays = _relays(conn)
     return Snapshot(
         counts=counts,
         checkpoint=checkpoint,
@@ -101,4 +117,20 @@ def read_snapshot(engine: Engine, mapper: EventMapper, tail_limit: int = TAIL_LI
         oldest_ready_age=max(0.0, float(db_now) - float(oldest)) if oldest is not None else 0.0,
         sagas=sagas,
         orders=orders,
+        relays=relays,
     )
+
+
+def _relays(conn: Connection) -> dict[str, RelayState]:
+    cp, e = t.projection_checkpoints, t.events
+    rows = conn.execute(
+        select(cp.c.name, cp.c.position, cp.c.published).where(
+            cp.c.name.startswith(RELAY_PREFIX, autoescape=True)
+        )
+    ).all()
+    relays = {}
+    for name, position, published in rows:
+        after = select(e.c.position).where(e.c.position > position).limit(RELAY_LAG_LIMIT)
+        lag = conn.execute(select(func.count()).select_from(after.subquery())).scalar_one()
+        relays[str(name).removeprefix(RELAY_PREFIX)] = RelayState(int(lag), int(published or 0))
+    return relays
