@@ -456,6 +456,8 @@ class Relay:
         self.position: int | None = None
         self._stop = asyncio.Event()
         self._waiting_logged = False
+        #: The next batch, read while the one before it is published: (after, task).
+        self._ahead: tuple[int, asyncio.Task[Batch]] | None = None
 
     def stop(self) -> None:
         """Stop after the batch in flight (call on the relay's loop)."""
@@ -528,15 +530,11 @@ class Relay:
     async def _step(self, position: int) -> int | None:
         """One batch: read, publish, await the confirmations, advance the checkpoint.
         The new position, or None when the lease was lost."""
-        batch = await asyncio.to_thread(
-            read_batch,
-            self.engine,
-            self.mapper,
-            position,
-            self.batch_size,
-            self.types,
-            self.include_phi,
-        )
+        batch = await self._read(position)
+        if batch.read == self.batch_size:
+            # Likely more behind it: read the next batch while this one is published
+            # (only a read; it is used only if this batch's checkpoint is reached).
+            self._read_ahead(batch.last)
         if batch.read == 0:
             if self.lease.remaining() < self.lease.seconds / 2 and not await asyncio.to_thread(
                 self.lease.renew, position
@@ -562,6 +560,25 @@ class Relay:
         if batch.read < self.batch_size:
             await self._sleep(self.poll_seconds)
         return batch.last
+
+    def _read_batch(self, after: int) -> Batch:
+        return read_batch(
+            self.engine, self.mapper, after, self.batch_size, self.types, self.include_phi
+        )
+
+    async def _read(self, after: int) -> Batch:
+        """The batch after `after`: the one read ahead if it was read after it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == after:
+            return await ahead[1]
+        return await asyncio.to_thread(self._read_batch, after)
+
+    def _read_ahead(self, after: int) -> None:
+        task = asyncio.ensure_future(asyncio.to_thread(self._read_batch, after))
+        # A batch read ahead and never used (the lease lost, the broker down) is dropped,
+        # and so is its error: the next read meets the database again.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._ahead = (after, task)
 
     async def _release(self) -> None:
         try:
