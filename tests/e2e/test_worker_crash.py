@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from saga_testkit import place_order
+from sqlalchemy import select
 
 from fulfillment.adapters import tables as t
 from fulfillment.bootstrap import App
@@ -64,6 +65,19 @@ def place_orders(app: App, numbers: range, kinds: dict[str, str]) -> int:
     return aspirin
 
 
+def _streams(ledger: Ledger, orders: list[str]) -> str:
+    """The events of these orders' streams (what a failure message shows)."""
+    with ledger._read() as conn:
+        rows = conn.execute(
+            select(t.events.c.stream_id, t.events.c.version, t.events.c.type)
+            .where(
+                t.events.c.stream_id.in_([f"{p}-{o}" for o in orders for p in ("order", "saga")])
+            )
+            .order_by(t.events.c.position)
+        ).all()
+    return "; ".join(f"{s}#{v} {ty}" for s, v, ty in rows) or "none"
+
+
 def test_killed_worker_leaves_no_saga_unfinished_or_duplicated(
     make_app: Callable[..., App], database_url: str, tmp_path: Path
 ) -> None:
@@ -98,6 +112,14 @@ def test_killed_worker_leaves_no_saga_unfinished_or_duplicated(
                 lambda: ledger.finished_orders() >= ORDERS and not ledger.job_counts(),
                 timeout=60,
                 what="every saga finished after the crash",
+                context=lambda: (
+                    f"{ledger.finished_orders()} of {ORDERS} finished; jobs: "
+                    + "; ".join(
+                        f"{j.saga_id} {j.kind} {j.status} claims={j.claims} {j.last_error}"
+                        for j in ledger.jobs()[:10]
+                    )
+                    + f"; unfinished: {_streams(ledger, sorted(set(kinds) - set(ledger.fates())))}"
+                ),
             )
             for worker in survivors:
                 worker.terminate()

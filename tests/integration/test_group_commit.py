@@ -142,6 +142,16 @@ def _assert_fulfilled(app: App, orders: list[str]) -> None:
         ).one()
     assert sorted(shipments) == sorted(orders)
     assert tuple(stock) == (200 * len(SKUS) - 2 * len(orders), 0)
+    # Within every stream, positions follow versions: a follower of the feed sees each
+    # saga's events in the order they happened (two groups, one transaction id each).
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.events.c.stream_id, t.events.c.version).order_by(t.events.c.position)
+        ).all()
+    last: dict[str, int] = {}
+    for stream, version in rows:
+        assert version == last.get(stream, 0) + 1, f"{stream} #{version} after #{last.get(stream)}"
+        last[stream] = version
 
 
 def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -> None:

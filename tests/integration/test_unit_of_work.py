@@ -152,10 +152,11 @@ def _patch_event_insert(
     crash: Callable[[Callable[..., None]], Callable[..., None]],
 ) -> None:
     """Crash where the events are written: the unit of work's own append, and the insert
-    of a group commit (the worker's default)."""
+    of a group commit (the worker's default), the stock group's included."""
     monkeypatch.setattr(SqlAlchemyEventStore, "append", crash(SqlAlchemyEventStore.append))
-    if app.group is not None:
-        monkeypatch.setattr(app.group, "insert_events", crash(app.group.insert_events))
+    for group in (app.group, app.stock_group):
+        if group is not None:
+            monkeypatch.setattr(group, "insert_events", crash(group.insert_events))
 
 
 @pytest.mark.parametrize("crash", [_crash_before_insert, _crash_after_insert])

@@ -51,6 +51,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fulfillment.adapters.db_errors import translate
 from fulfillment.adapters.prepared import run_sql
+from fulfillment.service_layer.jobs import commit_clock
 from fulfillment.service_layer.messagebus import DatabaseBusy, RetryableDatabaseError
 
 log = logging.getLogger("fulfillment.group_commit")
@@ -94,6 +95,10 @@ class GroupCommitter:
         COMMIT (the stock group's, ``adapters/db.stock_lock_sql``)."""
         self.engine = engine
         self._lock_sql = lock_sql
+        #: Positions come from transaction ids (PostgreSQL, migration 0013): see `enter`.
+        self._by_xid = engine.dialect.name == "postgresql"
+        #: The `commit_clock` tick at which the open transaction began.
+        self._began = 0
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()
@@ -106,9 +111,15 @@ class GroupCommitter:
         self.commits = 0
         self.committed_steps = 0
 
-    def enter(self, savepoint: bool = True) -> Connection:
+    def enter(self, savepoint: bool = True, ready_tick: int = 0) -> Connection:
         """Wait for a turn; return the shared connection, inside a fresh savepoint (or,
-        for a look that writes nothing, without one: end it with `leave_look`)."""
+        for a look that writes nothing, without one: end it with `leave_look`).
+
+        `ready_tick` (``ClaimedJob.ready_tick``): where positions come from transaction
+        ids (PostgreSQL), a group whose transaction began before it is committed first
+        and the step starts the next one. Its transaction id may be older than that of
+        the commit the step builds on, and the step's events would get positions below
+        the events they follow in their own stream."""
         with self._counter:
             self._queued += 1
         self._turn.acquire()
@@ -117,8 +128,13 @@ class GroupCommitter:
         try:
             if self._conn is None:
                 self._conn = self.engine.connect()
+            if self._by_xid and self._conn.in_transaction() and self._began < ready_tick:
+                self._flush()
+                if self._conn is None:
+                    self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
+                self._began = next(commit_clock)
                 if self._lock_sql is not None:
                     run_sql(self._conn, self._lock_sql)
             if savepoint:

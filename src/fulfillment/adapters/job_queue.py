@@ -40,7 +40,7 @@ from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.prepared import Prepared, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
-from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost, commit_clock
 from fulfillment.service_layer.ports import SagaJob, SagaJobs
 
 READY, RUNNING, DEAD = "ready", "running", "dead"
@@ -276,8 +276,18 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
                 },
             )
         chain_lease = lease_seconds if chain else None
+        ready = next(commit_clock)  # the claim has committed: its steps read from here
         return [
-            ClaimedJob(r.id, r.saga_id, r.kind, token, r.claims + 1, r.failures, chain_lease)
+            ClaimedJob(
+                r.id,
+                r.saga_id,
+                r.kind,
+                token,
+                r.claims + 1,
+                r.failures,
+                chain_lease,
+                ready_tick=ready,
+            )
             for r in rows
         ]
 

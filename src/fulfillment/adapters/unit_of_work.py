@@ -7,6 +7,7 @@ that transaction has committed.
 
 from __future__ import annotations
 
+import dataclasses
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
@@ -26,7 +27,7 @@ from fulfillment.adapters.services import (
     SqlAlchemyShipmentService,
 )
 from fulfillment.domain.saga_definition import REGISTRY
-from fulfillment.service_layer.jobs import ClaimedJob, JobSpec
+from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, commit_clock
 from fulfillment.service_layer.messagebus import (
     ConcurrencyError,
     DatabaseBusy,
@@ -70,7 +71,10 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         try:
             if self._in_group:
                 assert self.group is not None
-                self._conn = self.conn = self.group.enter(savepoint=not self.read_only_mode)
+                assert self.job is not None
+                self._conn = self.conn = self.group.enter(
+                    savepoint=not self.read_only_mode, ready_tick=self.job.ready_tick
+                )
             else:
                 self._conn = self.conn = self.engine.connect()
                 if self.read_only_mode:
@@ -125,6 +129,8 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         else:
             self.events.append(appends, self.causation_id, self.job_started_at)
             self.conn.commit()
+        if continuation is not None:  # what it reads has now committed
+            continuation = dataclasses.replace(continuation, ready_tick=next(commit_clock))
         if saga_done:
             # The saga has no job left (it ended, or waits for an operator): its streams
             # leave the cache, which so holds the sagas in flight, not every saga seen.

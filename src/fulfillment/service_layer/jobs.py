@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +33,15 @@ class ClaimedJob:
     #: it in their metadata (`job_started_at`), which tells a step's wait in the queue
     #: from its run. None: not known (a unit of work run outside `JobRunner`).
     started_at: datetime | None = None
+    #: A tick of this process's `commit_clock` taken after every event this job's step
+    #: may read had committed (after its claim, or after the commit that handed it
+    #: over): a group commit begun before it may not take the step (its transaction id,
+    #: hence its positions, could be older than those events'). 0: not known.
+    ready_tick: int = 0
+
+
+#: Ticks in this process (`ClaimedJob.ready_tick`, ``adapters/group_commit.py``).
+commit_clock = itertools.count(1)
 
 
 class LeaseLost(Exception):
