@@ -90,7 +90,8 @@ class NatsPublisher:
                         wait_stall=max(0.01, timeout),
                     )
                 )
-            confirmed: asyncio.Future[Any] = asyncio.gather(*acks)
+            # Every ack's outcome is taken (none is left "never retrieved").
+            confirmed: asyncio.Future[Any] = asyncio.gather(*acks, return_exceptions=True)
             lost: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
             try:
                 done, _ = await asyncio.wait(
@@ -104,7 +105,11 @@ class NatsPublisher:
                     await confirmed
                 why = "the connection was lost" if lost in done else f"not within {timeout:.1f} s"
                 raise BrokerError(f"{len(messages)} messages not acknowledged: {why}")
-            confirmed.result()  # raises a refused one's error
+            refused = [r for r in confirmed.result() if isinstance(r, BaseException)]
+            if refused:  # JetStream refused or did not answer (a restart): an outage
+                raise BrokerError(
+                    f"{len(refused)} of {len(messages)} messages not acknowledged: {refused[0]!r}"
+                ) from refused[0]
         except BrokerError:
             raise
         except asyncio.CancelledError as exc:
