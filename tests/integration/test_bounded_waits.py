@@ -26,7 +26,12 @@ from sqlalchemy.exc import OperationalError
 
 from fulfillment.adapters import job_queue
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import append_lock_sql, backend_of, create_nullpool_engine
+from fulfillment.adapters.db import (
+    append_lock_sql,
+    backend_of,
+    begin_promptly,
+    create_nullpool_engine,
+)
 from fulfillment.bootstrap import App, bootstrap
 from fulfillment.entrypoints.api import create_api
 from fulfillment.entrypoints.worker import Worker
@@ -162,6 +167,53 @@ def test_on_sqlite_a_held_write_lock_is_waited_for_no_longer_than_the_bound(
             assert time.monotonic() - started < 4.0  # two waits of 1 s, with slack
         app.bus.handle(c.SetInventory(sku="LOCKED", on_hand=1))  # free again
     finally:
+        app.close()
+
+
+def test_on_sqlite_a_prompt_writer_takes_the_write_lock_in_the_first_gap_within_the_bound(
+    tmp_path: Path,
+) -> None:
+    """`begin_promptly` (the relay's checkpoint): a writer that holds the lock back to back
+    with gaps of a few ms leaves it those gaps; past the bound it gives up like any."""
+    url = f"sqlite:///{tmp_path / 'prompt.db'}"
+    app = bootstrap(settings_for(url, job_lease_seconds=LEASE), run_migrations=True)
+    stop = threading.Event()
+
+    def busy_writer() -> None:  # a worker's group commits: 20 ms held, 3 ms free
+        engine = create_nullpool_engine(url)
+        with engine.connect() as conn:
+            while not stop.is_set():
+                conn.execute(text("SELECT 1"))  # BEGIN IMMEDIATE
+                time.sleep(0.02)
+                conn.rollback()
+                time.sleep(0.003)
+        engine.dispose()
+
+    writer = threading.Thread(target=busy_writer)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        waits = []
+        for _ in range(20):
+            started = time.monotonic()
+            with begin_promptly(app.engine) as conn:
+                conn.execute(update(t.projection_checkpoints).values(position=1))
+            waits.append(time.monotonic() - started)
+        assert max(waits) < 0.5, waits  # the busy handler alone waits longer than that
+        with app.engine.connect() as conn:  # the engine's busy timeout is back as it was
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 1000
+        stop.set()
+        writer.join()
+        with paused_transaction(url):
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="locked"), begin_promptly(app.engine):
+                pass
+            assert 0.9 < time.monotonic() - started < 3.0  # the bound: 1 s
+    finally:
+        stop.set()
+        writer.join()
         app.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -83,6 +84,22 @@ def test_read_all_follows_positions_after_a_point_with_a_limit(app: App) -> None
     assert [e.position for e in page] == positions[3:7]
     assert read_all(app, after=positions[-1]) == []
     assert [e.position for e in read_all(app, after=0, limit=2)] == positions[:2]
+
+
+def test_read_all_text_gives_the_same_events_with_their_stored_json_text(app: App) -> None:
+    """The relay's read: the same page as `read_all`, the payloads unparsed; spliced into
+    the envelope they parse back to `as_dict` (quotes, backslashes and non-ASCII too)."""
+    odd = OrderCancelled(order_id="q", reason='a "quoted" \\ é ✓ reason', occurred_at=T0)
+    append(app, 'order-"q"', 0, [odd, cancelled("q", 1)])
+    append(app, "order-r", 0, [cancelled("r", 2)])
+
+    stored = read_all(app, after=0, limit=1000)
+    with app.uow() as uow:
+        texts = uow.events.read_all_text(after=0, limit=1000)
+        page = uow.events.read_all_text(after=stored[0].position, limit=1)
+    assert [e.stored() for e in texts] == stored
+    assert [json.loads(e.as_json()) for e in texts] == [e.as_dict() for e in stored]
+    assert [e.position for e in page] == [stored[1].position]
 
 
 def test_a_stale_expected_version_is_refused_and_stores_nothing(app: App) -> None:

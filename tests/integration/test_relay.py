@@ -274,4 +274,5 @@ def test_an_unreachable_broker_is_retried_until_it_answers(
     outages = [rec.getMessage() for rec in caplog.records if "unreachable" in rec.getMessage()]
     assert len(outages) == 1, outages
     assert "RabbitMQ at amqp://127.0.0.1:1/" in outages[0] and "retrying" in outages[0]
+    assert "Connection refused" in outages[0]  # the cause, not pika's empty wrapper
     assert checkpoint(database_url, "test") == (0, 0)

@@ -1,12 +1,15 @@
 """The event relay's pure parts: the payload without patient data, `--types`, the
-backoff, broker URLs."""
+backoff, broker URLs, RabbitMQ's confirmations."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from fulfillment.adapters import relay as r
 from fulfillment.adapters.patient_data import PATIENT_DATA_FIELDS
+from fulfillment.adapters.relay_amqp import Confirmations
 from fulfillment.domain.events import EVENT_TYPES
 
 ORDER_CREATED = {
@@ -101,3 +104,47 @@ def test_passwords_are_masked() -> None:
     assert r.masked_broker_url("amqp://guest:guest@h:5672/v") == "amqp://guest:***@h:5672/v"
     assert r.masked_broker_url("nats://h:4222") == "nats://h:4222"
     assert r.checkpoint_name("default") == "relay:default"
+
+
+def _settled_now(confirms: Confirmations) -> bool:
+    async def check() -> bool:
+        return confirms.settled().done()
+
+    return asyncio.run(check())
+
+
+def test_confirmations_settle_with_multiple_and_out_of_order_answers() -> None:
+    confirms = Confirmations()
+    for _ in range(6):
+        confirms.sent()
+    confirms.answer(3, multiple=False, refused=False)  # ahead of 1 and 2
+    assert confirms.pending == 5 and not _settled_now(confirms)
+    confirms.answer(2, multiple=True, refused=False)  # settles 1 and 2; 3 was already
+    assert confirms.pending == 3
+    confirms.answer(5, multiple=False, refused=True)
+    confirms.answer(5, multiple=False, refused=True)  # a repeat counts once
+    confirms.answer(6, multiple=True, refused=False)  # 4 and 6; 5 stays refused
+    assert confirms.pending == 0 and confirms.refused == 1 and _settled_now(confirms)
+    confirms.answer(99, multiple=True, refused=True)  # nothing pending: nothing counted
+    assert confirms.refused == 1
+
+
+def test_confirmations_count_a_multiple_nack_for_each_unanswered_tag() -> None:
+    confirms = Confirmations()
+    for _ in range(4):
+        confirms.sent()
+    confirms.answer(2, multiple=False, refused=False)
+    confirms.answer(4, multiple=True, refused=True)
+    assert confirms.refused == 3 and confirms.pending == 0
+
+
+def test_a_lost_connection_fails_the_wait_for_confirmations() -> None:
+    async def scenario() -> None:
+        confirms = Confirmations()
+        confirms.sent()
+        waiting = confirms.settled()
+        confirms.fail(r.BrokerError("the connection closed"))
+        with pytest.raises(r.BrokerError, match="closed"):
+            await waiting
+
+    asyncio.run(scenario())

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import literal_column
@@ -259,6 +260,46 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
             yield conn
         finally:
             conn.rollback()
+
+
+#: How often `begin_promptly` asks for SQLite's write lock.
+PROMPT_POLL_SECONDS = 0.002
+
+
+@contextmanager
+def begin_promptly(engine: Engine) -> Iterator[Connection]:
+    """`engine.begin()` for a short write of a process that writes now and then (the
+    relay's checkpoint) beside one that writes back to back (a worker's group commits).
+
+    SQLite: a writer waiting in SQLite's busy handler looks at the write lock after 1, 2,
+    5, ... then every 100 ms, and a worker that takes the lock again at once leaves it
+    few gaps at those moments: the wait can last most of a second. Here the lock is
+    asked for every `PROMPT_POLL_SECONDS` instead, up to the connection's busy timeout,
+    so the first gap serves. Other backends queue lock waiters: `engine.begin()`.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        busy_ms = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+        deadline = time.monotonic() + busy_ms / 1000
+        raw.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    transaction = conn.begin()  # BEGIN IMMEDIATE: the write lock
+                    break
+                except OperationalError as exc:
+                    if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(PROMPT_POLL_SECONDS)
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={busy_ms}")
+        with transaction:
+            yield conn
 
 
 def create_nullpool_engine(url: str) -> Engine:

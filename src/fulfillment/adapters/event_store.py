@@ -9,14 +9,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, func, insert, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Text,
+    bindparam,
+    cast,
+    func,
+    insert,
+    select,
+    true,
+    type_coerce,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import BindParameter
 
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of
-from fulfillment.adapters.mapper import EventMapper, StoredEvent, to_utc
+from fulfillment.adapters.mapper import EventMapper, EventText, StoredEvent, to_utc
 from fulfillment.adapters.prepared import Prepared, execute_columns, execute_many, fetch_all
 from fulfillment.domain.events import DomainEvent
 from fulfillment.service_layer.messagebus import ConcurrencyError
@@ -56,16 +67,26 @@ def visible(backend: str) -> ColumnElement[bool]:
     return true()
 
 
-def _read_all(backend: str) -> Select[Any]:
+def _read_all(backend: str, as_text: bool = False) -> Select[Any]:
+    """The feed's page after `after`; `as_text`: the payloads as their stored JSON text
+    (PostgreSQL's driver would parse a json column, so it is cast to text there; the
+    others return the text as it is, so only SQLAlchemy's parsing is turned off)."""
+
+    def text_of(column: Any) -> Any:
+        return cast(column, Text) if backend == "postgresql" else type_coerce(column, Text)
+
+    columns = [text_of(c) if as_text and c.name in ("data", "metadata") else c for c in _COLUMNS]
     return (
-        select(*_COLUMNS)
+        select(*columns)
         .where(t.events.c.position > bindparam("after"), visible(backend))
         .order_by(t.events.c.position)
         .limit(bindparam("limit"))
     )
 
 
-_READ_ALL = {backend: _read_all(backend) for backend in ("sqlite", "postgresql", "mysql")}
+_BACKENDS = ("sqlite", "postgresql", "mysql")
+_READ_ALL = {backend: _read_all(backend) for backend in _BACKENDS}
+_READ_ALL_TEXT = {backend: _read_all(backend, as_text=True) for backend in _BACKENDS}
 _READ_TAIL = (
     select(*_COLUMNS)
     .where(t.events.c.stream_id == bindparam("stream_id"), t.events.c.version > bindparam("v"))
@@ -321,3 +342,13 @@ class SqlAlchemyEventStore:
         (`visible`), in position order: a later call never returns one below them."""
         rows = self.conn.execute(_READ_ALL[backend_of(self.conn)], {"after": after, "limit": limit})
         return [_stored(r) for r in rows]
+
+    def read_all_text(self, after: int = 0, limit: int = 100) -> list[EventText]:
+        """`read_all`, the payloads left as the JSON text stored (the relay's read)."""
+        query = _READ_ALL_TEXT[backend_of(self.conn)]
+        return [
+            EventText(int(p), str(s), int(v), str(ty), int(ev), d, m, to_utc(at))
+            for p, s, v, ty, ev, d, m, at in self.conn.execute(
+                query, {"after": after, "limit": limit}
+            )
+        ]

@@ -10,6 +10,7 @@ patient data, decodes the sealed values as they are).
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -57,6 +58,50 @@ class StoredEvent:
             "recorded_at": self.recorded_at.isoformat(),
             "data": self.data,
         }
+
+
+@dataclass(frozen=True)
+class EventText:
+    """A stored event with its payloads as the JSON text the store holds (no parsing):
+    what the relay publishes most events from (adapters/relay.py)."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    event_version: int
+    data: str
+    metadata: str
+    recorded_at: datetime
+
+    def stored(self) -> StoredEvent:
+        """The event with its payloads parsed."""
+        return StoredEvent(
+            self.position,
+            self.stream_id,
+            self.version,
+            self.type,
+            self.event_version,
+            json.loads(self.data),
+            json.loads(self.metadata),
+            self.recorded_at,
+        )
+
+    def as_json(self) -> bytes:
+        """`StoredEvent.as_dict` as JSON, the stored data text spliced in unparsed."""
+        return (
+            b'{"position":%d,"stream_id":%b,"version":%d,"type":%b,"event_version":%d,'
+            b'"recorded_at":"%b","data":%b}'
+            % (
+                self.position,
+                json.dumps(self.stream_id).encode(),
+                self.version,
+                json.dumps(self.type).encode(),
+                self.event_version,
+                self.recorded_at.isoformat().encode(),
+                self.data.encode(),
+            )
+        )
 
 
 def to_utc(value: datetime) -> datetime:

@@ -47,9 +47,9 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fulfillment.adapters import tables as t
-from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
+from fulfillment.adapters.db import backend_of, begin_promptly, db_now_epoch, read_connection
 from fulfillment.adapters.event_store import SqlAlchemyEventStore
-from fulfillment.adapters.mapper import EventMapper, StoredEvent
+from fulfillment.adapters.mapper import EventMapper
 from fulfillment.adapters.patient_data import PATIENT_DATA_EVENTS, PATIENT_DATA_FIELDS
 
 log = logging.getLogger("fulfillment.relay")
@@ -295,12 +295,12 @@ class Lease:
 
     def _ensure_row(self) -> None:
         cp = t.projection_checkpoints
-        with self.engine.begin() as conn:
+        with begin_promptly(self.engine) as conn:
             found = conn.execute(select(cp.c.position).where(cp.c.name == self.name)).first()
             if found is not None:
                 return
         try:
-            with self.engine.begin() as conn:
+            with begin_promptly(self.engine) as conn:
                 conn.execute(insert(cp).values(name=self.name, position=0, published=0))
         except IntegrityError:
             pass  # another relay of this name made it first
@@ -310,7 +310,7 @@ class Lease:
         self._ensure_row()
         cp = t.projection_checkpoints
         started = self.clock()
-        with self.engine.begin() as conn:
+        with begin_promptly(self.engine) as conn:
             now = db_now_epoch(backend_of(conn))
             taken = conn.execute(
                 update(cp)
@@ -348,7 +348,7 @@ class Lease:
         if this relay still holds it at `old` (the fence); False: it does not."""
         cp = t.projection_checkpoints
         started = self.clock()
-        with self.engine.begin() as conn:
+        with begin_promptly(self.engine) as conn:
             now = db_now_epoch(backend_of(conn))
             moved = conn.execute(
                 update(cp)
@@ -376,7 +376,7 @@ class Lease:
     def release(self) -> None:
         """Hand the lease back (a clean stop): another relay may take it at once."""
         cp = t.projection_checkpoints
-        with self.engine.begin() as conn:
+        with begin_promptly(self.engine) as conn:
             conn.execute(
                 update(cp)
                 .where(cp.c.name == self.name, cp.c.lease_holder == self.holder)
@@ -407,20 +407,26 @@ def read_batch(
     include_phi: bool,
 ) -> Batch:
     """The events after `after`, as `GET /events` shows them (patient data opened with
-    `include_phi`, else left out without opening anything)."""
+    `include_phi`, else left out without opening anything).
+
+    Only the events that carry patient data are parsed; every other one is published as
+    the JSON text the store holds, spliced into its envelope (`EventText.as_json`).
+    """
     with read_connection(engine) as conn:
-        stored: list[StoredEvent] = SqlAlchemyEventStore(conn, mapper).read_all(after, limit)
+        rows = SqlAlchemyEventStore(conn, mapper).read_all_text(after, limit)
         messages = []
-        for event in stored:
-            if types is not None and event.type not in types:
+        for row in rows:
+            if types is not None and row.type not in types:
                 continue
-            if include_phi:
-                shown = mapper.open(conn, event).as_dict()
+            if row.type not in PATIENT_DATA_EVENTS:
+                body = row.as_json()
+            elif include_phi:
+                body = body_of(mapper.open(conn, row.stored()).as_dict())
             else:
-                shown = without_patient_data(event.as_dict())
-            messages.append(Message(event.position, event.type, body_of(shown)))
-    last = stored[-1].position if stored else after
-    return Batch(messages, last, len(stored))
+                body = body_of(without_patient_data(row.stored().as_dict()))
+            messages.append(Message(row.position, row.type, body))
+    last = rows[-1].position if rows else after
+    return Batch(messages, last, len(rows))
 
 
 class Relay:

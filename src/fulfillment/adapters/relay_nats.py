@@ -32,6 +32,8 @@ from fulfillment.adapters.relay import (
 log = logging.getLogger("fulfillment.relay")
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+#: Unconfirmed publishes nats-py allows at once: above any batch (`--batch` is at most 10,000).
+MAX_PENDING = 100_000
 
 
 class NatsPublisher:
@@ -64,7 +66,7 @@ class NatsPublisher:
                 disconnected_cb=self._on_lost,
                 closed_cb=self._on_lost,
             )
-            js = self._client.jetstream(publish_async_max_pending=100_000)
+            js = self._client.jetstream(publish_async_max_pending=MAX_PENDING)
             try:
                 await js.stream_info(STREAM)
             except NotFoundError:
@@ -87,7 +89,9 @@ class NatsPublisher:
                         message.body,
                         headers={"Nats-Msg-Id": str(message.position)},
                         stream=STREAM,
-                        wait_stall=max(0.01, timeout),
+                        # Never stalls (a batch is at most 10,000 < MAX_PENDING), and
+                        # with no timeout nats-py adds no task per message to wait on it.
+                        wait_stall=None,
                     )
                 )
             # Every ack's outcome is taken (none is left "never retrieved").

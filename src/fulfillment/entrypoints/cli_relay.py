@@ -101,7 +101,7 @@ def relay_command(
     cli._logging(settings)
     # The relay says in one line when a broker goes and comes back; the libraries' own
     # lines (a traceback per lost connection) only with --debug.
-    for library in ("aiormq", "aio_pika", "nats"):
+    for library in ("pika", "nats"):
         logging.getLogger(library).setLevel(logging.DEBUG if ui.debugging() else logging.CRITICAL)
     # Without --include-phi nothing is opened: the mapper has no key at all.
     mapper = EventMapper(patient_data=patient_data_of(settings) if include_phi else None)
