@@ -38,11 +38,17 @@ def main() -> None:
                 started, cpu = time.perf_counter(), time.process_time()
                 Worker(app, args.concurrency).run(until_idle=True, timeout=600)
                 elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+                groups = [
+                    f"{name} {g.committed_steps / max(1, g.commits):.1f}"
+                    for name, g in (("main", app.group), ("stock", app.stock_group))
+                    if g is not None
+                ]
             finally:
                 app.close()
     print(
         f"{args.backend}: {args.orders} orders in {elapsed:.2f} s = "
         f"{args.orders / elapsed:.0f} orders/s; CPU {1000 * cpu / args.orders:.2f} ms per order"
+        + (f"; steps per group: {', '.join(groups)}" if groups else "")
     )
 
 

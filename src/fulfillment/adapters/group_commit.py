@@ -69,6 +69,11 @@ class Group:
     #: The COMMIT (its events' INSERT) waited on a lock for too long.
     busy: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    #: Where positions come from transaction ids (PostgreSQL): a `commit_clock` tick taken
+    #: once the group's transaction id was assigned (the first thing its transaction
+    #: does). A step that follows one of this group's steps may join a later group only
+    #: if that one's id was assigned after this tick (`GroupCommitter.enter`).
+    assigned_tick: int = 0
 
     def wait(self) -> None:
         """Block until the group's COMMIT; RetryableDatabaseError if it did not happen
@@ -94,10 +99,16 @@ class GroupCommitter:
         """`lock_sql`: a statement each group runs first, taking a lock held to its
         COMMIT (the stock group's, ``adapters/db.stock_lock_sql``)."""
         self.engine = engine
-        self._lock_sql = lock_sql
         #: Positions come from transaction ids (PostgreSQL, migration 0013): see `enter`.
         self._by_xid = engine.dialect.name == "postgresql"
-        #: The `commit_clock` tick at which the open transaction began.
+        #: What a group's transaction runs first (one round trip): the lock, and on
+        #: PostgreSQL the assignment of its transaction id, so that ids follow the order
+        #: in which this process began its groups.
+        first = [lock_sql] if lock_sql is not None else []
+        if self._by_xid:
+            first.append("SELECT pg_current_xact_id()")
+        self._first_sql = "; ".join(first) or None
+        #: The `commit_clock` tick taken before the open transaction's id was assigned.
         self._began = 0
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
@@ -116,10 +127,13 @@ class GroupCommitter:
         for a look that writes nothing, without one: end it with `leave_look`).
 
         `ready_tick` (``ClaimedJob.ready_tick``): where positions come from transaction
-        ids (PostgreSQL), a group whose transaction began before it is committed first
-        and the step starts the next one. Its transaction id may be older than that of
-        the commit the step builds on, and the step's events would get positions below
-        the events they follow in their own stream."""
+        ids (PostgreSQL), a group whose transaction id was asked for before that tick is
+        committed first and the step starts the next one. Its id might be older than
+        that of the commit the step builds on, and the step's events would get positions
+        below the events they follow in their own stream. The tick is the predecessor
+        group's `assigned_tick` for a step handed over by the step before it in this
+        process, so a group begun while that one was still open takes the step as long
+        as it began after that one's id was assigned; after a claim, the claim's commit."""
         with self._counter:
             self._queued += 1
         self._turn.acquire()
@@ -135,8 +149,9 @@ class GroupCommitter:
             if not self._conn.in_transaction():
                 self._conn.begin()
                 self._began = next(commit_clock)
-                if self._lock_sql is not None:
-                    run_sql(self._conn, self._lock_sql)
+                if self._first_sql is not None:
+                    run_sql(self._conn, self._first_sql)
+                self._group.assigned_tick = next(commit_clock)
             if savepoint:
                 run_sql(self._conn, "SAVEPOINT step")
                 self._in_step = True

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    Executable,
     Select,
     and_,
     bindparam,
@@ -38,7 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from fulfillment.adapters import tables as t
 from fulfillment.adapters.db import backend_of, db_now_epoch, read_connection
 from fulfillment.adapters.group_commit import GroupCommitter
-from fulfillment.adapters.prepared import Prepared, rowcount
+from fulfillment.adapters.prepared import Prepared, execute, fetch_all, rowcount
 from fulfillment.service_layer.job_runner import AbstractJobQueue
 from fulfillment.service_layer.jobs import ClaimedJob, JobSpec, LeaseLost, commit_clock
 from fulfillment.service_layer.ports import SagaJob, SagaJobs
@@ -205,30 +204,35 @@ def finish(conn: Connection, job: ClaimedJob) -> None:
 
 
 @functools.cache
-def _claim_statements(backend: str) -> tuple[Executable | None, Executable, Executable]:
-    """The claim's statements, built once: (SQLite's peek, the due jobs, the claim mark)."""
-    now = db_now_epoch(backend)
+def _claim_statements(backend: str) -> tuple[Prepared | None, Prepared]:
+    """The claim's reads, built once: (SQLite's peek, the due jobs, locked on servers)."""
     query = (
         select(t.jobs.c.id, t.jobs.c.saga_id, t.jobs.c.kind, t.jobs.c.claims, t.jobs.c.failures)
-        .where(t.jobs.c.status == READY, t.jobs.c.run_at <= now)
+        .where(t.jobs.c.status == READY, t.jobs.c.run_at <= db_now_epoch(backend))
         .order_by(t.jobs.c.run_at)
         .limit(bindparam("limit"))
     )
-    peek = query.with_only_columns(t.jobs.c.id) if backend == "sqlite" else None
+    peek = Prepared(query.with_only_columns(t.jobs.c.id)) if backend == "sqlite" else None
     if backend != "sqlite":
         query = query.with_for_update(skip_locked=True)
-    mark = (
+    return peek, Prepared(query)
+
+
+@functools.cache
+def _claim_mark(backend: str, count: int) -> Prepared:
+    """The claim's mark of `count` jobs (ids bound as i0, i1, ...; a claim pads its ids to
+    a power of two with its last one, so a handful of statements serve every size)."""
+    return Prepared(
         update(t.jobs)
-        .where(t.jobs.c.id.in_(bindparam("ids", expanding=True)))
+        .where(t.jobs.c.id.in_([bindparam(f"i{n}") for n in range(count)]))
         .values(
             status=RUNNING,
             claim_token=bindparam("token"),
             claimed_by=bindparam("worker"),
-            lease_expires_at=now + bindparam("lease", type_=t.jobs.c.run_at.type),
+            lease_expires_at=db_now_epoch(backend) + bindparam("lease", type_=t.jobs.c.run_at.type),
             claims=t.jobs.c.claims + 1,
         )
     )
-    return peek, query, mark
 
 
 class SqlAlchemyJobQueue(AbstractJobQueue):
@@ -254,22 +258,26 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
-        peek, query, mark = _claim_statements(self.backend)
+        # On the raw cursor (adapters/prepared.py): a worker claims many times a second.
+        peek, query = _claim_statements(self.backend)
         if peek is not None:
             # Look before taking the write lock: an idle poll should not block writers.
             with read_connection(self.engine) as conn:
-                found = conn.execute(peek, {"limit": 1}).first()
-            if found is None:
-                return []
+                if not fetch_all(conn, peek, {"limit": 1}):
+                    return []
         token = str(uuid.uuid4())
         with self._write() as conn:
-            rows = conn.execute(query, {"limit": limit}).all()
+            rows = fetch_all(conn, query, {"limit": limit})
             if not rows:
                 return []
-            conn.execute(
-                mark,
+            ids = [row[0] for row in rows]
+            size = 1 << (len(ids) - 1).bit_length()
+            ids += [ids[-1]] * (size - len(ids))
+            execute(
+                conn,
+                _claim_mark(self.backend, size),
                 {
-                    "ids": [r.id for r in rows],
+                    **{f"i{n}": job_id for n, job_id in enumerate(ids)},
                     "token": token,
                     "worker": worker_id[:100],
                     "lease": lease_seconds,
@@ -279,16 +287,16 @@ class SqlAlchemyJobQueue(AbstractJobQueue):
         ready = next(commit_clock)  # the claim has committed: its steps read from here
         return [
             ClaimedJob(
-                r.id,
-                r.saga_id,
-                r.kind,
+                job_id,
+                saga_id,
+                kind,
                 token,
-                r.claims + 1,
-                r.failures,
+                claims + 1,
+                failures,
                 chain_lease,
                 ready_tick=ready,
             )
-            for r in rows
+            for job_id, saga_id, kind, claims, failures in rows
         ]
 
     def _skip_locked(self, query: Select[Any]) -> Select[Any]:

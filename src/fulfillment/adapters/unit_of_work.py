@@ -119,18 +119,21 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             continuation = job_queue.advance(self.conn, self.job, own[0] if own else None)
             saga_done = not own
         job_queue.enqueue(self.conn, jobs)
+        ready_tick = 0
         if self._in_group:
             assert self.group is not None
             rows = self.events.rows(appends, self.causation_id, self.job_started_at)
             self._conn, self._in_group = None, False  # the turn ends here
-            self.group.keep(
-                rows
-            ).wait()  # a failed group raises: __exit__ drops the streams from the cache
+            group = self.group.keep(rows)
+            group.wait()  # a failed group raises: __exit__ drops the streams from the cache
+            ready_tick = group.assigned_tick
         else:
             self.events.append(appends, self.causation_id, self.job_started_at)
             self.conn.commit()
         if continuation is not None:  # what it reads has now committed
-            continuation = dataclasses.replace(continuation, ready_tick=next(commit_clock))
+            continuation = dataclasses.replace(
+                continuation, ready_tick=ready_tick or next(commit_clock)
+            )
         if saga_done:
             # The saga has no job left (it ended, or waits for an operator): its streams
             # leave the cache, which so holds the sagas in flight, not every saga seen.

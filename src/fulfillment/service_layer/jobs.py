@@ -33,10 +33,11 @@ class ClaimedJob:
     #: it in their metadata (`job_started_at`), which tells a step's wait in the queue
     #: from its run. None: not known (a unit of work run outside `JobRunner`).
     started_at: datetime | None = None
-    #: A tick of this process's `commit_clock` taken after every event this job's step
-    #: may read had committed (after its claim, or after the commit that handed it
-    #: over): a group commit begun before it may not take the step (its transaction id,
-    #: hence its positions, could be older than those events'). 0: not known.
+    #: A tick of this process's `commit_clock`: after its claim committed, or, for a job
+    #: handed over by the step before it, after that step's group got its transaction
+    #: id. A group commit whose transaction id was asked for before it may not take the
+    #: step (that id, hence the step's positions, could be older than the events it
+    #: follows; ``adapters/group_commit.py``). 0: not known.
     ready_tick: int = 0
 
 
