@@ -58,7 +58,9 @@ class OursConfig:
     timeout_seconds: float = 600.0
     placers: int = 4
     #: "process": workers run with --no-projector beside one `fulfillment projections run`
-    #: process; "inline": each worker keeps the read models on a thread of its own.
+    #: process; "inline": each worker keeps the read models on a thread of its own;
+    #: "none": workers run with --no-projector and nothing else is started (the caller
+    #: runs the projector, e.g. the one in a `fulfillment serve` process).
     projector: str = "process"
 
 
@@ -134,11 +136,11 @@ class WorkerFleet:
         self.rss.register(name, proc.pid)
 
     def start(self) -> None:
-        separate = self.config.projector == "process"
+        separate = self.config.projector in ("process", "none")
         for n in range(self.config.workers):
             args = ["worker", "--concurrency", str(self.config.concurrency), "--no-migrate"]
             self._spawn(f"worker-{n}", [*args, "--no-projector"] if separate else args)
-        if separate:
+        if self.config.projector == "process":
             self._spawn("projector", ["projections", "run"])
 
     def stop(self) -> None:
@@ -159,11 +161,14 @@ class WorkerFleet:
 
 class TerminalCounter:
     """Counts terminal events incrementally by position, reading only the positions a
-    follower may read (`event_store.visible`), so none that commits late is missed."""
+    follower may read (`event_store.visible`), so none that commits late is missed.
 
-    def __init__(self, app: App) -> None:
+    `after`: count only events after this position (the head before the run, in a store
+    that already holds events: benchmarks/large_store.py); 0 reads the whole log."""
+
+    def __init__(self, app: App, after: int = 0) -> None:
         self.app = app
-        self.after = 0
+        self.after = after
         self.count = 0
 
     def poll(self) -> int:
@@ -181,8 +186,9 @@ class TerminalCounter:
         return self.count
 
 
-def wait_terminal(app: App, n: int, fleet: WorkerFleet, timeout: float) -> bool:
-    counter = TerminalCounter(app)
+def wait_terminal(app: App, n: int, fleet: WorkerFleet, timeout: float, after: int = 0) -> bool:
+    """Whether `n` terminal events (after position `after`) were recorded within `timeout`."""
+    counter = TerminalCounter(app, after)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if counter.poll() >= n:
@@ -208,22 +214,27 @@ def wait_projected(app: App, timeout: float = 120.0) -> float | None:
     return round(time.perf_counter() - started, 2)
 
 
-def metrics_from_engine(engine: Engine, *, window_from: str) -> dict[str, Any]:
+def metrics_from_engine(engine: Engine, *, window_from: str, after: int = 0) -> dict[str, Any]:
     """Latency per order, terminal counts and the window, from the events table.
 
     window_from="first_step": from the first event after placement (backlog mode);
     window_from="created": from the first OrderCreated (offered-load mode).
+    `after`: only the events after this position (the head before the run; 0: all), so a
+    store that already holds millions of events is read by the primary key's range.
     """
     e = t.events.c
+    run = e.position > after
     with engine.connect() as conn:
         rows = conn.execute(
             select(e.stream_id, e.type, e.recorded_at).where(
-                e.type.in_(("OrderCreated", *TERMINAL_TYPES))
+                run, e.type.in_(("OrderCreated", *TERMINAL_TYPES))
             )
         ).all()
-        total_events = int(conn.execute(select(func.count()).select_from(t.events)).scalar_one())
+        total_events = int(
+            conn.execute(select(func.count()).select_from(t.events).where(run)).scalar_one()
+        )
         first_step = conn.execute(
-            select(func.min(e.recorded_at)).where(e.type.not_in(PLACEMENT_TYPES))
+            select(func.min(e.recorded_at)).where(run, e.type.not_in(PLACEMENT_TYPES))
         ).scalar_one()
         conn.rollback()
     created: dict[str, Any] = {}
@@ -283,9 +294,17 @@ def _result(
 
 
 def run_backlog(
-    db: Database, specs: Sequence[OrderSpec], mix: str, config: OursConfig, log_dir: Path
+    db: Database,
+    specs: Sequence[OrderSpec],
+    mix: str,
+    config: OursConfig,
+    log_dir: Path,
+    after: int = 0,
 ) -> RunMetrics:
-    """Place every order, then drain the backlog with the worker processes."""
+    """Place every order, then drain the backlog with the worker processes.
+
+    `after`: the head position before the run, in a store that already holds events
+    (only the events after it are counted); 0 for an empty store."""
     app = setup_app(db, config.carrier_latency_ms)
     try:
         placement_rate = place_all(app, specs, config.placers)
@@ -293,11 +312,11 @@ def run_backlog(
             fleet = WorkerFleet(db, config, rss, log_dir)
             fleet.start()
             try:
-                done = wait_terminal(app, len(specs), fleet, config.timeout_seconds)
+                done = wait_terminal(app, len(specs), fleet, config.timeout_seconds, after)
                 projected = wait_projected(app) if done else None
             finally:
                 fleet.stop()
-        figures = metrics_from_engine(app.engine, window_from="first_step")
+        figures = metrics_from_engine(app.engine, window_from="first_step", after=after)
         result = _result(
             db,
             config,
