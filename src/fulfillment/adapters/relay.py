@@ -1,13 +1,14 @@
 """The event relay: every committed event, in position order, to a message broker.
 
 The event log is the outbox (docs/architecture.md): the relay follows it with
-`SqlAlchemyEventStore.read_all` (the one reader of the global feed that applies the
-store's visibility rule), publishes a batch, waits for the broker to confirm every
-message of it (RabbitMQ publisher confirms, JetStream publish acks), and only then
-advances its checkpoint, a row of `projection_checkpoints` named `relay:<name>`. A
-relay killed between the publish and the checkpoint publishes that batch again:
-delivery is at least once, and each message carries its event's position as its id
-(`message_id`, `Nats-Msg-Id`), by which consumers drop duplicates.
+`SqlAlchemyEventStore.read_all_text` (`read_all`, the reader of the global feed that
+applies the store's visibility rule, with the payloads left as their stored text),
+publishes a batch, waits for the broker to confirm every message of it (RabbitMQ
+publisher confirms, JetStream publish acks), and only then advances its checkpoint, a
+row of `projection_checkpoints` named `relay:<name>`. A relay killed between the publish
+and the checkpoint publishes that batch again: delivery is at least once, and each
+message carries its event's position as its id (`message_id`, `Nats-Msg-Id`), by which
+consumers drop duplicates.
 
 Only the holder of the checkpoint's lease publishes. The lease is taken with a
 conditional UPDATE (held by no one, by this relay, or expired on the DATABASE clock),
