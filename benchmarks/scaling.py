@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import os
 import selectors
@@ -74,6 +75,7 @@ from benchmarks.ours import (
     wait_terminal,
 )
 from fulfillment.adapters import tables as t
+from fulfillment.config import STOCK_COMMITS
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_PROCESSES = {"postgresql": ("postgres",), "mysql": ("mariadbd", "mysqld")}
@@ -95,6 +97,14 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core; /proc/stat's first line
+    less idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
 
 
 def server_pids(backend: str) -> list[int]:
@@ -135,7 +145,7 @@ class ServerCpu:
         self.backend = backend
         self.engine = engine
         self.interval = interval
-        self.samples: list[tuple[float, dict[int, float], int]] = []
+        self.samples: list[tuple[float, dict[int, float], int, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="server-cpu", daemon=True)
 
@@ -146,7 +156,8 @@ class ServerCpu:
         return int(head or 0)
 
     def _sample(self) -> None:
-        self.samples.append((time.monotonic(), cpu_of(server_pids(self.backend)), self._head()))
+        now, server = time.monotonic(), cpu_of(server_pids(self.backend))
+        self.samples.append((now, server, self._head(), machine_busy_seconds()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -166,19 +177,19 @@ class ServerCpu:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def cores(self) -> tuple[float, float]:
-        """(cores used, window seconds): from the last sample before the head first moved
-        past the placed backlog to the last sample."""
+    def cores(self) -> tuple[float, float, float]:
+        """(server cores used, whole machine's cores used, window seconds): from the last
+        sample before the head first moved past the placed backlog to the last sample."""
         if len(self.samples) < 2:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         placed = self.samples[0][2]
         start = next(
             (i - 1 for i, s in enumerate(self.samples) if s[2] > placed), len(self.samples) - 2
         )
-        t0, c0, _ = self.samples[max(0, start)]
-        t1, c1, _ = self.samples[-1]
+        t0, c0, _, m0 = self.samples[max(0, start)]
+        t1, c1, _, m1 = self.samples[-1]
         seconds = max(1e-9, t1 - t0)
-        return cpu_delta(c0, c1) / seconds, seconds
+        return cpu_delta(c0, c1) / seconds, (m1 - m0) / seconds, seconds
 
 
 # --- the links ---------------------------------------------------------------------------
@@ -404,12 +415,14 @@ class NamespacedFleet(WorkerFleet):
     the projector stays in the root namespace."""
 
     def __init__(self, db: Database, config: OursConfig, rss: RssSampler, log_dir: Path,
-                 hosts: list[Host]) -> None:  # fmt: skip
+                 hosts: list[Host], stock_commit: str) -> None:  # fmt: skip
         super().__init__(db, config, rss, log_dir)
         self.hosts = hosts
+        self.stock_commit = stock_commit
 
     def _spawn_in(self, name: str, args: list[str], host: Host | None) -> None:
         env = product_env(self.db, self.config.carrier_latency_ms)
+        env["FULFILLMENT_STOCK_COMMIT"] = self.stock_commit
         cmd = [sys.executable, "-m", "fulfillment.entrypoints.cli", *args]
         if host is not None:
             env["FULFILLMENT_DATABASE_URL"] = host.url(self.db.url)
@@ -441,7 +454,7 @@ def concurrency(backend: str, latency: float, workers: int, args: argparse.Names
 
 def run_ours(
     backend: str, hosts: Hosts, workers: int, latency: float, args: argparse.Namespace,
-    log_root: Path,
+    log_root: Path, stock_commit: str,
 ) -> dict[str, Any]:  # fmt: skip
     conc = concurrency(backend, latency, workers, args)
     config = OursConfig(workers, conc, latency)
@@ -453,7 +466,9 @@ def run_ours(
             log_dir = Path(tempfile.mkdtemp(prefix=f"w{workers}_", dir=log_root))
             relay_before = hosts.relay_cpu()
             with RssSampler() as rss, ServerCpu(backend, app.engine) as server:
-                fleet = NamespacedFleet(db, config, rss, log_dir, hosts.hosts[:workers])
+                fleet = NamespacedFleet(
+                    db, config, rss, log_dir, hosts.hosts[:workers], stock_commit
+                )
                 fleet.start()
                 started = time.monotonic()
                 try:
@@ -468,13 +483,14 @@ def run_ours(
             figures = metrics_from_engine(app.engine, window_from="first_step")
         finally:
             app.close()
-    cores, window = server.cores()
+    cores, machine_cores, window = server.cores()
     seconds = figures["seconds"]
     terminal = figures["fulfilled"] + figures["cancelled"]
     from benchmarks.common import latency_summary
 
     return {
-        "system": "ours",
+        "system": f"ours (stock: {stock_commit})",
+        "stock_commit": stock_commit,
         "backend": backend,
         "workers": workers,
         "concurrency": conc,
@@ -486,6 +502,7 @@ def run_ours(
         "orders_per_second": round(terminal / seconds, 1) if seconds else 0.0,
         "latency_ms": latency_summary(figures["latencies"]),
         "server_cpu_cores": round(cores, 2),
+        "machine_cpu_cores": round(machine_cores, 2),
         "server_cpu_window_s": round(window, 2),
         # workers' CPU over their whole life (startup included) / the wall time to done
         "workers_cpu_cores": round(workers_cpu / max(1e-9, wall), 2),
@@ -589,7 +606,7 @@ def print_table(doc: dict[str, Any]) -> None:
     )
     for col in (
         "system", "workers", "c/worker", "carrier ms", "orders/s", "p99 ms",
-        "DB server CPU (cores)", "workers CPU", "relays CPU", "terminal",
+        "DB server CPU (cores)", "workers CPU", "relays CPU", "machine CPU", "terminal",
     ):  # fmt: skip
         table.add_column(col, justify="right")
     for r in doc["runs"]:
@@ -603,6 +620,7 @@ def print_table(doc: dict[str, Any]) -> None:
             str(r.get("server_cpu_cores", "")),
             str(r.get("workers_cpu_cores", "") or ""),
             str(r.get("relay_cpu_cores", "") or ""),
+            str(r.get("machine_cpu_cores", "") or ""),
             f"{r['terminal']}/{r['orders']}",
         )
     console.print(table)
@@ -616,16 +634,16 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     meta = doc["meta"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ours = [r for r in doc["runs"] if r["system"] == "ours"]
-    for latency in sorted({r["carrier_latency_ms"] for r in ours}):
+    ours = [r for r in doc["runs"] if r["system"].startswith("ours")]
+    for system, latency in sorted({(r["system"], r["carrier_latency_ms"]) for r in ours}):
         points = sorted(
             (r["workers"], r["orders_per_second"])
             for r in ours
-            if r["carrier_latency_ms"] == latency
+            if r["carrier_latency_ms"] == latency and r["system"] == system
         )
-        ax.plot(*zip(*points, strict=True), marker="o", label=f"ours, carrier {latency:g} ms")
+        ax.plot(*zip(*points, strict=True), marker="o", label=f"{system}, carrier {latency:g} ms")
     for r in doc["runs"]:
-        if r["system"] != "ours":
+        if not r["system"].startswith("ours"):
             ax.axhline(r["orders_per_second"], linestyle="--", linewidth=1, color="grey")
             ax.annotate(
                 f"{r['system']} (carrier {r['carrier_latency_ms']:g} ms)",
@@ -669,6 +687,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="kernel: netem + nftables DNAT; relay: a delaying relay process per namespace",
     )
     p.add_argument("--mix", default="success", choices=("success", "compensate10"))
+    p.add_argument(
+        "--stock-commit",
+        default="group,step",
+        help="FULFILLMENT_STOCK_COMMIT values to run our workers with, side by side",
+    )
     p.add_argument("--concurrency", type=int, default=64, help="per worker, carrier latency 0")
     p.add_argument("--latency-concurrency", type=int, default=100, help="per worker, latency > 0")
     p.add_argument("--dbos", default="", help="e.g. queue:32: run the DBOS peer on the link")
@@ -708,6 +731,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workers = sorted(int(x) for x in args.workers.split(",") if x)
     latencies = [float(x) for x in args.latencies.split(",") if x]
+    stock_commits = [x.strip() for x in args.stock_commit.split(",") if x.strip()]
+    if not stock_commits or not set(stock_commits) <= set(STOCK_COMMITS):
+        print(
+            f"benchmarks.scaling: --stock-commit takes {', '.join(STOCK_COMMITS)}",
+            file=sys.stderr,
+        )
+        return 2
     started = time.time()
     machine = environment.describe([args.backend], raw, started)
     machine.pop("command", None)
@@ -734,22 +764,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(hosts.hosts)} namespaces, link {args.link}, SELECT 1 from a namespace: "
             f"{doc['meta']['select1_ms']} ms (median)"
         )
-        for latency in latencies:
-            for n in workers:
-                console.print(f"[cyan]run[/cyan] ours workers={n} carrier={latency:g} ms")
-                try:
-                    run = run_ours(args.backend, hosts, n, latency, args, log_root)
-                except Exception as exc:
-                    console.print(f"[red]failed[/red]: {exc!r} (logs in {log_root})")
-                    doc.setdefault("failed", []).append(f"workers={n} latency={latency}: {exc!r}")
-                    continue
-                doc["runs"].append(run)
-                console.print(
-                    f"    {run['orders_per_second']} orders/s  p99 {run['latency_ms']['p99']} ms"
-                    f"  DB CPU {run['server_cpu_cores']} cores  workers {run['workers_cpu_cores']}"
-                    f"  relays {run['relay_cpu_cores']}"
-                )
-                args.json.write_text(json.dumps(doc, indent=2))
+        for latency, mode, n in itertools.product(latencies, stock_commits, workers):
+            label = f"workers={n} carrier={latency:g} ms stock={mode}"
+            console.print(f"[cyan]run[/cyan] ours {label}")
+            try:
+                run = run_ours(args.backend, hosts, n, latency, args, log_root, mode)
+            except Exception as exc:
+                console.print(f"[red]failed[/red]: {exc!r} (logs in {log_root})")
+                doc.setdefault("failed", []).append(f"{label}: {exc!r}")
+                continue
+            doc["runs"].append(run)
+            console.print(
+                f"    {run['orders_per_second']} orders/s  p99 {run['latency_ms']['p99']} ms"
+                f"  DB CPU {run['server_cpu_cores']} cores  workers {run['workers_cpu_cores']}"
+                f"  relays {run['relay_cpu_cores']}  machine {run['machine_cpu_cores']}"
+            )
+            args.json.write_text(json.dumps(doc, indent=2))
         if args.dbos:
             mode, conc = args.dbos.split(":")
             for latency in latencies:

@@ -64,6 +64,8 @@ class App:
     group: GroupCommitter | None = None
     #: The one of the steps that write stock, under the stock lock (not on SQLite).
     stock_group: GroupCommitter | None = None
+    #: The steps that write stock commit each on its own (FULFILLMENT_STOCK_COMMIT=step).
+    stock_alone: bool = False
     #: Why the process cannot serve yet (`fulfillment serve` waiting for its database, or
     #: migrating it); None once it can. `GET /health` answers 503 meanwhile.
     not_ready: str | None = None
@@ -82,6 +84,7 @@ class App:
             group=self.group,
             idempotency_ttl_seconds=self.settings.idempotency_ttl_seconds,
             stock_group=self.stock_group,
+            stock_alone=self.stock_alone,
         )
 
     def prefetch_sagas(self, saga_ids: list[str]) -> None:
@@ -205,10 +208,12 @@ def bootstrap(
     )
     # The steps that write stock take turns in a group of their own, under the stock
     # lock, where several processes may write at once (not SQLite: one writer, one group).
+    # Or each commits on its own (FULFILLMENT_STOCK_COMMIT=step), locking only its SKUs.
     stock_lock = stock_lock_sql(backend_of(engine), bounds.holder_lock_timeout)
+    stock_alone = stock_lock is not None and settings.stock_commit == "step"
     stock_group = (
         GroupCommitter(engine, insert_events, settings.group_commit_max_steps, lock_sql=stock_lock)
-        if group is not None and stock_lock is not None
+        if group is not None and stock_lock is not None and not stock_alone
         else None
     )
 
@@ -223,6 +228,7 @@ def bootstrap(
             group=group,
             idempotency_ttl_seconds=idempotency_ttl,
             stock_group=stock_group,
+            stock_alone=stock_alone,
         )
 
     deps = saga_engine.EngineDeps(
@@ -265,4 +271,5 @@ def bootstrap(
         tracing=tracing,
         group=group,
         stock_group=stock_group,
+        stock_alone=stock_alone,
     )

@@ -22,6 +22,8 @@ DEFAULT_COUNTRIES = ("US", "CA", "GB", "DE", "FR", "NL")
 #: FULFILLMENT_CARRIER: the built-in simulated carrier, or a carrier's REST API
 #: (adapters/http_carrier.py, docs/carriers.md).
 CARRIERS = ("simulated", "http")
+#: FULFILLMENT_STOCK_COMMIT (`Settings.stock_commit`).
+STOCK_COMMITS = ("group", "step")
 
 
 def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
@@ -171,6 +173,12 @@ class Settings:
     #: Steps a worker may commit in one transaction (adapters/group_commit.py); 1: off.
     #: 32 keeps a group's savepoints under PostgreSQL's 64 cached subtransactions.
     group_commit_max_steps: int = 64
+    #: How the steps that write stock commit where several processes write at once
+    #: (PostgreSQL, MariaDB): "group", in the worker's stock group under the stock lock
+    #: (few commits; the stock groups of all workers take turns); "step", each in a
+    #: transaction of its own that locks only its SKUs' rows (workers on different SKUs
+    #: overlap: for long round trips to the database). adapters/group_commit.py.
+    stock_commit: str = "group"
     #: Bounds on every database connection (docs/architecture.md, rule 11); None: derived from the
     #: lease (`db_bounds`).
     db_lock_timeout_seconds: float | None = None
@@ -313,6 +321,7 @@ class Settings:
             poll_interval_seconds=_float(env, "FULFILLMENT_POLL_INTERVAL_SECONDS", 0.05),
             max_job_failures=_int(env, "FULFILLMENT_MAX_JOB_FAILURES", 10),
             group_commit_max_steps=_int(env, "FULFILLMENT_GROUP_COMMIT_MAX_STEPS", 64),
+            stock_commit=(env.get("FULFILLMENT_STOCK_COMMIT") or "group").strip().lower(),
             db_lock_timeout_seconds=_optional(env, "FULFILLMENT_DB_LOCK_TIMEOUT_SECONDS"),
             db_idle_in_transaction_seconds=_optional(
                 env, "FULFILLMENT_DB_IDLE_IN_TRANSACTION_SECONDS"
@@ -364,6 +373,11 @@ class Settings:
             raise ValueError("FULFILLMENT_JOB_LEASE_SECONDS must be > 0")
         if self.group_commit_max_steps < 1:
             raise ValueError("FULFILLMENT_GROUP_COMMIT_MAX_STEPS must be at least 1")
+        if self.stock_commit not in STOCK_COMMITS:
+            raise ValueError(
+                f"FULFILLMENT_STOCK_COMMIT must be one of {', '.join(STOCK_COMMITS)},"
+                f" not {self.stock_commit!r}"
+            )
         if self.min_shelf_life_days < 0:
             raise ValueError("FULFILLMENT_MIN_SHELF_LIFE_DAYS must be >= 0")
         for name, value in (

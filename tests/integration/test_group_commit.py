@@ -175,12 +175,15 @@ def test_a_worker_with_many_threads_fulfils_every_order_exactly_once(app: App) -
         assert (joined, app.stock_group.committed_steps) == (2 * len(orders), 2 * len(orders))
 
 
+@pytest.mark.parametrize("stock_commit", ["group", "step"])
 def test_the_groups_of_two_workers_on_one_database_do_not_deadlock(
-    make_app: Callable[..., App],
+    make_app: Callable[..., App], stock_commit: str
 ) -> None:
     """Each group holds row locks (inventory, jobs) until its COMMIT; two workers' groups
-    touching the same hot rows once waited on each other for good on PostgreSQL."""
-    apps = [make_app(), make_app()]
+    touching the same hot rows once waited on each other for good on PostgreSQL. With
+    FULFILLMENT_STOCK_COMMIT=step the stock steps of both workers lock the same few SKU
+    rows, each in a transaction of its own, beside both main groups."""
+    apps = [make_app(stock_commit=stock_commit), make_app(stock_commit=stock_commit)]
     orders = [f"gc2-{i}" for i in range(120)]
     _place(apps[0], orders)
     workers = [Worker(app, concurrency=16) for app in apps]
@@ -206,3 +209,28 @@ def test_with_group_commit_off_each_step_commits_on_its_own(
     run_jobs(app, 6, timeout=120)
 
     _assert_fulfilled(app, orders)
+
+
+def test_with_stock_commit_step_each_stock_step_commits_alone(
+    make_app: Callable[..., App],
+) -> None:
+    """FULFILLMENT_STOCK_COMMIT=step: where several processes write at once, the steps
+    that write stock (reserve, complete) commit on their own, not in a group; the others
+    still share the main group. SQLite has one writer and one group for every step."""
+    app = make_app(stock_commit="step")
+    orders = [f"alone-{i}" for i in range(20)]
+    _place(app, orders)
+    group = _committer(app)
+    before = group.committed_steps
+
+    run_jobs(app, 8, timeout=120)
+
+    _assert_fulfilled(app, orders)
+    assert app.stock_group is None
+    joined = group.committed_steps - before
+    if app.engine.dialect.name == "sqlite":
+        assert not app.stock_alone
+        assert joined > 4 * len(orders)  # the queue's claims join the group too
+    else:
+        assert app.stock_alone
+        assert joined == 2 * len(orders)

@@ -19,6 +19,7 @@ def test_with_nothing_set_the_documented_defaults_apply() -> None:
     assert settings.job_lease_seconds == 30
     assert settings.api_keys == ()
     assert settings.group_commit_max_steps == 64
+    assert settings.stock_commit == "group"
 
 
 def test_the_process_environment_is_read_when_none_is_given(
@@ -41,6 +42,7 @@ def test_every_documented_variable_is_read() -> None:
             "FULFILLMENT_JOB_LEASE_SECONDS": "12.5",
             "FULFILLMENT_API_KEYS": "key-one, key-two,",
             "FULFILLMENT_GROUP_COMMIT_MAX_STEPS": "1",
+            "FULFILLMENT_STOCK_COMMIT": " Step ",
         }
     )
 
@@ -56,6 +58,7 @@ def test_every_documented_variable_is_read() -> None:
         ApiKey("key2", "admin", "key-two"),
     )
     assert settings.group_commit_max_steps == 1
+    assert settings.stock_commit == "step"
 
 
 def test_an_empty_variable_counts_as_unset() -> None:
@@ -109,6 +112,7 @@ def test_the_boundaries_of_the_valid_ranges_are_accepted() -> None:
         ("FULFILLMENT_JOB_LEASE_SECONDS", "inf"),
         ("FULFILLMENT_SQLITE_SYNCHRONOUS", "sometimes"),
         ("FULFILLMENT_GROUP_COMMIT_MAX_STEPS", "0"),
+        ("FULFILLMENT_STOCK_COMMIT", "per-step"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variables_name(variable: str, value: str) -> None:

@@ -32,7 +32,9 @@ has two committers. Steps declared `shared_rows` (they write stock) take their t
 its *stock group*, which takes the stock lock (``db.stock_lock_sql``) as its first
 statement: the stock groups of different workers take turns, and cannot deadlock. Every
 other step joins the main group, which writes only rows of its own sagas and jobs and
-waits for no other worker's. On SQLite (one writer) there is one group for all steps.
+waits for no other worker's. With `FULFILLMENT_STOCK_COMMIT=step` there is no stock
+group: each stock step commits alone and locks only its own SKUs, in sorted order
+(``adapters/unit_of_work.py``). On SQLite (one writer) there is one group for all steps.
 Within a group, steps overlap their round trips with the other threads' Python work.
 The events of all steps are inserted by one statement just before the COMMIT.
 """
@@ -50,7 +52,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from fulfillment.adapters.db_errors import translate
-from fulfillment.adapters.prepared import run_sql
+from fulfillment.adapters.prepared import pipelined, run_sql
 from fulfillment.service_layer.jobs import commit_clock
 from fulfillment.service_layer.messagebus import DatabaseBusy, RetryableDatabaseError
 
@@ -104,12 +106,15 @@ class GroupCommitter:
         #: What a group's transaction runs first (one round trip): the lock, and on
         #: PostgreSQL the assignment of its transaction id, so that ids follow the order
         #: in which this process began its groups.
-        first = [lock_sql] if lock_sql is not None else []
+        self._first_sql = [lock_sql] if lock_sql is not None else []
         if self._by_xid:
-            first.append("SELECT pg_current_xact_id()")
-        self._first_sql = "; ".join(first) or None
+            self._first_sql.append("SELECT pg_current_xact_id()")
         #: The `commit_clock` tick taken before the open transaction's id was assigned.
         self._began = 0
+        #: The open transaction has run `_first_sql`: a look (a turn without a savepoint,
+        #: which writes nothing) does not, so a group begun by a look takes the lock and
+        #: its id at its first step, and a look alone costs no more than BEGIN, ROLLBACK.
+        self._assigned = False
         self.insert_events = insert_events
         self.max_members = max(1, max_members)
         self._turn = threading.Lock()
@@ -142,17 +147,23 @@ class GroupCommitter:
         try:
             if self._conn is None:
                 self._conn = self.engine.connect()
-            if self._by_xid and self._conn.in_transaction() and self._began < ready_tick:
+            if self._by_xid and self._assigned and self._began < ready_tick:
                 self._flush()
                 if self._conn is None:
                     self._conn = self.engine.connect()
             if not self._conn.in_transaction():
                 self._conn.begin()
+                self._assigned = False
+            if savepoint and not self._assigned:
+                # BEGIN, the lock, the id and the step's savepoint: one round trip on
+                # PostgreSQL.
                 self._began = next(commit_clock)
-                if self._first_sql is not None:
-                    run_sql(self._conn, self._first_sql)
+                with pipelined(self._conn):
+                    for sql in [*self._first_sql, "SAVEPOINT step"]:
+                        run_sql(self._conn, sql)
                 self._group.assigned_tick = next(commit_clock)
-            if savepoint:
+                self._assigned = self._in_step = True
+            elif savepoint:
                 run_sql(self._conn, "SAVEPOINT step")
                 self._in_step = True
         except BaseException as exc:
@@ -244,12 +255,17 @@ class GroupCommitter:
 
     def _flush(self) -> None:
         group, self._group = self._group, Group()
-        conn = self._conn
+        conn, self._assigned = self._conn, False
         try:
             if conn is not None and conn.in_transaction():
                 if group.members:
-                    if group.rows:
-                        self.insert_events(conn, group.rows)
+                    # The events' INSERT and the COMMIT: one round trip on PostgreSQL
+                    # (where `conn.commit()` then finds the transaction already ended).
+                    with pipelined(conn):
+                        if group.rows:
+                            self.insert_events(conn, group.rows)
+                        if self._by_xid:
+                            run_sql(conn, "COMMIT")
                     conn.commit()
                     self.commits += 1
                     self.committed_steps += group.members
@@ -272,7 +288,7 @@ class GroupCommitter:
         group.done.set()
 
     def _discard_connection(self) -> None:
-        conn, self._conn, self._in_step = self._conn, None, False
+        conn, self._conn, self._in_step, self._assigned = self._conn, None, False, False
         if conn is None:
             return
         try:

@@ -17,7 +17,8 @@ SQLAlchemy connection as Core would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,3 +167,20 @@ def run_sql(conn: Connection, sql: str) -> None:
     cursor = _run(conn, sql)
     if cursor.description is not None:
         cursor.fetchall()
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the statements run here inside the block go out together and their
+    results come back at its end: one round trip for all (psycopg's pipeline mode).
+    What they return is not read (a statement whose result is read inside the block
+    waits for it there); the first error, raised at the end, skips the statements after
+    it. Elsewhere the statements run one by one, as outside the block."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    try:
+        with _raw(conn).pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        _raise_wrapped(conn, "(a pipeline of statements)", None, exc, None)

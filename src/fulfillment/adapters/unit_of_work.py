@@ -11,7 +11,7 @@ import dataclasses
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fulfillment.adapters import job_queue
@@ -20,6 +20,7 @@ from fulfillment.adapters.event_store import SqlAlchemyEventStore, StreamCache
 from fulfillment.adapters.group_commit import GroupCommitter
 from fulfillment.adapters.idempotency import SqlAlchemyIdempotencyKeys
 from fulfillment.adapters.mapper import EventMapper
+from fulfillment.adapters.prepared import pipelined, run_sql
 from fulfillment.adapters.repository import SqlAlchemyOrderRepository, SqlAlchemySagaRepository
 from fulfillment.adapters.services import (
     SqlAlchemyInventoryService,
@@ -49,15 +50,22 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         group: GroupCommitter | None = None,
         idempotency_ttl_seconds: float | None = None,
         stock_group: GroupCommitter | None = None,
+        stock_alone: bool = False,
     ) -> None:
+        """`stock_alone`: a step that writes stock commits in a transaction of its own
+        (`FULFILLMENT_STOCK_COMMIT=step`), not in a group."""
         super().__init__(job, causation_id)
         self.engine = engine
         self.mapper = mapper
         self.cache = cache
         # A step that writes rows many sagas share (stock) takes its turn in the
-        # worker's stock group, where there is one (``adapters/group_commit.py``).
-        if stock_group is not None and job is not None and REGISTRY.writes_shared_rows(job.kind):
-            group = stock_group
+        # worker's stock group, where there is one, or commits alone
+        # (``adapters/group_commit.py``).
+        if job is not None and REGISTRY.writes_shared_rows(job.kind):
+            if stock_alone:
+                group = None
+            elif stock_group is not None:
+                group = stock_group
         self.group = group
         #: How long an idempotency key holds (None: for ever).
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
@@ -128,8 +136,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             group.wait()  # a failed group raises: __exit__ drops the streams from the cache
             ready_tick = group.assigned_tick
         else:
-            self.events.append(appends, self.causation_id, self.job_started_at)
-            self.conn.commit()
+            self._append_and_commit(appends)
         if continuation is not None:  # what it reads has now committed
             continuation = dataclasses.replace(
                 continuation, ready_tick=ready_tick or next(commit_clock)
@@ -142,6 +149,21 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.events.after_commit(appends)
         self.job = None  # consumed: a second commit in this unit of work starts fresh
         return continuation
+
+    def _append_and_commit(self, appends: list[StreamAppend]) -> None:
+        """The events' INSERT and the COMMIT: one round trip on PostgreSQL (psycopg's
+        pipeline), where `conn.commit()` then finds the transaction already ended."""
+        if self.conn.dialect.name != "postgresql":
+            self.events.append(appends, self.causation_id, self.job_started_at)
+            self.conn.commit()
+            return
+        try:
+            with pipelined(self.conn):
+                self.events.append(appends, self.causation_id, self.job_started_at)
+                run_sql(self.conn, "COMMIT")
+        except IntegrityError as exc:  # an expected version was stale (answered at the end)
+            raise ConcurrencyError(str(exc.orig)) from exc
+        self.conn.commit()
 
     def rollback(self, abort: BaseException | None = None) -> None:
         """Undo this unit of work. In a group, `abort` (a database error that may leave
